@@ -1,0 +1,26 @@
+//! The stockd wire protocol: frame header, message codec and an async client.
+//!
+//! `PROTOCOL.md` next to this crate is the normative specification; this crate is its reference
+//! implementation and the golden vectors in `vectors/` are checked against it by tests. Everything
+//! on the wire is little-endian and every size is bounded by a limit in [`limits`].
+
+pub mod client;
+pub mod code;
+pub mod frame;
+pub mod limits;
+pub mod message;
+
+pub use client::{Client, ClientError, ClientOptions, Pool};
+pub use code::ResultCode;
+pub use frame::{
+    encode_frame, FrameDecoder, FrameError, Header, RawFrame, FLAG_REPLY, HEADER_BYTES, MAGIC,
+};
+pub use message::{
+    Confirm, DecodeError, ErrorReply, ExtendReply, Hello, HelloReply, Line, Op, OpReply, Opcode,
+    Reply, Request, ReservationInfo, ReservationLine, ReservationReply, ReservationState, Reserve,
+    ReserveReply, SkuInfo, SkuReply,
+};
+
+/// The protocol version this crate speaks. A server negotiates the highest version both sides
+/// support in the `HELLO` exchange; version 1 is the only one so far.
+pub const PROTOCOL_VERSION: u16 = 1;

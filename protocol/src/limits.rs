@@ -1,0 +1,32 @@
+//! Protocol limits. Every size a peer can send is bounded here, so that a decoder never
+//! allocates or loops more than these numbers allow. Servers announce their effective limits
+//! in the `HELLO` reply; these are the protocol's ceilings.
+
+/// Largest frame body. A batch of `BATCH_OPS_MAX` single-line reserves with maximal ids is
+/// about 1.2 MiB, so 4 MiB leaves room for multi-line batches without letting one frame hog memory.
+pub const FRAME_BODY_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// Operations in one batch frame: enough to amortise syscalls and fsyncs (thousands), small
+/// enough that one batch never stalls other connections for long.
+pub const BATCH_OPS_MAX: u32 = 8192;
+/// Lines in one reservation: a large real-world basket is well under a hundred lines.
+pub const LINES_PER_RESERVATION_MAX: u16 = 64;
+/// Bytes in a reservation id (the idempotency key, typically an order number).
+pub const ID_BYTES_MAX: usize = 64;
+/// Bytes in a SKU id.
+pub const SKU_BYTES_MAX: usize = 64;
+/// Bytes in a channel or customer id.
+pub const TAG_BYTES_MAX: usize = 64;
+/// Bytes in an API key presented in `HELLO`.
+pub const API_KEY_BYTES_MAX: usize = 128;
+/// Bytes in an error message sent in an `ERROR` frame.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+
+// One maximal reserve line is a length byte, the SKU and a u32; one maximal reserve is its
+// fixed fields plus all lines. A batch of single-line reserves must fit in one frame.
+const RESERVE_LINE_BYTES_MAX: usize = 1 + SKU_BYTES_MAX + 4;
+const RESERVE_ONE_LINE_BYTES_MAX: usize =
+    8 + (1 + ID_BYTES_MAX) + 4 + 2 * (1 + TAG_BYTES_MAX) + 2 + RESERVE_LINE_BYTES_MAX;
+const _: () =
+    assert!(BATCH_OPS_MAX as usize * RESERVE_ONE_LINE_BYTES_MAX <= FRAME_BODY_BYTES_MAX as usize);
+const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize && SKU_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(TAG_BYTES_MAX <= u8::MAX as usize && API_KEY_BYTES_MAX <= u8::MAX as usize);

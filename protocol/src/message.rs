@@ -1,0 +1,953 @@
+//! Message bodies: every request and reply, their encoding and their strict decoding.
+//!
+//! Body layouts are specified in `PROTOCOL.md`. Strings are a `u8` length followed by that many
+//! bytes. Decoding checks every length against [`crate::limits`] before it allocates, rejects
+//! trailing bytes, and never recurses (batches cannot nest).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::code::ResultCode;
+use crate::frame::{encode_frame, Header, FLAG_REPLY};
+use crate::limits::{
+    API_KEY_BYTES_MAX, BATCH_OPS_MAX, ERROR_MESSAGE_BYTES_MAX, ID_BYTES_MAX,
+    LINES_PER_RESERVATION_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX,
+};
+
+/// Frame opcodes. Requests and their replies share the opcode; replies set the reply flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    Hello = 0x01,
+    Ping = 0x02,
+    Reserve = 0x10,
+    Confirm = 0x11,
+    Release = 0x12,
+    Extend = 0x13,
+    Ship = 0x14,
+    SetStock = 0x20,
+    AdjustStock = 0x21,
+    SetSafetyStock = 0x22,
+    QuerySku = 0x30,
+    QueryReservation = 0x31,
+    Batch = 0x40,
+    Error = 0x7f,
+}
+
+impl Opcode {
+    /// Decodes a wire value; unknown values are `None`.
+    pub fn from_u8(value: u8) -> Option<Opcode> {
+        Some(match value {
+            0x01 => Opcode::Hello,
+            0x02 => Opcode::Ping,
+            0x10 => Opcode::Reserve,
+            0x11 => Opcode::Confirm,
+            0x12 => Opcode::Release,
+            0x13 => Opcode::Extend,
+            0x14 => Opcode::Ship,
+            0x20 => Opcode::SetStock,
+            0x21 => Opcode::AdjustStock,
+            0x22 => Opcode::SetSafetyStock,
+            0x30 => Opcode::QuerySku,
+            0x31 => Opcode::QueryReservation,
+            0x40 => Opcode::Batch,
+            0x7f => Opcode::Error,
+            _ => return None,
+        })
+    }
+
+    /// The snake_case name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Opcode::Hello => "hello",
+            Opcode::Ping => "ping",
+            Opcode::Reserve => "reserve",
+            Opcode::Confirm => "confirm",
+            Opcode::Release => "release",
+            Opcode::Extend => "extend",
+            Opcode::Ship => "ship",
+            Opcode::SetStock => "set_stock",
+            Opcode::AdjustStock => "adjust_stock",
+            Opcode::SetSafetyStock => "set_safety_stock",
+            Opcode::QuerySku => "query_sku",
+            Opcode::QueryReservation => "query_reservation",
+            Opcode::Batch => "batch",
+            Opcode::Error => "error",
+        }
+    }
+}
+
+/// Why a body could not be decoded; `code` is what the peer is told.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("{code}: {message}")]
+pub struct DecodeError {
+    pub code: ResultCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn malformed(message: impl Into<String>) -> DecodeError {
+        DecodeError {
+            code: ResultCode::Malformed,
+            message: message.into(),
+        }
+    }
+    fn too_large(message: impl Into<String>) -> DecodeError {
+        DecodeError {
+            code: ResultCode::TooLarge,
+            message: message.into(),
+        }
+    }
+}
+
+/// One line of a reservation: a SKU and a quantity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Line {
+    pub sku: Bytes,
+    pub qty: u32,
+}
+
+impl Line {
+    pub fn new(sku: impl Into<Bytes>, qty: u32) -> Line {
+        Line {
+            sku: sku.into(),
+            qty,
+        }
+    }
+}
+
+/// `RESERVE`: hold stock for every line, or for none.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reserve {
+    /// Client-chosen reservation id, the idempotency key (1..=64 bytes).
+    pub id: Bytes,
+    /// Hold duration; 0 means the server's default.
+    pub ttl_ms: u32,
+    /// Sales channel, empty for none.
+    pub channel: Bytes,
+    /// Customer id, empty for none.
+    pub customer: Bytes,
+    pub lines: Vec<Line>,
+}
+
+/// `CONFIRM`: turn a hold into a sale, fully (no lines) or partially (lines with smaller
+/// quantities; what is not confirmed goes back to stock).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Confirm {
+    pub id: Bytes,
+    pub lines: Vec<Line>,
+}
+
+/// `HELLO`: the first frame on every connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub api_key: Bytes,
+    pub client_name: Bytes,
+}
+
+/// One operation; a frame carries one, or a batch carries many.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Ping,
+    Reserve(Reserve),
+    Confirm(Confirm),
+    Release {
+        id: Bytes,
+    },
+    Extend {
+        id: Bytes,
+        ttl_ms: u32,
+    },
+    Ship {
+        id: Bytes,
+    },
+    SetStock {
+        sku: Bytes,
+        on_hand: u64,
+        expected: Option<u64>,
+    },
+    AdjustStock {
+        sku: Bytes,
+        delta: i64,
+        expected: Option<u64>,
+    },
+    SetSafetyStock {
+        sku: Bytes,
+        safety_stock: u64,
+    },
+    QuerySku {
+        sku: Bytes,
+    },
+    QueryReservation {
+        id: Bytes,
+    },
+}
+
+/// A decoded request frame body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Hello(Hello),
+    Op(Op),
+    Batch(Vec<Op>),
+}
+
+/// Counters of one SKU as seen at the time of the reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkuInfo {
+    pub on_hand: u64,
+    /// Units held by live (unexpired) reservations.
+    pub reserved: u64,
+    /// Units confirmed but not shipped.
+    pub committed: u64,
+    pub safety_stock: u64,
+    /// `on_hand - reserved - committed - safety_stock`, never below zero.
+    pub available: u64,
+    /// Selling is paused because the safety stock has been reached.
+    pub paused: bool,
+}
+
+/// Life-cycle state of a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReservationState {
+    Held = 1,
+    Confirmed = 2,
+    Released = 3,
+    Expired = 4,
+    Shipped = 5,
+}
+
+impl ReservationState {
+    pub fn from_u8(value: u8) -> Option<ReservationState> {
+        Some(match value {
+            1 => ReservationState::Held,
+            2 => ReservationState::Confirmed,
+            3 => ReservationState::Released,
+            4 => ReservationState::Expired,
+            5 => ReservationState::Shipped,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReservationState::Held => "held",
+            ReservationState::Confirmed => "confirmed",
+            ReservationState::Released => "released",
+            ReservationState::Expired => "expired",
+            ReservationState::Shipped => "shipped",
+        }
+    }
+}
+
+/// One line of a reservation as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationLine {
+    pub sku: Bytes,
+    pub qty_held: u32,
+    pub qty_confirmed: u32,
+}
+
+/// A reservation as seen at the time of the reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationInfo {
+    pub state: ReservationState,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub channel: Bytes,
+    pub customer: Bytes,
+    pub lines: Vec<ReservationLine>,
+}
+
+/// Reply to `RESERVE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReserveReply {
+    pub code: ResultCode,
+    /// Index (in the request) of the line that failed, for stock rejections.
+    pub failed_line: Option<u16>,
+    /// Deadline of the hold (UTC ms since the Unix epoch), 0 when nothing is held.
+    pub expires_at_ms: u64,
+}
+
+/// Reply to `EXTEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtendReply {
+    pub code: ResultCode,
+    pub expires_at_ms: u64,
+}
+
+/// Reply to the stock operations and `QUERY_SKU`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkuReply {
+    pub code: ResultCode,
+    pub info: SkuInfo,
+}
+
+/// Reply to `QUERY_RESERVATION`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservationReply {
+    pub code: ResultCode,
+    pub info: Option<ReservationInfo>,
+}
+
+/// The reply to one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpReply {
+    Ping(ResultCode),
+    Reserve(ReserveReply),
+    Confirm(ResultCode),
+    Release(ResultCode),
+    Extend(ExtendReply),
+    Ship(ResultCode),
+    SetStock(SkuReply),
+    AdjustStock(SkuReply),
+    SetSafetyStock(SkuReply),
+    QuerySku(SkuReply),
+    QueryReservation(ReservationReply),
+}
+
+/// Reply to `HELLO`, announcing the negotiated version and the server's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HelloReply {
+    pub code: ResultCode,
+    pub version: u16,
+    pub frame_body_bytes_max: u32,
+    pub batch_ops_max: u32,
+    pub lines_max: u16,
+    pub server_time_ms: u64,
+}
+
+/// An `ERROR` frame: the request could not be processed at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    pub code: ResultCode,
+    pub message: String,
+}
+
+/// A decoded reply frame body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Hello(HelloReply),
+    Op(OpReply),
+    Batch(Vec<OpReply>),
+    Error(ErrorReply),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            return Err(DecodeError::malformed("body truncated"));
+        }
+        Ok(())
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16_le())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64_le())
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_i64_le())
+    }
+    fn bytes(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        self.need(n)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn str8(&mut self, max: usize, what: &str) -> Result<Bytes, DecodeError> {
+        let len = self.u8()? as usize;
+        if len > max {
+            return Err(DecodeError::too_large(format!(
+                "{what} of {len} bytes exceeds {max}"
+            )));
+        }
+        self.bytes(len)
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::malformed(format!(
+                "boolean byte {other} is not 0 or 1"
+            ))),
+        }
+    }
+    fn expected(&mut self) -> Result<Option<u64>, DecodeError> {
+        let present = self.bool()?;
+        let value = self.u64()?;
+        match (present, value) {
+            (true, value) => Ok(Some(value)),
+            (false, 0) => Ok(None),
+            (false, _) => Err(DecodeError::malformed(
+                "expected value set without its flag",
+            )),
+        }
+    }
+    fn lines(&mut self) -> Result<Vec<Line>, DecodeError> {
+        let count = self.u16()?;
+        if count > LINES_PER_RESERVATION_MAX {
+            return Err(DecodeError::too_large(format!(
+                "{count} lines exceed {LINES_PER_RESERVATION_MAX}"
+            )));
+        }
+        let mut lines = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            lines.push(Line {
+                sku: self.str8(SKU_BYTES_MAX, "sku")?,
+                qty: self.u32()?,
+            });
+        }
+        Ok(lines)
+    }
+    fn code(&mut self) -> Result<ResultCode, DecodeError> {
+        let value = self.u8()?;
+        ResultCode::from_u8(value)
+            .ok_or_else(|| DecodeError::malformed(format!("unknown result code {value}")))
+    }
+    fn finish<T>(self, value: T) -> Result<T, DecodeError> {
+        if self.buf.has_remaining() {
+            return Err(DecodeError::malformed(format!(
+                "{} trailing bytes",
+                self.buf.remaining()
+            )));
+        }
+        Ok(value)
+    }
+}
+
+fn put_str8(buf: &mut BytesMut, value: &[u8]) {
+    let len = u8::try_from(value.len()).expect("string length checked against limits");
+    buf.put_u8(len);
+    buf.put_slice(value);
+}
+
+fn put_expected(buf: &mut BytesMut, expected: Option<u64>) {
+    buf.put_u8(expected.is_some() as u8);
+    buf.put_u64_le(expected.unwrap_or(0));
+}
+
+fn put_lines(buf: &mut BytesMut, lines: &[Line]) {
+    buf.put_u16_le(u16::try_from(lines.len()).expect("line count checked against limits"));
+    for line in lines {
+        put_str8(buf, &line.sku);
+        buf.put_u32_le(line.qty);
+    }
+}
+
+fn unknown_opcode(opcode: u8) -> DecodeError {
+    DecodeError {
+        code: ResultCode::UnknownOpcode,
+        message: format!("opcode 0x{opcode:02x}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+impl Op {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Op::Ping => Opcode::Ping,
+            Op::Reserve(_) => Opcode::Reserve,
+            Op::Confirm(_) => Opcode::Confirm,
+            Op::Release { .. } => Opcode::Release,
+            Op::Extend { .. } => Opcode::Extend,
+            Op::Ship { .. } => Opcode::Ship,
+            Op::SetStock { .. } => Opcode::SetStock,
+            Op::AdjustStock { .. } => Opcode::AdjustStock,
+            Op::SetSafetyStock { .. } => Opcode::SetSafetyStock,
+            Op::QuerySku { .. } => Opcode::QuerySku,
+            Op::QueryReservation { .. } => Opcode::QueryReservation,
+        }
+    }
+
+    /// True for operations that never change state.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. }
+        )
+    }
+
+    /// Appends the body of this operation.
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        match self {
+            Op::Ping => {}
+            Op::Reserve(r) => {
+                put_str8(buf, &r.id);
+                buf.put_u32_le(r.ttl_ms);
+                put_str8(buf, &r.channel);
+                put_str8(buf, &r.customer);
+                put_lines(buf, &r.lines);
+            }
+            Op::Confirm(c) => {
+                put_str8(buf, &c.id);
+                put_lines(buf, &c.lines);
+            }
+            Op::Release { id } | Op::Ship { id } | Op::QueryReservation { id } => put_str8(buf, id),
+            Op::Extend { id, ttl_ms } => {
+                put_str8(buf, id);
+                buf.put_u32_le(*ttl_ms);
+            }
+            Op::SetStock {
+                sku,
+                on_hand,
+                expected,
+            } => {
+                put_str8(buf, sku);
+                buf.put_u64_le(*on_hand);
+                put_expected(buf, *expected);
+            }
+            Op::AdjustStock {
+                sku,
+                delta,
+                expected,
+            } => {
+                put_str8(buf, sku);
+                buf.put_i64_le(*delta);
+                put_expected(buf, *expected);
+            }
+            Op::SetSafetyStock { sku, safety_stock } => {
+                put_str8(buf, sku);
+                buf.put_u64_le(*safety_stock);
+            }
+            Op::QuerySku { sku } => put_str8(buf, sku),
+        }
+    }
+
+    /// Decodes the body of a single operation with the given opcode.
+    pub fn decode(opcode: u8, body: Bytes) -> Result<Op, DecodeError> {
+        let mut r = Reader { buf: body };
+        let op = match Opcode::from_u8(opcode) {
+            Some(Opcode::Ping) => Op::Ping,
+            Some(Opcode::Reserve) => Op::Reserve(Reserve {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+                ttl_ms: r.u32()?,
+                channel: r.str8(TAG_BYTES_MAX, "channel")?,
+                customer: r.str8(TAG_BYTES_MAX, "customer")?,
+                lines: r.lines()?,
+            }),
+            Some(Opcode::Confirm) => Op::Confirm(Confirm {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+                lines: r.lines()?,
+            }),
+            Some(Opcode::Release) => Op::Release {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+            },
+            Some(Opcode::Extend) => Op::Extend {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+                ttl_ms: r.u32()?,
+            },
+            Some(Opcode::Ship) => Op::Ship {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+            },
+            Some(Opcode::SetStock) => Op::SetStock {
+                sku: r.str8(SKU_BYTES_MAX, "sku")?,
+                on_hand: r.u64()?,
+                expected: r.expected()?,
+            },
+            Some(Opcode::AdjustStock) => Op::AdjustStock {
+                sku: r.str8(SKU_BYTES_MAX, "sku")?,
+                delta: r.i64()?,
+                expected: r.expected()?,
+            },
+            Some(Opcode::SetSafetyStock) => Op::SetSafetyStock {
+                sku: r.str8(SKU_BYTES_MAX, "sku")?,
+                safety_stock: r.u64()?,
+            },
+            Some(Opcode::QuerySku) => Op::QuerySku {
+                sku: r.str8(SKU_BYTES_MAX, "sku")?,
+            },
+            Some(Opcode::QueryReservation) => Op::QueryReservation {
+                id: r.str8(ID_BYTES_MAX, "reservation id")?,
+            },
+            Some(Opcode::Hello | Opcode::Batch | Opcode::Error) | None => {
+                return Err(unknown_opcode(opcode))
+            }
+        };
+        r.finish(op)
+    }
+}
+
+/// Batch item header: opcode, one zero byte, a zero u16, and the item's body length.
+const BATCH_ITEM_HEADER_BYTES: usize = 8;
+
+fn encode_batch<T>(buf: &mut BytesMut, items: &[T], mut item: impl FnMut(&T, &mut BytesMut) -> u8) {
+    buf.put_u32_le(u32::try_from(items.len()).expect("batch size checked against limits"));
+    for value in items {
+        let start = buf.len();
+        buf.put_bytes(0, BATCH_ITEM_HEADER_BYTES);
+        let opcode = item(value, buf);
+        let len = u32::try_from(buf.len() - start - BATCH_ITEM_HEADER_BYTES).expect("fits u32");
+        buf[start] = opcode;
+        buf[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+fn decode_batch<T>(
+    body: Bytes,
+    mut item: impl FnMut(u8, Bytes) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let mut r = Reader { buf: body };
+    let count = r.u32()?;
+    if count > BATCH_OPS_MAX {
+        return Err(DecodeError::too_large(format!(
+            "{count} batch ops exceed {BATCH_OPS_MAX}"
+        )));
+    }
+    // Each item takes at least its header, so a count the body cannot hold is refused before
+    // anything is allocated for it.
+    if (count as usize).saturating_mul(BATCH_ITEM_HEADER_BYTES) > r.buf.remaining() {
+        return Err(DecodeError::malformed("batch count exceeds body"));
+    }
+    let mut items = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let opcode = r.u8()?;
+        if r.u8()? != 0 || r.u16()? != 0 {
+            return Err(DecodeError::malformed("batch item reserved bytes not zero"));
+        }
+        let len = r.u32()? as usize;
+        items.push(item(opcode, r.bytes(len)?)?);
+    }
+    r.finish(items)
+}
+
+impl Request {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Hello(_) => Opcode::Hello,
+            Request::Op(op) => op.opcode(),
+            Request::Batch(_) => Opcode::Batch,
+        }
+    }
+
+    /// Appends a whole frame carrying this request.
+    pub fn encode(&self, request_id: u64, buf: &mut BytesMut) {
+        encode_frame(buf, self.opcode() as u8, 0, request_id, |buf| match self {
+            Request::Hello(h) => {
+                buf.put_u16_le(h.min_version);
+                buf.put_u16_le(h.max_version);
+                put_str8(buf, &h.api_key);
+                put_str8(buf, &h.client_name);
+            }
+            Request::Op(op) => op.encode_body(buf),
+            Request::Batch(ops) => encode_batch(buf, ops, |op, buf| {
+                op.encode_body(buf);
+                op.opcode() as u8
+            }),
+        });
+    }
+
+    /// Decodes a request body.
+    pub fn decode(opcode: u8, body: Bytes) -> Result<Request, DecodeError> {
+        match Opcode::from_u8(opcode) {
+            Some(Opcode::Hello) => {
+                let mut r = Reader { buf: body };
+                let hello = Hello {
+                    min_version: r.u16()?,
+                    max_version: r.u16()?,
+                    api_key: r.str8(API_KEY_BYTES_MAX, "api key")?,
+                    client_name: r.str8(TAG_BYTES_MAX, "client name")?,
+                };
+                r.finish(Request::Hello(hello))
+            }
+            Some(Opcode::Batch) => Ok(Request::Batch(decode_batch(body, Op::decode)?)),
+            _ => Ok(Request::Op(Op::decode(opcode, body)?)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies
+
+fn put_sku_reply(buf: &mut BytesMut, reply: &SkuReply) {
+    buf.put_u8(reply.code.as_u8());
+    let info = &reply.info;
+    buf.put_u64_le(info.on_hand);
+    buf.put_u64_le(info.reserved);
+    buf.put_u64_le(info.committed);
+    buf.put_u64_le(info.safety_stock);
+    buf.put_u64_le(info.available);
+    buf.put_u8(info.paused as u8);
+}
+
+fn read_sku_reply(r: &mut Reader) -> Result<SkuReply, DecodeError> {
+    Ok(SkuReply {
+        code: r.code()?,
+        info: SkuInfo {
+            on_hand: r.u64()?,
+            reserved: r.u64()?,
+            committed: r.u64()?,
+            safety_stock: r.u64()?,
+            available: r.u64()?,
+            paused: r.bool()?,
+        },
+    })
+}
+
+const NO_LINE: u16 = u16::MAX;
+
+impl OpReply {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            OpReply::Ping(_) => Opcode::Ping,
+            OpReply::Reserve(_) => Opcode::Reserve,
+            OpReply::Confirm(_) => Opcode::Confirm,
+            OpReply::Release(_) => Opcode::Release,
+            OpReply::Extend(_) => Opcode::Extend,
+            OpReply::Ship(_) => Opcode::Ship,
+            OpReply::SetStock(_) => Opcode::SetStock,
+            OpReply::AdjustStock(_) => Opcode::AdjustStock,
+            OpReply::SetSafetyStock(_) => Opcode::SetSafetyStock,
+            OpReply::QuerySku(_) => Opcode::QuerySku,
+            OpReply::QueryReservation(_) => Opcode::QueryReservation,
+        }
+    }
+
+    /// The result code of this reply.
+    pub fn code(&self) -> ResultCode {
+        match self {
+            OpReply::Ping(code)
+            | OpReply::Confirm(code)
+            | OpReply::Release(code)
+            | OpReply::Ship(code) => *code,
+            OpReply::Reserve(r) => r.code,
+            OpReply::Extend(r) => r.code,
+            OpReply::SetStock(r)
+            | OpReply::AdjustStock(r)
+            | OpReply::SetSafetyStock(r)
+            | OpReply::QuerySku(r) => r.code,
+            OpReply::QueryReservation(r) => r.code,
+        }
+    }
+
+    /// The reply for an operation that was refused as a whole with `code` (read-only mode,
+    /// overload, authorization): the same shape as a normal reply, with zeroed details.
+    pub fn refused(opcode: Opcode, code: ResultCode) -> OpReply {
+        let sku = SkuReply {
+            code,
+            info: SkuInfo::default(),
+        };
+        match opcode {
+            Opcode::Reserve => OpReply::Reserve(ReserveReply {
+                code,
+                failed_line: None,
+                expires_at_ms: 0,
+            }),
+            Opcode::Confirm => OpReply::Confirm(code),
+            Opcode::Release => OpReply::Release(code),
+            Opcode::Extend => OpReply::Extend(ExtendReply {
+                code,
+                expires_at_ms: 0,
+            }),
+            Opcode::Ship => OpReply::Ship(code),
+            Opcode::SetStock => OpReply::SetStock(sku),
+            Opcode::AdjustStock => OpReply::AdjustStock(sku),
+            Opcode::SetSafetyStock => OpReply::SetSafetyStock(sku),
+            Opcode::QuerySku => OpReply::QuerySku(sku),
+            Opcode::QueryReservation => {
+                OpReply::QueryReservation(ReservationReply { code, info: None })
+            }
+            Opcode::Ping | Opcode::Hello | Opcode::Batch | Opcode::Error => OpReply::Ping(code),
+        }
+    }
+
+    /// Appends the body of this reply.
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        match self {
+            OpReply::Ping(code)
+            | OpReply::Confirm(code)
+            | OpReply::Release(code)
+            | OpReply::Ship(code) => buf.put_u8(code.as_u8()),
+            OpReply::Reserve(r) => {
+                buf.put_u8(r.code.as_u8());
+                buf.put_u16_le(r.failed_line.unwrap_or(NO_LINE));
+                buf.put_u64_le(r.expires_at_ms);
+            }
+            OpReply::Extend(r) => {
+                buf.put_u8(r.code.as_u8());
+                buf.put_u64_le(r.expires_at_ms);
+            }
+            OpReply::SetStock(r)
+            | OpReply::AdjustStock(r)
+            | OpReply::SetSafetyStock(r)
+            | OpReply::QuerySku(r) => put_sku_reply(buf, r),
+            OpReply::QueryReservation(r) => {
+                buf.put_u8(r.code.as_u8());
+                let Some(info) = &r.info else { return };
+                buf.put_u8(info.state as u8);
+                buf.put_u64_le(info.created_at_ms);
+                buf.put_u64_le(info.expires_at_ms);
+                put_str8(buf, &info.channel);
+                put_str8(buf, &info.customer);
+                buf.put_u16_le(u16::try_from(info.lines.len()).expect("lines within limits"));
+                for line in &info.lines {
+                    put_str8(buf, &line.sku);
+                    buf.put_u32_le(line.qty_held);
+                    buf.put_u32_le(line.qty_confirmed);
+                }
+            }
+        }
+    }
+
+    /// Decodes the body of a reply to a single operation.
+    pub fn decode(opcode: u8, body: Bytes) -> Result<OpReply, DecodeError> {
+        let mut r = Reader { buf: body };
+        let reply = match Opcode::from_u8(opcode) {
+            Some(Opcode::Ping) => OpReply::Ping(r.code()?),
+            Some(Opcode::Reserve) => OpReply::Reserve(ReserveReply {
+                code: r.code()?,
+                failed_line: Some(r.u16()?).filter(|line| *line != NO_LINE),
+                expires_at_ms: r.u64()?,
+            }),
+            Some(Opcode::Confirm) => OpReply::Confirm(r.code()?),
+            Some(Opcode::Release) => OpReply::Release(r.code()?),
+            Some(Opcode::Extend) => OpReply::Extend(ExtendReply {
+                code: r.code()?,
+                expires_at_ms: r.u64()?,
+            }),
+            Some(Opcode::Ship) => OpReply::Ship(r.code()?),
+            Some(Opcode::SetStock) => OpReply::SetStock(read_sku_reply(&mut r)?),
+            Some(Opcode::AdjustStock) => OpReply::AdjustStock(read_sku_reply(&mut r)?),
+            Some(Opcode::SetSafetyStock) => OpReply::SetSafetyStock(read_sku_reply(&mut r)?),
+            Some(Opcode::QuerySku) => OpReply::QuerySku(read_sku_reply(&mut r)?),
+            Some(Opcode::QueryReservation) => {
+                let code = r.code()?;
+                let info = if r.buf.has_remaining() {
+                    let state = r.u8()?;
+                    let state = ReservationState::from_u8(state).ok_or_else(|| {
+                        DecodeError::malformed(format!("unknown reservation state {state}"))
+                    })?;
+                    let created_at_ms = r.u64()?;
+                    let expires_at_ms = r.u64()?;
+                    let channel = r.str8(TAG_BYTES_MAX, "channel")?;
+                    let customer = r.str8(TAG_BYTES_MAX, "customer")?;
+                    let count = r.u16()?;
+                    if count > LINES_PER_RESERVATION_MAX {
+                        return Err(DecodeError::too_large("reservation lines"));
+                    }
+                    let mut lines = Vec::with_capacity(count as usize);
+                    for _ in 0..count {
+                        lines.push(ReservationLine {
+                            sku: r.str8(SKU_BYTES_MAX, "sku")?,
+                            qty_held: r.u32()?,
+                            qty_confirmed: r.u32()?,
+                        });
+                    }
+                    Some(ReservationInfo {
+                        state,
+                        created_at_ms,
+                        expires_at_ms,
+                        channel,
+                        customer,
+                        lines,
+                    })
+                } else {
+                    None
+                };
+                OpReply::QueryReservation(ReservationReply { code, info })
+            }
+            Some(Opcode::Hello | Opcode::Batch | Opcode::Error) | None => {
+                return Err(unknown_opcode(opcode))
+            }
+        };
+        r.finish(reply)
+    }
+}
+
+impl Reply {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Reply::Hello(_) => Opcode::Hello,
+            Reply::Op(op) => op.opcode(),
+            Reply::Batch(_) => Opcode::Batch,
+            Reply::Error(_) => Opcode::Error,
+        }
+    }
+
+    /// Appends a whole reply frame.
+    pub fn encode(&self, request_id: u64, buf: &mut BytesMut) {
+        encode_frame(
+            buf,
+            self.opcode() as u8,
+            FLAG_REPLY,
+            request_id,
+            |buf| match self {
+                Reply::Hello(h) => {
+                    buf.put_u8(h.code.as_u8());
+                    buf.put_u16_le(h.version);
+                    buf.put_u32_le(h.frame_body_bytes_max);
+                    buf.put_u32_le(h.batch_ops_max);
+                    buf.put_u16_le(h.lines_max);
+                    buf.put_u64_le(h.server_time_ms);
+                }
+                Reply::Op(op) => op.encode_body(buf),
+                Reply::Batch(replies) => encode_batch(buf, replies, |reply, buf| {
+                    reply.encode_body(buf);
+                    reply.opcode() as u8
+                }),
+                Reply::Error(e) => {
+                    buf.put_u8(e.code.as_u8());
+                    let mut end = e.message.len().min(ERROR_MESSAGE_BYTES_MAX);
+                    while !e.message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    buf.put_u16_le(end as u16);
+                    buf.put_slice(&e.message.as_bytes()[..end]);
+                }
+            },
+        );
+    }
+
+    /// Decodes a reply frame body, given its header.
+    pub fn decode(header: &Header, body: Bytes) -> Result<Reply, DecodeError> {
+        if header.flags & FLAG_REPLY == 0 {
+            return Err(DecodeError::malformed("reply flag not set"));
+        }
+        match Opcode::from_u8(header.opcode) {
+            Some(Opcode::Hello) => {
+                let mut r = Reader { buf: body };
+                let hello = HelloReply {
+                    code: r.code()?,
+                    version: r.u16()?,
+                    frame_body_bytes_max: r.u32()?,
+                    batch_ops_max: r.u32()?,
+                    lines_max: r.u16()?,
+                    server_time_ms: r.u64()?,
+                };
+                r.finish(Reply::Hello(hello))
+            }
+            Some(Opcode::Batch) => Ok(Reply::Batch(decode_batch(body, OpReply::decode)?)),
+            Some(Opcode::Error) => {
+                let mut r = Reader { buf: body };
+                let code = r.code()?;
+                let len = r.u16()? as usize;
+                if len > ERROR_MESSAGE_BYTES_MAX {
+                    return Err(DecodeError::too_large("error message"));
+                }
+                let message = String::from_utf8_lossy(&r.bytes(len)?).into_owned();
+                r.finish(Reply::Error(ErrorReply { code, message }))
+            }
+            _ => Ok(Reply::Op(OpReply::decode(header.opcode, body)?)),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! What happens to a reservation after `reserve`: confirm (full or partial), release, extend,
+//! ship, expiry and forgetting. Touching a hold that is past its deadline expires it first, so
+//! the outcome never depends on whether the sweep has run yet.
+
+use std::iter;
+
+use smallvec::SmallVec;
+use stockd_protocol::{Confirm, ExtendReply, Line, ReservationState, ResultCode};
+
+use super::reserve::normalize;
+use super::shard::{Key, Locked, Reservation};
+use super::Engine;
+
+/// Confirmed quantity per stored line for a confirm request (no lines = everything).
+fn confirm_amounts(reservation: &Reservation, lines: &[Line]) -> Result<Box<[u32]>, ResultCode> {
+    if lines.is_empty() {
+        return Ok(reservation.lines.iter().map(|line| line.qty).collect());
+    }
+    let requested = normalize(lines, true).map_err(|_| ResultCode::InvalidArgument)?;
+    let mut amounts = vec![0u32; reservation.lines.len()].into_boxed_slice();
+    for line in requested {
+        let index = reservation
+            .lines
+            .binary_search_by(|held| held.sku[..].cmp(line.sku))
+            .map_err(|_| ResultCode::InvalidArgument)?;
+        if line.qty > reservation.lines[index].qty {
+            return Err(ResultCode::InvalidArgument);
+        }
+        amounts[index] = line.qty;
+    }
+    if amounts.iter().all(|qty| *qty == 0) {
+        return Err(ResultCode::InvalidArgument);
+    }
+    Ok(amounts)
+}
+
+/// The code for an operation that needs a live hold but found a finished reservation.
+fn finished_code(state: ReservationState) -> ResultCode {
+    match state {
+        ReservationState::Held => unreachable!("a held reservation is not finished"),
+        ReservationState::Confirmed => ResultCode::AlreadyConfirmed,
+        ReservationState::Released => ResultCode::AlreadyReleased,
+        ReservationState::Expired => ResultCode::Expired,
+        ReservationState::Shipped => ResultCode::AlreadyShipped,
+    }
+}
+
+impl Engine {
+    /// Locks the shard of reservation `id` and the shards of all its SKUs, in order. `None` if
+    /// there is no such reservation.
+    fn lock_reservation(&self, id: &[u8]) -> Option<(Locked<'_>, usize)> {
+        let res_shard = self.shard_of(id);
+        loop {
+            let (lines, shards) = {
+                let shard = self.shards[res_shard].lock();
+                let reservation = shard.reservations.get(id)?;
+                let shards: SmallVec<[usize; 8]> = reservation
+                    .lines
+                    .iter()
+                    .map(|line| self.shard_of(&line.sku))
+                    .chain(iter::once(res_shard))
+                    .collect();
+                (reservation.lines.clone(), shards)
+            };
+            let mut locked = self.lock(shards);
+            match locked.shard(res_shard).reservations.get(id) {
+                None => return None,
+                // Lines never change, so the same allocation means the same reservation.
+                Some(r) if std::sync::Arc::ptr_eq(&r.lines, &lines) => {
+                    return Some((locked, res_shard))
+                }
+                // Forgotten and re-created between the two locks: its SKUs may differ.
+                Some(_) => continue,
+            }
+        }
+    }
+
+    /// Ends the hold of reservation `id` in state `to`: held units go back to stock, except the
+    /// `confirmed` ones, which become committed.
+    fn end_hold(
+        &self,
+        locked: &mut Locked<'_>,
+        res_shard: usize,
+        id: &[u8],
+        to: ReservationState,
+        confirmed: Option<Box<[u32]>>,
+        now_ms: u64,
+    ) {
+        let (key, lines, expires_at_ms) = {
+            let (key, r) = locked
+                .shard(res_shard)
+                .reservations
+                .get_key_value(id)
+                .expect("locked");
+            assert_eq!(r.state, ReservationState::Held, "only a hold can end");
+            (key.clone(), r.lines.clone(), r.expires_at_ms)
+        };
+        for (index, line) in lines.iter().enumerate() {
+            let sku = locked
+                .shard(self.shard_of(&line.sku))
+                .skus
+                .get_mut(&line.sku);
+            let sku = sku.expect("a reserved SKU is never removed");
+            sku.unhold(u64::from(line.qty), expires_at_ms);
+            if let Some(confirmed) = &confirmed {
+                sku.committed += u64::from(confirmed[index]);
+            }
+        }
+        let shard = locked.shard(res_shard);
+        shard.deadlines.remove(&(expires_at_ms, key.clone()));
+        let reservation = shard.reservations.get_mut(id).expect("locked");
+        reservation.state = to;
+        if let Some(confirmed) = confirmed {
+            reservation.confirmed = confirmed;
+        }
+        if to != ReservationState::Confirmed {
+            self.retire(locked, res_shard, key, now_ms);
+        }
+    }
+
+    /// Schedules a finished reservation to be forgotten after the retention period.
+    fn retire(&self, locked: &mut Locked<'_>, res_shard: usize, key: Key, now_ms: u64) {
+        let forget_at_ms = now_ms.saturating_add(self.config.retention_ms);
+        let shard = locked.shard(res_shard);
+        shard
+            .reservations
+            .get_mut(&key)
+            .expect("locked")
+            .forget_at_ms = forget_at_ms;
+        shard.retired.insert((forget_at_ms, key));
+    }
+
+    pub(super) fn confirm(
+        &self,
+        request: &Confirm,
+        now_ms: u64,
+        on_change: impl FnOnce(),
+    ) -> ResultCode {
+        let Some((mut locked, res_shard)) = self.lock_reservation(&request.id) else {
+            return ResultCode::NotFound;
+        };
+        let reservation = &locked.shard(res_shard).reservations[&request.id[..]];
+        if reservation.lapsed(now_ms) {
+            self.end_hold(
+                &mut locked,
+                res_shard,
+                &request.id,
+                ReservationState::Expired,
+                None,
+                now_ms,
+            );
+            on_change();
+            return ResultCode::Expired;
+        }
+        let amounts = match confirm_amounts(reservation, &request.lines) {
+            Ok(amounts) => amounts,
+            Err(code) => return code,
+        };
+        match reservation.state {
+            ReservationState::Held => {
+                let confirmed = Some(amounts);
+                self.end_hold(
+                    &mut locked,
+                    res_shard,
+                    &request.id,
+                    ReservationState::Confirmed,
+                    confirmed,
+                    now_ms,
+                );
+                on_change();
+                ResultCode::Ok
+            }
+            // A retry of the confirm that succeeded is idempotent; different quantities are not.
+            ReservationState::Confirmed | ReservationState::Shipped
+                if reservation.confirmed == amounts =>
+            {
+                ResultCode::Ok
+            }
+            ReservationState::Confirmed | ReservationState::Shipped => ResultCode::AlreadyConfirmed,
+            state => finished_code(state),
+        }
+    }
+
+    pub(super) fn release(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
+        let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
+            return ResultCode::NotFound;
+        };
+        let reservation = &locked.shard(res_shard).reservations[id];
+        let (to, code) = match reservation.state {
+            ReservationState::Held if reservation.lapsed(now_ms) => {
+                (ReservationState::Expired, ResultCode::Expired)
+            }
+            ReservationState::Held => (ReservationState::Released, ResultCode::Ok),
+            // Release retries are idempotent.
+            ReservationState::Released => return ResultCode::Ok,
+            state => return finished_code(state),
+        };
+        self.end_hold(&mut locked, res_shard, id, to, None, now_ms);
+        on_change();
+        code
+    }
+
+    pub(super) fn extend(
+        &self,
+        id: &[u8],
+        ttl_ms: u32,
+        now_ms: u64,
+        on_change: impl FnOnce(),
+    ) -> ExtendReply {
+        let refused = |code| ExtendReply {
+            code,
+            expires_at_ms: 0,
+        };
+        let Some(ttl_ms) = self.resolve_ttl(ttl_ms) else {
+            return refused(ResultCode::InvalidArgument);
+        };
+        let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
+            return refused(ResultCode::NotFound);
+        };
+        let (key, reservation) = locked
+            .shard(res_shard)
+            .reservations
+            .get_key_value(id)
+            .expect("locked");
+        if reservation.lapsed(now_ms) {
+            self.end_hold(
+                &mut locked,
+                res_shard,
+                id,
+                ReservationState::Expired,
+                None,
+                now_ms,
+            );
+            on_change();
+            return refused(ResultCode::Expired);
+        }
+        if reservation.state != ReservationState::Held {
+            return refused(finished_code(reservation.state));
+        }
+        // Never beyond the maximum hold from creation, and never shorter than the current hold.
+        let limit_ms = reservation
+            .created_at_ms
+            .saturating_add(self.config.hold_ms_max);
+        let old_ms = reservation.expires_at_ms;
+        let new_ms = (now_ms + ttl_ms).min(limit_ms).max(old_ms);
+        if new_ms == old_ms {
+            return ExtendReply {
+                code: ResultCode::Ok,
+                expires_at_ms: old_ms,
+            };
+        }
+        let (key, lines) = (key.clone(), reservation.lines.clone());
+        for line in lines.iter() {
+            let sku = locked
+                .shard(self.shard_of(&line.sku))
+                .skus
+                .get_mut(&line.sku);
+            let sku = sku.expect("a reserved SKU is never removed");
+            sku.unhold(u64::from(line.qty), old_ms);
+            sku.hold(u64::from(line.qty), new_ms);
+        }
+        let shard = locked.shard(res_shard);
+        shard.deadlines.remove(&(old_ms, key.clone()));
+        shard.deadlines.insert((new_ms, key));
+        shard
+            .reservations
+            .get_mut(id)
+            .expect("locked")
+            .expires_at_ms = new_ms;
+        on_change();
+        ExtendReply {
+            code: ResultCode::Ok,
+            expires_at_ms: new_ms,
+        }
+    }
+
+    pub(super) fn ship(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
+        let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
+            return ResultCode::NotFound;
+        };
+        let (key, reservation) = locked
+            .shard(res_shard)
+            .reservations
+            .get_key_value(id)
+            .expect("locked");
+        match reservation.state {
+            ReservationState::Held if reservation.lapsed(now_ms) => {
+                self.end_hold(
+                    &mut locked,
+                    res_shard,
+                    id,
+                    ReservationState::Expired,
+                    None,
+                    now_ms,
+                );
+                on_change();
+                return ResultCode::Expired;
+            }
+            ReservationState::Held => return ResultCode::NotConfirmed,
+            ReservationState::Shipped => return ResultCode::Ok,
+            ReservationState::Confirmed => {}
+            state => return finished_code(state),
+        }
+        let (key, lines, confirmed) = (
+            key.clone(),
+            reservation.lines.clone(),
+            reservation.confirmed.clone(),
+        );
+        for (line, qty) in lines.iter().zip(confirmed.iter()) {
+            let sku = locked
+                .shard(self.shard_of(&line.sku))
+                .skus
+                .get_mut(&line.sku);
+            let sku = sku.expect("a reserved SKU is never removed");
+            let qty = u64::from(*qty);
+            assert!(sku.committed >= qty, "committed units are accounted for");
+            sku.committed -= qty;
+            // A physical count set below what was sold leaves nothing more to take out.
+            sku.on_hand = sku.on_hand.saturating_sub(qty);
+        }
+        locked
+            .shard(res_shard)
+            .reservations
+            .get_mut(id)
+            .expect("locked")
+            .state = ReservationState::Shipped;
+        self.retire(&mut locked, res_shard, key, now_ms);
+        on_change();
+        ResultCode::Ok
+    }
+
+    /// Expires a hold past its deadline (the sweep's command).
+    pub(super) fn expire(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
+        let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
+            return ResultCode::NotFound;
+        };
+        if !locked.shard(res_shard).reservations[id].lapsed(now_ms) {
+            return ResultCode::InvalidArgument;
+        }
+        self.end_hold(
+            &mut locked,
+            res_shard,
+            id,
+            ReservationState::Expired,
+            None,
+            now_ms,
+        );
+        on_change();
+        ResultCode::Ok
+    }
+
+    /// Drops a finished reservation past its retention (the sweep's command).
+    pub(super) fn forget(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
+        let mut shard = self.shards[self.shard_of(id)].lock();
+        let Some((key, reservation)) = shard.reservations.get_key_value(id) else {
+            return ResultCode::NotFound;
+        };
+        let forget_at_ms = reservation.forget_at_ms;
+        if forget_at_ms == 0 || forget_at_ms > now_ms {
+            return ResultCode::InvalidArgument;
+        }
+        let key = key.clone();
+        shard.retired.remove(&(forget_at_ms, key));
+        shard.reservations.remove(id);
+        on_change();
+        ResultCode::Ok
+    }
+}

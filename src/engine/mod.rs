@@ -1,0 +1,198 @@
+//! The reservation engine: a pure state machine, `apply(command, now) -> reply`, with no I/O and
+//! no clock of its own. The server, the WAL replay and the tests all drive it the same way.
+//!
+//! State is sharded: every SKU and every reservation lives in the shard its id hashes to, each
+//! shard behind its own mutex, so connections on different cores touching different SKUs do not
+//! contend. An operation locks every shard it touches in ascending index order, so two
+//! operations can never deadlock, and performs all its checks before its first change, so a
+//! rejection changes nothing. Two operations that touch a common shard are ordered by that
+//! shard's lock; operations on disjoint shards commute. The order in which the `on_change`
+//! callback runs (it runs while the locks are held) is therefore a valid serial order of every
+//! state change: that is the order the write-ahead log records.
+//!
+//! Guarantees, checked by the property test against a reference model (`tests/engine_model.rs`):
+//! a new hold never takes a SKU below `reserved + committed + safety_stock <= on_hand`;
+//! a multi-line reserve holds all lines or none; a retried reserve with the same id and content
+//! returns the original result; a hold is never counted once `now >= expires_at`, whether or not
+//! the sweep has run.
+
+mod command;
+mod lifecycle;
+mod reserve;
+mod shard;
+mod stock;
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use stockd_protocol::{OpReply, ReservationReply, ResultCode, SkuInfo, SkuReply};
+
+pub use command::Command;
+use shard::{Locked, Shard};
+
+/// Engine settings (the `[engine]` section of the configuration).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Number of shards, a power of two.
+    pub shards: usize,
+    /// Hold duration used when a reserve asks for `ttl_ms = 0`.
+    pub ttl_ms_default: u32,
+    /// Longest a hold may last from its creation, extensions included.
+    pub hold_ms_max: u64,
+    /// How long a finished reservation (released, expired, shipped) is remembered, so that
+    /// retries with its id stay idempotent. After that the id may be reused.
+    pub retention_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            shards: 64,
+            ttl_ms_default: 10 * 60 * 1000,
+            hold_ms_max: 60 * 60 * 1000,
+            retention_ms: 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+/// The in-memory inventory state and the rules that change it.
+pub struct Engine {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shard_mask: usize,
+    hasher: ahash::RandomState,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// An empty engine. Panics if `config.shards` is not a power of two (the configuration
+    /// loader validates it first).
+    pub fn new(config: EngineConfig) -> Engine {
+        assert!(
+            config.shards.is_power_of_two(),
+            "shard count must be a power of two"
+        );
+        Engine {
+            shards: (0..config.shards)
+                .map(|_| CachePadded::new(Mutex::default()))
+                .collect(),
+            shard_mask: config.shards - 1,
+            // Fixed seeds: shard placement is the same in every process, which keeps runs
+            // reproducible; the per-shard maps use randomly seeded hashers.
+            hasher: ahash::RandomState::with_seeds(0x5354_4b44, 0x7368_6172, 0x6473, 0x1),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        self.hasher.hash_one(key) as usize & self.shard_mask
+    }
+
+    /// Locks the given shards in ascending order (the one global lock order).
+    fn lock(&self, mut shards: SmallVec<[usize; 8]>) -> Locked<'_> {
+        shards.sort_unstable();
+        shards.dedup();
+        Locked::new(
+            shards
+                .into_iter()
+                .map(|i| (i, self.shards[i].lock()))
+                .collect(),
+        )
+    }
+
+    /// Applies a state-changing command at time `now_ms` (UTC milliseconds). `on_change` runs,
+    /// with every touched shard still locked, if and only if the command changed the state.
+    ///
+    /// The internal commands `Expire` and `Forget` answer with a `Release`-shaped reply whose
+    /// code says whether they applied.
+    pub fn apply(&self, command: &Command, now_ms: u64, on_change: impl FnOnce()) -> OpReply {
+        match command {
+            Command::Reserve(r) => OpReply::Reserve(self.reserve(r, now_ms, on_change)),
+            Command::Confirm(c) => OpReply::Confirm(self.confirm(c, now_ms, on_change)),
+            Command::Release { id } => OpReply::Release(self.release(id, now_ms, on_change)),
+            Command::Extend { id, ttl_ms } => {
+                OpReply::Extend(self.extend(id, *ttl_ms, now_ms, on_change))
+            }
+            Command::Ship { id } => OpReply::Ship(self.ship(id, now_ms, on_change)),
+            Command::SetStock {
+                sku,
+                on_hand,
+                expected,
+            } => OpReply::SetStock(self.set_stock(sku, *on_hand, *expected, now_ms, on_change)),
+            Command::AdjustStock {
+                sku,
+                delta,
+                expected,
+            } => OpReply::AdjustStock(self.adjust_stock(sku, *delta, *expected, now_ms, on_change)),
+            Command::SetSafetyStock { sku, safety_stock } => OpReply::SetSafetyStock(
+                self.set_safety_stock(sku, *safety_stock, now_ms, on_change),
+            ),
+            Command::Expire { id } => OpReply::Release(self.expire(id, now_ms, on_change)),
+            Command::Forget { id } => OpReply::Release(self.forget(id, now_ms, on_change)),
+        }
+    }
+
+    /// The counters of one SKU as of `now_ms`.
+    pub fn query_sku(&self, sku: &[u8], now_ms: u64) -> SkuReply {
+        let shard = self.shards[self.shard_of(sku)].lock();
+        match shard.skus.get(sku) {
+            Some(state) => SkuReply {
+                code: ResultCode::Ok,
+                info: state.info(now_ms),
+            },
+            None => SkuReply {
+                code: ResultCode::UnknownSku,
+                info: SkuInfo::default(),
+            },
+        }
+    }
+
+    /// One reservation as of `now_ms`: a hold past its deadline shows as expired even before
+    /// the sweep has processed it.
+    pub fn query_reservation(&self, id: &[u8], now_ms: u64) -> ReservationReply {
+        let shard = self.shards[self.shard_of(id)].lock();
+        match shard.reservations.get(id) {
+            Some(reservation) => ReservationReply {
+                code: ResultCode::Ok,
+                info: Some(reservation.info(now_ms)),
+            },
+            None => ReservationReply {
+                code: ResultCode::NotFound,
+                info: None,
+            },
+        }
+    }
+
+    /// Up to `max` internal commands that are due at `now_ms`: expiry of holds past their
+    /// deadline, then forgetting finished reservations past their retention. The caller applies
+    /// them (and logs them) like any other command; applying a stale one is a harmless no-op.
+    pub fn due(&self, now_ms: u64, max: usize) -> Vec<Command> {
+        let mut due = Vec::new();
+        for shard in self.shards.iter() {
+            if due.len() >= max {
+                break;
+            }
+            shard.lock().collect_due(now_ms, max - due.len(), &mut due);
+        }
+        due
+    }
+
+    /// Number of SKUs and of reservations (all states) currently stored.
+    pub fn counts(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .fold((0, 0), |(skus, reservations), shard| {
+                let shard = shard.lock();
+                (
+                    skus + shard.skus.len(),
+                    reservations + shard.reservations.len(),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;

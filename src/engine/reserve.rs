@@ -1,0 +1,169 @@
+//! `reserve`: validate, lock the reservation's shard and every SKU's shard, check every line,
+//! and only then change anything. A rejection (sold out, paused, unknown SKU) returns before the
+//! first change and never calls `on_change`: nothing is logged for it.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+use stockd_protocol::{Line, ReservationState, Reserve, ReserveReply, ResultCode};
+
+use super::shard::{HeldLine, Key, Reservation};
+use super::Engine;
+
+/// A request line after sorting by SKU and merging duplicates.
+pub(super) struct NormalLine<'a> {
+    pub sku: &'a [u8],
+    pub qty: u32,
+    /// Index of the SKU's first line in the request, reported when the line fails.
+    pub first_index: u16,
+}
+
+/// Sorts lines by SKU and sums duplicates. Errors name the offending request line.
+pub(super) fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<NormalLine<'_>>, u16> {
+    let mut out: Vec<NormalLine<'_>> = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        let index = index as u16;
+        if line.sku.is_empty() || (line.qty == 0 && !allow_zero) {
+            return Err(index);
+        }
+        out.push(NormalLine {
+            sku: &line.sku,
+            qty: line.qty,
+            first_index: index,
+        });
+    }
+    out.sort_by(|a, b| a.sku.cmp(b.sku).then(a.first_index.cmp(&b.first_index)));
+    let mut merged: Vec<NormalLine<'_>> = Vec::with_capacity(out.len());
+    for line in out {
+        match merged.last_mut() {
+            Some(last) if last.sku == line.sku => {
+                last.qty = last.qty.checked_add(line.qty).ok_or(line.first_index)?;
+            }
+            _ => merged.push(line),
+        }
+    }
+    Ok(merged)
+}
+
+fn tag(bytes: &[u8]) -> Option<Box<[u8]>> {
+    (!bytes.is_empty()).then(|| bytes.into())
+}
+
+fn rejected(code: ResultCode, failed_line: Option<u16>) -> ReserveReply {
+    ReserveReply {
+        code,
+        failed_line,
+        expires_at_ms: 0,
+    }
+}
+
+impl Reservation {
+    /// Whether a retried reserve asks for exactly what this reservation holds.
+    fn same_request(&self, request: &Reserve, lines: &[NormalLine<'_>]) -> bool {
+        self.ttl_ms == request.ttl_ms
+            && self.channel.as_deref().unwrap_or_default() == &request.channel[..]
+            && self.customer.as_deref().unwrap_or_default() == &request.customer[..]
+            && self.lines.len() == lines.len()
+            && self
+                .lines
+                .iter()
+                .zip(lines)
+                .all(|(a, b)| &a.sku[..] == b.sku && a.qty == b.qty)
+    }
+}
+
+impl Engine {
+    /// Resolves a requested TTL (0 = default) against the configured maximum.
+    pub(super) fn resolve_ttl(&self, ttl_ms: u32) -> Option<u64> {
+        let ttl_ms = if ttl_ms == 0 {
+            self.config.ttl_ms_default
+        } else {
+            ttl_ms
+        };
+        (u64::from(ttl_ms) <= self.config.hold_ms_max).then_some(u64::from(ttl_ms))
+    }
+
+    pub(super) fn reserve(
+        &self,
+        request: &Reserve,
+        now_ms: u64,
+        on_change: impl FnOnce(),
+    ) -> ReserveReply {
+        if request.id.is_empty() || request.lines.is_empty() {
+            return rejected(ResultCode::InvalidArgument, None);
+        }
+        let Some(ttl_ms) = self.resolve_ttl(request.ttl_ms) else {
+            return rejected(ResultCode::InvalidArgument, None);
+        };
+        let lines = match normalize(&request.lines, false) {
+            Ok(lines) => lines,
+            Err(index) => return rejected(ResultCode::InvalidArgument, Some(index)),
+        };
+        let res_shard = self.shard_of(&request.id);
+        let sku_shards: SmallVec<[usize; 8]> =
+            lines.iter().map(|line| self.shard_of(line.sku)).collect();
+        let mut locked = self.lock(sku_shards.iter().copied().chain([res_shard]).collect());
+
+        if let Some(existing) = locked.shard(res_shard).reservations.get(&request.id[..]) {
+            return if existing.same_request(request, &lines) {
+                ReserveReply {
+                    code: ResultCode::Ok,
+                    failed_line: None,
+                    expires_at_ms: existing.expires_at_ms,
+                }
+            } else {
+                rejected(ResultCode::IdConflict, None)
+            };
+        }
+
+        // Every check before the first change: all lines or none.
+        let mut keys: SmallVec<[Key; 4]> = SmallVec::with_capacity(lines.len());
+        for (line, shard) in lines.iter().zip(&sku_shards) {
+            let Some((key, sku)) = locked.shard(*shard).skus.get_key_value(line.sku) else {
+                return rejected(ResultCode::UnknownSku, Some(line.first_index));
+            };
+            if let Err(code) = sku.check_take(u64::from(line.qty), now_ms) {
+                return rejected(code, Some(line.first_index));
+            }
+            keys.push(key.clone());
+        }
+
+        let expires_at_ms = now_ms + ttl_ms;
+        for ((line, shard), key) in lines.iter().zip(&sku_shards).zip(&keys) {
+            let sku = locked
+                .shard(*shard)
+                .skus
+                .get_mut(key)
+                .expect("checked above");
+            sku.hold(u64::from(line.qty), expires_at_ms);
+        }
+        let held: Arc<[HeldLine]> = lines
+            .iter()
+            .zip(keys)
+            .map(|(line, sku)| HeldLine { sku, qty: line.qty })
+            .collect();
+        let id: Key = Key::from(&request.id[..]);
+        let shard = locked.shard(res_shard);
+        shard.deadlines.insert((expires_at_ms, id.clone()));
+        shard.reservations.insert(
+            id,
+            Reservation {
+                state: ReservationState::Held,
+                lines: held,
+                confirmed: Box::default(),
+                ttl_ms: request.ttl_ms,
+                channel: tag(&request.channel),
+                customer: tag(&request.customer),
+                created_at_ms: now_ms,
+                expires_at_ms,
+                forget_at_ms: 0,
+            },
+        );
+        on_change();
+        ReserveReply {
+            code: ResultCode::Ok,
+            failed_line: None,
+            expires_at_ms,
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! One shard's state (SKUs, reservations, and their time indexes) and the set of shard locks
+//! an operation holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::MutexGuard;
+use smallvec::SmallVec;
+use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, ResultCode, SkuInfo};
+
+use super::Command;
+
+/// Interned id bytes, shared between the maps, the time indexes and reservation lines.
+pub(super) type Key = Arc<[u8]>;
+
+/// One SKU's counters.
+#[derive(Debug, Default)]
+pub(super) struct Sku {
+    pub on_hand: u64,
+    /// Units held by reservations in state `Held`, including holds past their deadline that the
+    /// sweep has not processed yet (`holds` tells which).
+    pub reserved: u64,
+    pub committed: u64,
+    pub safety_stock: u64,
+    /// Held units by deadline. Reads subtract the units whose deadline has passed, which makes
+    /// expiry exact without waiting for the sweep; the sweep keeps this range short.
+    pub holds: BTreeMap<u64, u64>,
+}
+
+impl Sku {
+    /// Held units whose deadline has passed at `now_ms` but that the sweep has not expired yet.
+    fn lapsed(&self, now_ms: u64) -> u64 {
+        self.holds.range(..=now_ms).map(|(_, qty)| qty).sum()
+    }
+
+    pub fn live_reserved(&self, now_ms: u64) -> u64 {
+        self.reserved - self.lapsed(now_ms)
+    }
+
+    /// Units not held or committed (may be below the safety stock).
+    fn free(&self, now_ms: u64) -> u64 {
+        self.on_hand
+            .saturating_sub(self.live_reserved(now_ms) + self.committed)
+    }
+
+    pub fn info(&self, now_ms: u64) -> SkuInfo {
+        let free = self.free(now_ms);
+        let available = free.saturating_sub(self.safety_stock);
+        SkuInfo {
+            on_hand: self.on_hand,
+            reserved: self.live_reserved(now_ms),
+            committed: self.committed,
+            safety_stock: self.safety_stock,
+            available,
+            paused: self.safety_stock > 0 && available == 0,
+        }
+    }
+
+    /// Whether `qty` more units can be held. The rejection order is part of the contract:
+    /// a paused SKU says so before anything else; a line that fits in stock but not above the
+    /// safety floor is `below_safety_stock`; anything larger is `insufficient_stock`.
+    pub fn check_take(&self, qty: u64, now_ms: u64) -> Result<(), ResultCode> {
+        let free = self.free(now_ms);
+        let available = free.saturating_sub(self.safety_stock);
+        if qty <= available {
+            Ok(())
+        } else if self.safety_stock > 0 && available == 0 {
+            Err(ResultCode::SkuPaused)
+        } else if qty <= free {
+            Err(ResultCode::BelowSafetyStock)
+        } else {
+            Err(ResultCode::InsufficientStock)
+        }
+    }
+
+    pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
+        self.reserved += qty;
+        *self.holds.entry(expires_at_ms).or_default() += qty;
+    }
+
+    pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
+        let slot = self
+            .holds
+            .get_mut(&expires_at_ms)
+            .expect("a held line has its deadline entry");
+        assert!(
+            *slot >= qty && self.reserved >= qty,
+            "held units are accounted for"
+        );
+        *slot -= qty;
+        if *slot == 0 {
+            self.holds.remove(&expires_at_ms);
+        }
+        self.reserved -= qty;
+    }
+}
+
+/// One line of a stored reservation. Lines are sorted by SKU with duplicates merged.
+#[derive(Debug)]
+pub(super) struct HeldLine {
+    pub sku: Key,
+    pub qty: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Reservation {
+    pub state: ReservationState,
+    pub lines: Arc<[HeldLine]>,
+    /// Confirmed quantity per line, empty until confirmed.
+    pub confirmed: Box<[u32]>,
+    /// TTL as requested (0 = default), part of the content compared on retries.
+    pub ttl_ms: u32,
+    pub channel: Option<Box<[u8]>>,
+    pub customer: Option<Box<[u8]>>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// When a finished reservation may be forgotten (0 while not finished).
+    pub forget_at_ms: u64,
+}
+
+impl Reservation {
+    /// Held and past its deadline: to be treated as expired.
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        self.state == ReservationState::Held && now_ms >= self.expires_at_ms
+    }
+
+    pub fn info(&self, now_ms: u64) -> ReservationInfo {
+        let state = if self.lapsed(now_ms) {
+            ReservationState::Expired
+        } else {
+            self.state
+        };
+        let bytes = |tag: &Option<Box<[u8]>>| tag.as_deref().map(Bytes::copy_from_slice);
+        ReservationInfo {
+            state,
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            channel: bytes(&self.channel).unwrap_or_default(),
+            customer: bytes(&self.customer).unwrap_or_default(),
+            lines: self
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| ReservationLine {
+                    sku: Bytes::copy_from_slice(&line.sku),
+                    qty_held: line.qty,
+                    qty_confirmed: self.confirmed.get(i).copied().unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A shard: the SKUs and reservations whose ids hash to it.
+#[derive(Debug, Default)]
+pub(super) struct Shard {
+    pub skus: HashMap<Key, Sku, ahash::RandomState>,
+    pub reservations: HashMap<Key, Reservation, ahash::RandomState>,
+    /// Held reservations of this shard by deadline: what the sweep expires.
+    pub deadlines: BTreeSet<(u64, Key)>,
+    /// Finished reservations of this shard by forget time.
+    pub retired: BTreeSet<(u64, Key)>,
+}
+
+impl Shard {
+    pub fn collect_due(&self, now_ms: u64, max: usize, out: &mut Vec<Command>) {
+        let start = out.len();
+        let expired = self.deadlines.iter().take_while(|(at, _)| *at <= now_ms);
+        out.extend(expired.take(max).map(|(_, id)| Command::Expire {
+            id: Bytes::copy_from_slice(id),
+        }));
+        let room = max - (out.len() - start);
+        let forgotten = self.retired.iter().take_while(|(at, _)| *at <= now_ms);
+        out.extend(forgotten.take(room).map(|(_, id)| Command::Forget {
+            id: Bytes::copy_from_slice(id),
+        }));
+    }
+}
+
+/// The guards of every shard an operation holds, in ascending shard order.
+pub(super) struct Locked<'a> {
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>,
+}
+
+impl<'a> Locked<'a> {
+    pub fn new(guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>) -> Locked<'a> {
+        debug_assert!(
+            guards.windows(2).all(|w| w[0].0 < w[1].0),
+            "locks taken in order"
+        );
+        Locked { guards }
+    }
+
+    /// The locked shard with this index. Panics if the operation did not lock it: that is a bug
+    /// in the operation, which must name every shard it touches up front.
+    pub fn shard(&mut self, index: usize) -> &mut Shard {
+        self.guards
+            .iter_mut()
+            .find(|(i, _)| *i == index)
+            .map(|(_, guard)| &mut **guard)
+            .expect("operation touches only shards it locked")
+    }
+}

@@ -1,0 +1,427 @@
+//! Scenario tests of the engine's rules. The property test against a reference model lives in
+//! `tests/engine_model.rs`.
+
+use bytes::Bytes;
+use stockd_protocol::{Confirm, Line, OpReply, ReservationState, Reserve, ResultCode};
+
+use super::{Command, Engine, EngineConfig};
+
+const T0: u64 = 1_000_000;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig {
+        shards: 8,
+        ttl_ms_default: 1_000,
+        hold_ms_max: 5_000,
+        retention_ms: 10_000,
+    })
+}
+
+fn reserve(id: &str, lines: &[(&str, u32)]) -> Command {
+    Command::Reserve(Reserve {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        ttl_ms: 0,
+        channel: Bytes::new(),
+        customer: Bytes::new(),
+        lines: lines
+            .iter()
+            .map(|(sku, qty)| Line::new(Bytes::copy_from_slice(sku.as_bytes()), *qty))
+            .collect(),
+    })
+}
+
+fn id(value: &str) -> Bytes {
+    Bytes::copy_from_slice(value.as_bytes())
+}
+
+/// Applies and reports whether the command changed state.
+fn apply(engine: &Engine, command: Command, now: u64) -> (OpReply, bool) {
+    let mut changed = false;
+    let reply = engine.apply(&command, now, || changed = true);
+    (reply, changed)
+}
+
+fn stock(engine: &Engine, sku: &str, on_hand: u64) {
+    let command = Command::SetStock {
+        sku: id(sku),
+        on_hand,
+        expected: None,
+    };
+    assert_eq!(apply(engine, command, T0).0.code(), ResultCode::Ok);
+}
+
+fn reserved(engine: &Engine, sku: &str, now: u64) -> (u64, u64) {
+    let info = engine.query_sku(sku.as_bytes(), now).info;
+    (info.reserved, info.available)
+}
+
+#[test]
+fn multi_line_reserve_is_all_or_nothing() {
+    let e = engine();
+    stock(&e, "a", 5);
+    stock(&e, "b", 1);
+    let (reply, changed) = apply(&e, reserve("r1", &[("a", 2), ("b", 2)]), T0);
+    let OpReply::Reserve(reply) = reply else {
+        panic!("reserve reply")
+    };
+    assert_eq!(reply.code, ResultCode::InsufficientStock);
+    assert_eq!(reply.failed_line, Some(1));
+    assert!(!changed, "a rejection changes nothing");
+    assert_eq!(reserved(&e, "a", T0), (0, 5));
+    assert_eq!(e.query_reservation(b"r1", T0).code, ResultCode::NotFound);
+
+    let (reply, _) = apply(&e, reserve("r1", &[("a", 2), ("nope", 1)]), T0);
+    let OpReply::Reserve(reply) = reply else {
+        panic!("reserve reply")
+    };
+    assert_eq!(
+        (reply.code, reply.failed_line),
+        (ResultCode::UnknownSku, Some(1))
+    );
+}
+
+#[test]
+fn lines_for_one_sku_are_summed() {
+    let e = engine();
+    stock(&e, "a", 3);
+    let (reply, _) = apply(&e, reserve("r1", &[("a", 2), ("a", 2)]), T0);
+    assert_eq!(reply.code(), ResultCode::InsufficientStock, "2 + 2 > 3");
+    let (reply, _) = apply(&e, reserve("r1", &[("a", 1), ("a", 2)]), T0);
+    assert_eq!(reply.code(), ResultCode::Ok);
+    assert_eq!(reserved(&e, "a", T0), (3, 0));
+    let info = e.query_reservation(b"r1", T0).info.expect("stored");
+    assert_eq!(info.lines.len(), 1);
+    assert_eq!(info.lines[0].qty_held, 3);
+}
+
+#[test]
+fn retries_are_idempotent_and_conflicts_detected() {
+    let e = engine();
+    stock(&e, "a", 10);
+    stock(&e, "b", 10);
+    let (first, changed) = apply(&e, reserve("r1", &[("a", 2), ("b", 1)]), T0);
+    assert!(changed);
+    // Same content, lines in another order, later: the original result, nothing changes.
+    let (again, changed) = apply(&e, reserve("r1", &[("b", 1), ("a", 2)]), T0 + 10);
+    assert_eq!(first, again);
+    assert!(!changed);
+    assert_eq!(reserved(&e, "a", T0 + 10), (2, 8));
+    let (conflict, changed) = apply(&e, reserve("r1", &[("a", 3)]), T0 + 10);
+    assert_eq!(conflict.code(), ResultCode::IdConflict);
+    assert!(!changed);
+}
+
+#[test]
+fn expiry_is_exact_before_the_sweep() {
+    let e = engine();
+    stock(&e, "a", 1);
+    assert_eq!(
+        apply(&e, reserve("r1", &[("a", 1)]), T0).0.code(),
+        ResultCode::Ok
+    );
+    assert_eq!(reserved(&e, "a", T0 + 999), (1, 0));
+    assert_eq!(
+        apply(&e, reserve("r2", &[("a", 1)]), T0 + 999).0.code(),
+        ResultCode::InsufficientStock
+    );
+    // At the deadline the hold no longer counts, although no sweep ran.
+    assert_eq!(reserved(&e, "a", T0 + 1_000), (0, 1));
+    let state = e
+        .query_reservation(b"r1", T0 + 1_000)
+        .info
+        .expect("stored")
+        .state;
+    assert_eq!(state, ReservationState::Expired);
+    assert_eq!(
+        apply(&e, reserve("r2", &[("a", 1)]), T0 + 1_000).0.code(),
+        ResultCode::Ok
+    );
+    // Confirming the lapsed hold fails and finalises its expiry.
+    let confirm = Command::Confirm(Confirm {
+        id: id("r1"),
+        lines: vec![],
+    });
+    assert_eq!(
+        apply(&e, confirm, T0 + 1_001),
+        (OpReply::Confirm(ResultCode::Expired), true)
+    );
+    assert_eq!(reserved(&e, "a", T0 + 1_001), (1, 0), "only r2 is held");
+}
+
+#[test]
+fn sweep_expires_due_holds_then_forgets_after_retention() {
+    let e = engine();
+    stock(&e, "a", 5);
+    apply(&e, reserve("r1", &[("a", 2)]), T0);
+    assert!(e.due(T0 + 999, 100).is_empty());
+    let due = e.due(T0 + 1_000, 100);
+    assert_eq!(due, vec![Command::Expire { id: id("r1") }]);
+    let (reply, changed) = apply(&e, due[0].clone(), T0 + 1_000);
+    assert_eq!((reply.code(), changed), (ResultCode::Ok, true));
+    // Applying a stale sweep command again is a no-op.
+    assert!(!apply(&e, due[0].clone(), T0 + 1_000).1);
+    assert_eq!(e.query_sku(b"a", T0 + 1_000).info.reserved, 0);
+    assert_eq!(e.due(T0 + 10_999, 100), vec![]);
+    let due = e.due(T0 + 11_000, 100);
+    assert_eq!(due, vec![Command::Forget { id: id("r1") }]);
+    assert!(apply(&e, due[0].clone(), T0 + 11_000).1);
+    assert_eq!(e.counts(), (1, 0));
+    // The id can be used again, with any content.
+    assert_eq!(
+        apply(&e, reserve("r1", &[("a", 5)]), T0 + 11_000).0.code(),
+        ResultCode::Ok
+    );
+}
+
+#[test]
+fn safety_stock_pauses_selling() {
+    let e = engine();
+    stock(&e, "a", 10);
+    let set = Command::SetSafetyStock {
+        sku: id("a"),
+        safety_stock: 3,
+    };
+    assert!(apply(&e, set, T0).1);
+    assert_eq!(reserved(&e, "a", T0), (0, 7));
+    let (reply, _) = apply(&e, reserve("r1", &[("a", 8)]), T0);
+    assert_eq!(
+        reply.code(),
+        ResultCode::BelowSafetyStock,
+        "fits in stock, not above the floor"
+    );
+    let (reply, _) = apply(&e, reserve("r1", &[("a", 11)]), T0);
+    assert_eq!(reply.code(), ResultCode::InsufficientStock);
+    assert_eq!(
+        apply(&e, reserve("r1", &[("a", 7)]), T0).0.code(),
+        ResultCode::Ok
+    );
+    let info = e.query_sku(b"a", T0).info;
+    assert!(info.paused && info.available == 0);
+    assert_eq!(
+        apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(),
+        ResultCode::SkuPaused
+    );
+    // Stock coming back resumes selling.
+    assert_eq!(
+        apply(&e, Command::Release { id: id("r1") }, T0).0.code(),
+        ResultCode::Ok
+    );
+    assert!(!e.query_sku(b"a", T0).info.paused);
+    assert_eq!(
+        apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(),
+        ResultCode::Ok
+    );
+}
+
+#[test]
+fn partial_confirm_returns_the_rest_and_ship_takes_committed_out() {
+    let e = engine();
+    stock(&e, "a", 10);
+    stock(&e, "b", 10);
+    apply(&e, reserve("r1", &[("a", 4), ("b", 2)]), T0);
+    let partial = Command::Confirm(Confirm {
+        id: id("r1"),
+        lines: vec![Line::new("a", 3)],
+    });
+    assert_eq!(
+        apply(&e, partial.clone(), T0),
+        (OpReply::Confirm(ResultCode::Ok), true)
+    );
+    let a = e.query_sku(b"a", T0).info;
+    let b = e.query_sku(b"b", T0).info;
+    assert_eq!((a.reserved, a.committed, a.available), (0, 3, 7));
+    assert_eq!((b.reserved, b.committed, b.available), (0, 0, 10));
+    // The same partial confirm again is idempotent; a different one is not.
+    assert_eq!(
+        apply(&e, partial, T0),
+        (OpReply::Confirm(ResultCode::Ok), false)
+    );
+    let full = Command::Confirm(Confirm {
+        id: id("r1"),
+        lines: vec![],
+    });
+    assert_eq!(apply(&e, full, T0).0.code(), ResultCode::AlreadyConfirmed);
+    assert_eq!(
+        apply(&e, Command::Release { id: id("r1") }, T0).0.code(),
+        ResultCode::AlreadyConfirmed
+    );
+    assert_eq!(
+        apply(&e, Command::Ship { id: id("r1") }, T0),
+        (OpReply::Ship(ResultCode::Ok), true)
+    );
+    let a = e.query_sku(b"a", T0).info;
+    assert_eq!((a.on_hand, a.committed, a.available), (7, 0, 7));
+    assert_eq!(
+        apply(&e, Command::Ship { id: id("r1") }, T0),
+        (OpReply::Ship(ResultCode::Ok), false)
+    );
+}
+
+#[test]
+fn confirm_rejects_bad_lines() {
+    let e = engine();
+    stock(&e, "a", 10);
+    apply(&e, reserve("r1", &[("a", 2)]), T0);
+    for lines in [
+        vec![Line::new("a", 3)],
+        vec![Line::new("z", 1)],
+        vec![Line::new("a", 0)],
+    ] {
+        let confirm = Command::Confirm(Confirm {
+            id: id("r1"),
+            lines,
+        });
+        assert_eq!(
+            apply(&e, confirm, T0),
+            (OpReply::Confirm(ResultCode::InvalidArgument), false)
+        );
+    }
+    let unknown = Command::Confirm(Confirm {
+        id: id("zz"),
+        lines: vec![],
+    });
+    assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::NotFound);
+    assert_eq!(
+        apply(&e, Command::Ship { id: id("r1") }, T0).0.code(),
+        ResultCode::NotConfirmed
+    );
+}
+
+#[test]
+fn release_is_idempotent_and_reports_finished_states() {
+    let e = engine();
+    stock(&e, "a", 10);
+    apply(&e, reserve("r1", &[("a", 2)]), T0);
+    assert_eq!(
+        apply(&e, Command::Release { id: id("r1") }, T0),
+        (OpReply::Release(ResultCode::Ok), true)
+    );
+    assert_eq!(
+        apply(&e, Command::Release { id: id("r1") }, T0),
+        (OpReply::Release(ResultCode::Ok), false)
+    );
+    let confirm = Command::Confirm(Confirm {
+        id: id("r1"),
+        lines: vec![],
+    });
+    assert_eq!(apply(&e, confirm, T0).0.code(), ResultCode::AlreadyReleased);
+    assert_eq!(
+        apply(&e, Command::Release { id: id("none") }, T0).0.code(),
+        ResultCode::NotFound
+    );
+    apply(&e, reserve("r2", &[("a", 2)]), T0);
+    assert_eq!(
+        apply(&e, Command::Release { id: id("r2") }, T0 + 1_000)
+            .0
+            .code(),
+        ResultCode::Expired
+    );
+    assert_eq!(reserved(&e, "a", T0 + 1_000), (0, 10));
+}
+
+#[test]
+fn extend_is_capped_by_the_maximum_hold() {
+    let e = engine();
+    stock(&e, "a", 10);
+    apply(&e, reserve("r1", &[("a", 2)]), T0);
+    let extend = |ttl_ms, now| {
+        apply(
+            &e,
+            Command::Extend {
+                id: id("r1"),
+                ttl_ms,
+            },
+            now,
+        )
+        .0
+    };
+    let OpReply::Extend(reply) = extend(3_000, T0 + 500) else {
+        panic!("extend reply")
+    };
+    assert_eq!(
+        (reply.code, reply.expires_at_ms),
+        (ResultCode::Ok, T0 + 3_500)
+    );
+    let OpReply::Extend(reply) = extend(5_000, T0 + 3_000) else {
+        panic!("extend reply")
+    };
+    assert_eq!(
+        reply.expires_at_ms,
+        T0 + 5_000,
+        "capped at created + hold_ms_max"
+    );
+    assert_eq!(extend(5_001, T0).code(), ResultCode::InvalidArgument);
+    assert_eq!(reserved(&e, "a", T0 + 4_999), (2, 8));
+    assert_eq!(reserved(&e, "a", T0 + 5_000), (0, 10));
+    assert_eq!(extend(1_000, T0 + 5_000).code(), ResultCode::Expired);
+}
+
+#[test]
+fn stock_changes_check_expected_values() {
+    let e = engine();
+    stock(&e, "a", 10);
+    let set = Command::SetStock {
+        sku: id("a"),
+        on_hand: 20,
+        expected: Some(9),
+    };
+    assert_eq!(apply(&e, set, T0).0.code(), ResultCode::ExpectedMismatch);
+    let adjust = Command::AdjustStock {
+        sku: id("a"),
+        delta: -4,
+        expected: Some(10),
+    };
+    let (OpReply::AdjustStock(reply), true) = apply(&e, adjust, T0) else {
+        panic!("applied")
+    };
+    assert_eq!(reply.info.on_hand, 6);
+    let below_zero = Command::AdjustStock {
+        sku: id("a"),
+        delta: -7,
+        expected: None,
+    };
+    let (reply, changed) = apply(&e, below_zero, T0);
+    assert_eq!(
+        (reply.code(), changed),
+        (ResultCode::InvalidArgument, false)
+    );
+    assert_eq!(e.query_sku(b"a", T0).info.on_hand, 6);
+    let unknown = Command::AdjustStock {
+        sku: id("x"),
+        delta: 1,
+        expected: None,
+    };
+    assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::UnknownSku);
+    let unknown = Command::SetSafetyStock {
+        sku: id("x"),
+        safety_stock: 1,
+    };
+    assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::UnknownSku);
+}
+
+#[test]
+fn invalid_reserves_are_refused() {
+    let e = engine();
+    stock(&e, "a", 10);
+    assert_eq!(
+        apply(&e, reserve("", &[("a", 1)]), T0).0.code(),
+        ResultCode::InvalidArgument
+    );
+    assert_eq!(
+        apply(&e, reserve("r", &[]), T0).0.code(),
+        ResultCode::InvalidArgument
+    );
+    let OpReply::Reserve(reply) = apply(&e, reserve("r", &[("a", 1), ("a", 0)]), T0).0 else {
+        panic!("reserve reply")
+    };
+    assert_eq!(
+        (reply.code, reply.failed_line),
+        (ResultCode::InvalidArgument, Some(1))
+    );
+    let mut long = reserve("r", &[("a", 1)]);
+    if let Command::Reserve(r) = &mut long {
+        r.ttl_ms = 5_001;
+    }
+    assert_eq!(apply(&e, long, T0).0.code(), ResultCode::InvalidArgument);
+    assert_eq!(e.counts(), (1, 0));
+}
