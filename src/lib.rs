@@ -1,7 +1,12 @@
 //! stockd: a high-throughput inventory reservation server.
 //!
-//! The library holds everything; `main.rs` only parses the command line. Subsystems:
+//! The library holds everything; `main.rs` only calls [`cli::main`]. Subsystems:
 //! [`engine`] (the pure state machine), [`server`] (TCP, connections, sweeper), [`config`],
-//! [`clock`], [`limits`] and [`cli`] (the client commands).
+//! [`clock`], [`limits`] and [`cli`] (the `stockd` command: server and client subcommands).
 
+pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod engine;
+pub mod limits;
+pub mod server;

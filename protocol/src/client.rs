@@ -32,7 +32,7 @@ use crate::PROTOCOL_VERSION;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] std::io::Error),
     #[error("connection closed: {0}")]
     Closed(String),
@@ -50,10 +50,7 @@ impl ClientError {
     /// True when the request may not have reached the server and can be retried on a new
     /// connection (with the same id, so the retry is idempotent).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Io(_) | ClientError::Closed(_) | ClientError::Timeout(_)
-        )
+        matches!(self, ClientError::Io(_) | ClientError::Closed(_) | ClientError::Timeout(_))
     }
 }
 
@@ -156,16 +153,11 @@ impl Client {
             Reply::Hello(hello) if hello.code.is_ok() => inner.hello = hello,
             Reply::Hello(hello) => return Err(ClientError::Handshake(hello.code)),
             Reply::Error(e) => {
-                return Err(ClientError::Server {
-                    code: e.code,
-                    message: e.message,
-                })
+                return Err(ClientError::Server { code: e.code, message: e.message })
             }
             other => return Err(unexpected(&other)),
         }
-        Ok(Client {
-            inner: Arc::new(inner),
-        })
+        Ok(Client { inner: Arc::new(inner) })
     }
 
     /// What the server announced in the handshake (version, limits, clock).
@@ -183,10 +175,7 @@ impl Client {
         let opcode = op.opcode();
         match self.request(Request::Op(op)).await? {
             Reply::Op(reply) if reply.opcode() == opcode => Ok(reply),
-            Reply::Error(e) => Err(ClientError::Server {
-                code: e.code,
-                message: e.message,
-            }),
+            Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
             other => Err(unexpected(&other)),
         }
     }
@@ -196,10 +185,7 @@ impl Client {
         let count = ops.len();
         match self.request(Request::Batch(ops)).await? {
             Reply::Batch(replies) if replies.len() == count => Ok(replies),
-            Reply::Error(e) => Err(ClientError::Server {
-                code: e.code,
-                message: e.message,
-            }),
+            Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
             other => Err(unexpected(&other)),
         }
     }
@@ -221,13 +207,7 @@ impl Client {
         id: impl Into<Bytes>,
         lines: Vec<Line>,
     ) -> Result<ResultCode, ClientError> {
-        Ok(self
-            .call(Op::Confirm(Confirm {
-                id: id.into(),
-                lines,
-            }))
-            .await?
-            .code())
+        Ok(self.call(Op::Confirm(Confirm { id: id.into(), lines })).await?.code())
     }
 
     pub async fn release(&self, id: impl Into<Bytes>) -> Result<ResultCode, ClientError> {
@@ -239,13 +219,7 @@ impl Client {
         id: impl Into<Bytes>,
         ttl_ms: u32,
     ) -> Result<ExtendReply, ClientError> {
-        match self
-            .call(Op::Extend {
-                id: id.into(),
-                ttl_ms,
-            })
-            .await?
-        {
+        match self.call(Op::Extend { id: id.into(), ttl_ms }).await? {
             OpReply::Extend(reply) => Ok(reply),
             other => Err(unexpected_op(&other)),
         }
@@ -261,14 +235,7 @@ impl Client {
         on_hand: u64,
         expected: Option<u64>,
     ) -> Result<SkuReply, ClientError> {
-        sku_reply(
-            self.call(Op::SetStock {
-                sku: sku.into(),
-                on_hand,
-                expected,
-            })
-            .await?,
-        )
+        sku_reply(self.call(Op::SetStock { sku: sku.into(), on_hand, expected }).await?)
     }
 
     pub async fn adjust_stock(
@@ -277,14 +244,7 @@ impl Client {
         delta: i64,
         expected: Option<u64>,
     ) -> Result<SkuReply, ClientError> {
-        sku_reply(
-            self.call(Op::AdjustStock {
-                sku: sku.into(),
-                delta,
-                expected,
-            })
-            .await?,
-        )
+        sku_reply(self.call(Op::AdjustStock { sku: sku.into(), delta, expected }).await?)
     }
 
     pub async fn set_safety_stock(
@@ -292,13 +252,7 @@ impl Client {
         sku: impl Into<Bytes>,
         safety_stock: u64,
     ) -> Result<SkuReply, ClientError> {
-        sku_reply(
-            self.call(Op::SetSafetyStock {
-                sku: sku.into(),
-                safety_stock,
-            })
-            .await?,
-        )
+        sku_reply(self.call(Op::SetSafetyStock { sku: sku.into(), safety_stock }).await?)
     }
 
     pub async fn query_sku(&self, sku: impl Into<Bytes>) -> Result<SkuReply, ClientError> {
@@ -335,32 +289,19 @@ fn unexpected_op(reply: &OpReply) -> ClientError {
 }
 
 async fn send(inner: &Inner, request: Request) -> Result<Reply, ClientError> {
-    let _permit = inner
-        .in_flight
-        .acquire()
-        .await
-        .map_err(|_| closed("client dropped"))?;
+    let _permit = inner.in_flight.acquire().await.map_err(|_| closed("client dropped"))?;
     let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
     let (reply_tx, reply_rx) = oneshot::channel();
     inner
         .tx
-        .send(Outgoing {
-            request_id,
-            request,
-            reply: reply_tx,
-        })
+        .send(Outgoing { request_id, request, reply: reply_tx })
         .await
         .map_err(|_| closed("writer stopped"))?;
     match tokio::time::timeout(inner.request_timeout, reply_rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Err(closed("reply channel dropped")),
         Err(_) => {
-            inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .waiting
-                .remove(&request_id);
+            inner.pending.lock().expect("pending lock").waiting.remove(&request_id);
             Err(ClientError::Timeout(inner.request_timeout))
         }
     }
@@ -435,11 +376,7 @@ async fn read_loop(
                 break format!("server error: {}: {}", e.code, e.message);
             }
         }
-        let waiter = pending
-            .lock()
-            .expect("pending lock")
-            .waiting
-            .remove(&frame.header.request_id);
+        let waiter = pending.lock().expect("pending lock").waiting.remove(&frame.header.request_id);
         if let Some(waiter) = waiter {
             let _ = waiter.send(reply);
         }
@@ -464,9 +401,7 @@ impl Pool {
         Pool {
             addr: addr.into(),
             options,
-            slots: (0..size.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
+            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             retries,
         }

@@ -112,11 +112,7 @@ mod tests {
     #[test]
     fn codes_round_trip_and_are_dense() {
         for (index, code) in ResultCode::ALL.iter().enumerate() {
-            assert_eq!(
-                code.as_u8() as usize,
-                index,
-                "codes are numbered densely in order"
-            );
+            assert_eq!(code.as_u8() as usize, index, "codes are numbered densely in order");
             assert_eq!(ResultCode::from_u8(code.as_u8()), Some(*code));
         }
         assert_eq!(ResultCode::from_u8(ResultCode::ALL.len() as u8), None);
@@ -126,9 +122,7 @@ mod tests {
     #[test]
     fn names_are_unique_snake_case() {
         let mut names: Vec<_> = ResultCode::ALL.iter().map(|c| c.name()).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ResultCode::ALL.len());

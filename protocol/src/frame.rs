@@ -61,11 +61,7 @@ pub enum FrameError {
     #[error("unsupported protocol version {version}")]
     UnsupportedVersion { version: u16, request_id: u64 },
     #[error("frame body of {body_len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        request_id: u64,
-        body_len: u32,
-        limit: u32,
-    },
+    TooLarge { request_id: u64, body_len: u32, limit: u32 },
     #[error("body checksum mismatch")]
     BodyChecksum { request_id: u64 },
     #[error("reserved header bytes or flag bits are not zero")]
@@ -77,10 +73,7 @@ pub enum FrameError {
 impl FrameError {
     /// Fatal errors leave the stream out of sync: the connection must be closed.
     pub fn is_fatal(&self) -> bool {
-        !matches!(
-            self,
-            FrameError::BodyChecksum { .. } | FrameError::ReservedNotZero { .. }
-        )
+        !matches!(self, FrameError::BodyChecksum { .. } | FrameError::ReservedNotZero { .. })
     }
 
     /// The request id from the header, when the header could be trusted.
@@ -151,10 +144,7 @@ struct PendingBody {
 impl FrameDecoder {
     /// A decoder that refuses bodies larger than `body_bytes_max` (capped at the protocol limit).
     pub fn new(body_bytes_max: u32) -> FrameDecoder {
-        FrameDecoder {
-            body_bytes_max: body_bytes_max.min(FRAME_BODY_BYTES_MAX),
-            pending: None,
-        }
+        FrameDecoder { body_bytes_max: body_bytes_max.min(FRAME_BODY_BYTES_MAX), pending: None }
     }
 
     /// True when part of a frame has been consumed or buffered and more bytes are needed.
@@ -202,11 +192,7 @@ impl FrameDecoder {
         // The header is intact, so even with reserved bits set the body can be skipped and the
         // stream stays in sync.
         let reserved_bad = reserved != 0 || header.flags & !FLAGS_KNOWN != 0;
-        Ok(Some(PendingBody {
-            header,
-            body_crc,
-            reserved_bad,
-        }))
+        Ok(Some(PendingBody { header, body_crc, reserved_bad }))
     }
 }
 
@@ -236,10 +222,7 @@ impl Decoder for FrameDecoder {
         if crc32c::crc32c(&body) != pending.body_crc {
             return Err(FrameError::BodyChecksum { request_id });
         }
-        Ok(Some(RawFrame {
-            header: pending.header,
-            body,
-        }))
+        Ok(Some(RawFrame { header: pending.header, body }))
     }
 }
 
@@ -291,20 +274,10 @@ mod tests {
         let mut buf = frame(0x10, 3, &[0u8; 100]);
         buf.truncate(HEADER_BYTES);
         let err = FrameDecoder::new(99).decode(&mut buf).unwrap_err();
-        assert!(matches!(
-            err,
-            FrameError::TooLarge {
-                request_id: 3,
-                body_len: 100,
-                limit: 99
-            }
-        ));
+        assert!(matches!(err, FrameError::TooLarge { request_id: 3, body_len: 100, limit: 99 }));
         assert!(err.is_fatal());
         let mut buf = frame(0x10, 3, &[0u8; 100]);
-        assert!(FrameDecoder::new(100)
-            .decode(&mut buf)
-            .expect("at the limit")
-            .is_some());
+        assert!(FrameDecoder::new(100).decode(&mut buf).expect("at the limit").is_some());
     }
 
     #[test]
@@ -316,10 +289,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(1024);
         let err = decoder.decode(&mut buf).unwrap_err();
         assert!(matches!(err, FrameError::BodyChecksum { request_id: 5 }) && !err.is_fatal());
-        let next = decoder
-            .decode(&mut buf)
-            .expect("stream in sync")
-            .expect("frame");
+        let next = decoder.decode(&mut buf).expect("stream in sync").expect("frame");
         assert_eq!(next.header.request_id, 6);
     }
 
@@ -333,10 +303,7 @@ mod tests {
         let mut decoder = FrameDecoder::new(1024);
         // Deliver the bad frame in two parts to exercise the pending path.
         let mut part = buf.split_to(HEADER_BYTES + 2);
-        assert!(decoder
-            .decode(&mut part)
-            .expect("header accepted")
-            .is_none());
+        assert!(decoder.decode(&mut part).expect("header accepted").is_none());
         part.unsplit(buf);
         let mut buf = part;
         let err = decoder.decode(&mut buf).unwrap_err();
@@ -352,12 +319,6 @@ mod tests {
         let crc = crc32c::crc32c(&buf[..28]);
         buf[28..32].copy_from_slice(&crc.to_le_bytes());
         let err = FrameDecoder::new(1024).decode(&mut buf).unwrap_err();
-        assert!(matches!(
-            err,
-            FrameError::UnsupportedVersion {
-                version: 9,
-                request_id: 11
-            }
-        ));
+        assert!(matches!(err, FrameError::UnsupportedVersion { version: 9, request_id: 11 }));
     }
 }

@@ -87,16 +87,10 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn malformed(message: impl Into<String>) -> DecodeError {
-        DecodeError {
-            code: ResultCode::Malformed,
-            message: message.into(),
-        }
+        DecodeError { code: ResultCode::Malformed, message: message.into() }
     }
     fn too_large(message: impl Into<String>) -> DecodeError {
-        DecodeError {
-            code: ResultCode::TooLarge,
-            message: message.into(),
-        }
+        DecodeError { code: ResultCode::TooLarge, message: message.into() }
     }
 }
 
@@ -109,10 +103,7 @@ pub struct Line {
 
 impl Line {
     pub fn new(sku: impl Into<Bytes>, qty: u32) -> Line {
-        Line {
-            sku: sku.into(),
-            qty,
-        }
+        Line { sku: sku.into(), qty }
     }
 }
 
@@ -153,36 +144,14 @@ pub enum Op {
     Ping,
     Reserve(Reserve),
     Confirm(Confirm),
-    Release {
-        id: Bytes,
-    },
-    Extend {
-        id: Bytes,
-        ttl_ms: u32,
-    },
-    Ship {
-        id: Bytes,
-    },
-    SetStock {
-        sku: Bytes,
-        on_hand: u64,
-        expected: Option<u64>,
-    },
-    AdjustStock {
-        sku: Bytes,
-        delta: i64,
-        expected: Option<u64>,
-    },
-    SetSafetyStock {
-        sku: Bytes,
-        safety_stock: u64,
-    },
-    QuerySku {
-        sku: Bytes,
-    },
-    QueryReservation {
-        id: Bytes,
-    },
+    Release { id: Bytes },
+    Extend { id: Bytes, ttl_ms: u32 },
+    Ship { id: Bytes },
+    SetStock { sku: Bytes, on_hand: u64, expected: Option<u64> },
+    AdjustStock { sku: Bytes, delta: i64, expected: Option<u64> },
+    SetSafetyStock { sku: Bytes, safety_stock: u64 },
+    QuerySku { sku: Bytes },
+    QueryReservation { id: Bytes },
 }
 
 /// A decoded request frame body.
@@ -376,9 +345,7 @@ impl Reader {
     fn str8(&mut self, max: usize, what: &str) -> Result<Bytes, DecodeError> {
         let len = self.u8()? as usize;
         if len > max {
-            return Err(DecodeError::too_large(format!(
-                "{what} of {len} bytes exceeds {max}"
-            )));
+            return Err(DecodeError::too_large(format!("{what} of {len} bytes exceeds {max}")));
         }
         self.bytes(len)
     }
@@ -386,9 +353,7 @@ impl Reader {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            other => Err(DecodeError::malformed(format!(
-                "boolean byte {other} is not 0 or 1"
-            ))),
+            other => Err(DecodeError::malformed(format!("boolean byte {other} is not 0 or 1"))),
         }
     }
     fn expected(&mut self) -> Result<Option<u64>, DecodeError> {
@@ -397,9 +362,7 @@ impl Reader {
         match (present, value) {
             (true, value) => Ok(Some(value)),
             (false, 0) => Ok(None),
-            (false, _) => Err(DecodeError::malformed(
-                "expected value set without its flag",
-            )),
+            (false, _) => Err(DecodeError::malformed("expected value set without its flag")),
         }
     }
     fn lines(&mut self) -> Result<Vec<Line>, DecodeError> {
@@ -411,10 +374,7 @@ impl Reader {
         }
         let mut lines = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            lines.push(Line {
-                sku: self.str8(SKU_BYTES_MAX, "sku")?,
-                qty: self.u32()?,
-            });
+            lines.push(Line { sku: self.str8(SKU_BYTES_MAX, "sku")?, qty: self.u32()? });
         }
         Ok(lines)
     }
@@ -425,10 +385,7 @@ impl Reader {
     }
     fn finish<T>(self, value: T) -> Result<T, DecodeError> {
         if self.buf.has_remaining() {
-            return Err(DecodeError::malformed(format!(
-                "{} trailing bytes",
-                self.buf.remaining()
-            )));
+            return Err(DecodeError::malformed(format!("{} trailing bytes", self.buf.remaining())));
         }
         Ok(value)
     }
@@ -454,10 +411,7 @@ fn put_lines(buf: &mut BytesMut, lines: &[Line]) {
 }
 
 fn unknown_opcode(opcode: u8) -> DecodeError {
-    DecodeError {
-        code: ResultCode::UnknownOpcode,
-        message: format!("opcode 0x{opcode:02x}"),
-    }
+    DecodeError { code: ResultCode::UnknownOpcode, message: format!("opcode 0x{opcode:02x}") }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,10 +436,7 @@ impl Op {
 
     /// True for operations that never change state.
     pub fn is_read_only(&self) -> bool {
-        matches!(
-            self,
-            Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. }
-        )
+        matches!(self, Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. })
     }
 
     /// Appends the body of this operation.
@@ -508,20 +459,12 @@ impl Op {
                 put_str8(buf, id);
                 buf.put_u32_le(*ttl_ms);
             }
-            Op::SetStock {
-                sku,
-                on_hand,
-                expected,
-            } => {
+            Op::SetStock { sku, on_hand, expected } => {
                 put_str8(buf, sku);
                 buf.put_u64_le(*on_hand);
                 put_expected(buf, *expected);
             }
-            Op::AdjustStock {
-                sku,
-                delta,
-                expected,
-            } => {
+            Op::AdjustStock { sku, delta, expected } => {
                 put_str8(buf, sku);
                 buf.put_i64_le(*delta);
                 put_expected(buf, *expected);
@@ -550,16 +493,11 @@ impl Op {
                 id: r.str8(ID_BYTES_MAX, "reservation id")?,
                 lines: r.lines()?,
             }),
-            Some(Opcode::Release) => Op::Release {
-                id: r.str8(ID_BYTES_MAX, "reservation id")?,
-            },
-            Some(Opcode::Extend) => Op::Extend {
-                id: r.str8(ID_BYTES_MAX, "reservation id")?,
-                ttl_ms: r.u32()?,
-            },
-            Some(Opcode::Ship) => Op::Ship {
-                id: r.str8(ID_BYTES_MAX, "reservation id")?,
-            },
+            Some(Opcode::Release) => Op::Release { id: r.str8(ID_BYTES_MAX, "reservation id")? },
+            Some(Opcode::Extend) => {
+                Op::Extend { id: r.str8(ID_BYTES_MAX, "reservation id")?, ttl_ms: r.u32()? }
+            }
+            Some(Opcode::Ship) => Op::Ship { id: r.str8(ID_BYTES_MAX, "reservation id")? },
             Some(Opcode::SetStock) => Op::SetStock {
                 sku: r.str8(SKU_BYTES_MAX, "sku")?,
                 on_hand: r.u64()?,
@@ -570,16 +508,13 @@ impl Op {
                 delta: r.i64()?,
                 expected: r.expected()?,
             },
-            Some(Opcode::SetSafetyStock) => Op::SetSafetyStock {
-                sku: r.str8(SKU_BYTES_MAX, "sku")?,
-                safety_stock: r.u64()?,
-            },
-            Some(Opcode::QuerySku) => Op::QuerySku {
-                sku: r.str8(SKU_BYTES_MAX, "sku")?,
-            },
-            Some(Opcode::QueryReservation) => Op::QueryReservation {
-                id: r.str8(ID_BYTES_MAX, "reservation id")?,
-            },
+            Some(Opcode::SetSafetyStock) => {
+                Op::SetSafetyStock { sku: r.str8(SKU_BYTES_MAX, "sku")?, safety_stock: r.u64()? }
+            }
+            Some(Opcode::QuerySku) => Op::QuerySku { sku: r.str8(SKU_BYTES_MAX, "sku")? },
+            Some(Opcode::QueryReservation) => {
+                Op::QueryReservation { id: r.str8(ID_BYTES_MAX, "reservation id")? }
+            }
             Some(Opcode::Hello | Opcode::Batch | Opcode::Error) | None => {
                 return Err(unknown_opcode(opcode))
             }
@@ -610,9 +545,7 @@ fn decode_batch<T>(
     let mut r = Reader { buf: body };
     let count = r.u32()?;
     if count > BATCH_OPS_MAX {
-        return Err(DecodeError::too_large(format!(
-            "{count} batch ops exceed {BATCH_OPS_MAX}"
-        )));
+        return Err(DecodeError::too_large(format!("{count} batch ops exceed {BATCH_OPS_MAX}")));
     }
     // Each item takes at least its header, so a count the body cannot hold is refused before
     // anything is allocated for it.
@@ -743,22 +676,14 @@ impl OpReply {
     /// The reply for an operation that was refused as a whole with `code` (read-only mode,
     /// overload, authorization): the same shape as a normal reply, with zeroed details.
     pub fn refused(opcode: Opcode, code: ResultCode) -> OpReply {
-        let sku = SkuReply {
-            code,
-            info: SkuInfo::default(),
-        };
+        let sku = SkuReply { code, info: SkuInfo::default() };
         match opcode {
-            Opcode::Reserve => OpReply::Reserve(ReserveReply {
-                code,
-                failed_line: None,
-                expires_at_ms: 0,
-            }),
+            Opcode::Reserve => {
+                OpReply::Reserve(ReserveReply { code, failed_line: None, expires_at_ms: 0 })
+            }
             Opcode::Confirm => OpReply::Confirm(code),
             Opcode::Release => OpReply::Release(code),
-            Opcode::Extend => OpReply::Extend(ExtendReply {
-                code,
-                expires_at_ms: 0,
-            }),
+            Opcode::Extend => OpReply::Extend(ExtendReply { code, expires_at_ms: 0 }),
             Opcode::Ship => OpReply::Ship(code),
             Opcode::SetStock => OpReply::SetStock(sku),
             Opcode::AdjustStock => OpReply::AdjustStock(sku),
@@ -821,10 +746,9 @@ impl OpReply {
             }),
             Some(Opcode::Confirm) => OpReply::Confirm(r.code()?),
             Some(Opcode::Release) => OpReply::Release(r.code()?),
-            Some(Opcode::Extend) => OpReply::Extend(ExtendReply {
-                code: r.code()?,
-                expires_at_ms: r.u64()?,
-            }),
+            Some(Opcode::Extend) => {
+                OpReply::Extend(ExtendReply { code: r.code()?, expires_at_ms: r.u64()? })
+            }
             Some(Opcode::Ship) => OpReply::Ship(r.code()?),
             Some(Opcode::SetStock) => OpReply::SetStock(read_sku_reply(&mut r)?),
             Some(Opcode::AdjustStock) => OpReply::AdjustStock(read_sku_reply(&mut r)?),
@@ -886,36 +810,30 @@ impl Reply {
 
     /// Appends a whole reply frame.
     pub fn encode(&self, request_id: u64, buf: &mut BytesMut) {
-        encode_frame(
-            buf,
-            self.opcode() as u8,
-            FLAG_REPLY,
-            request_id,
-            |buf| match self {
-                Reply::Hello(h) => {
-                    buf.put_u8(h.code.as_u8());
-                    buf.put_u16_le(h.version);
-                    buf.put_u32_le(h.frame_body_bytes_max);
-                    buf.put_u32_le(h.batch_ops_max);
-                    buf.put_u16_le(h.lines_max);
-                    buf.put_u64_le(h.server_time_ms);
+        encode_frame(buf, self.opcode() as u8, FLAG_REPLY, request_id, |buf| match self {
+            Reply::Hello(h) => {
+                buf.put_u8(h.code.as_u8());
+                buf.put_u16_le(h.version);
+                buf.put_u32_le(h.frame_body_bytes_max);
+                buf.put_u32_le(h.batch_ops_max);
+                buf.put_u16_le(h.lines_max);
+                buf.put_u64_le(h.server_time_ms);
+            }
+            Reply::Op(op) => op.encode_body(buf),
+            Reply::Batch(replies) => encode_batch(buf, replies, |reply, buf| {
+                reply.encode_body(buf);
+                reply.opcode() as u8
+            }),
+            Reply::Error(e) => {
+                buf.put_u8(e.code.as_u8());
+                let mut end = e.message.len().min(ERROR_MESSAGE_BYTES_MAX);
+                while !e.message.is_char_boundary(end) {
+                    end -= 1;
                 }
-                Reply::Op(op) => op.encode_body(buf),
-                Reply::Batch(replies) => encode_batch(buf, replies, |reply, buf| {
-                    reply.encode_body(buf);
-                    reply.opcode() as u8
-                }),
-                Reply::Error(e) => {
-                    buf.put_u8(e.code.as_u8());
-                    let mut end = e.message.len().min(ERROR_MESSAGE_BYTES_MAX);
-                    while !e.message.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    buf.put_u16_le(end as u16);
-                    buf.put_slice(&e.message.as_bytes()[..end]);
-                }
-            },
-        );
+                buf.put_u16_le(end as u16);
+                buf.put_slice(&e.message.as_bytes()[..end]);
+            }
+        });
     }
 
     /// Decodes a reply frame body, given its header.

@@ -53,24 +53,10 @@ impl Command {
             Op::Release { id } => Command::Release { id },
             Op::Extend { id, ttl_ms } => Command::Extend { id, ttl_ms },
             Op::Ship { id } => Command::Ship { id },
-            Op::SetStock {
-                sku,
-                on_hand,
-                expected,
-            } => Command::SetStock {
-                sku,
-                on_hand,
-                expected,
-            },
-            Op::AdjustStock {
-                sku,
-                delta,
-                expected,
-            } => Command::AdjustStock {
-                sku,
-                delta,
-                expected,
-            },
+            Op::SetStock { sku, on_hand, expected } => Command::SetStock { sku, on_hand, expected },
+            Op::AdjustStock { sku, delta, expected } => {
+                Command::AdjustStock { sku, delta, expected }
+            }
             Op::SetSafetyStock { sku, safety_stock } => {
                 Command::SetSafetyStock { sku, safety_stock }
             }

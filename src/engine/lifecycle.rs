@@ -87,19 +87,12 @@ impl Engine {
         now_ms: u64,
     ) {
         let (key, lines, expires_at_ms) = {
-            let (key, r) = locked
-                .shard(res_shard)
-                .reservations
-                .get_key_value(id)
-                .expect("locked");
+            let (key, r) = locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
             assert_eq!(r.state, ReservationState::Held, "only a hold can end");
             (key.clone(), r.lines.clone(), r.expires_at_ms)
         };
         for (index, line) in lines.iter().enumerate() {
-            let sku = locked
-                .shard(self.shard_of(&line.sku))
-                .skus
-                .get_mut(&line.sku);
+            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
             let sku = sku.expect("a reserved SKU is never removed");
             sku.unhold(u64::from(line.qty), expires_at_ms);
             if let Some(confirmed) = &confirmed {
@@ -122,11 +115,7 @@ impl Engine {
     fn retire(&self, locked: &mut Locked<'_>, res_shard: usize, key: Key, now_ms: u64) {
         let forget_at_ms = now_ms.saturating_add(self.config.retention_ms);
         let shard = locked.shard(res_shard);
-        shard
-            .reservations
-            .get_mut(&key)
-            .expect("locked")
-            .forget_at_ms = forget_at_ms;
+        shard.reservations.get_mut(&key).expect("locked").forget_at_ms = forget_at_ms;
         shard.retired.insert((forget_at_ms, key));
     }
 
@@ -207,30 +196,17 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> ExtendReply {
-        let refused = |code| ExtendReply {
-            code,
-            expires_at_ms: 0,
-        };
+        let refused = |code| ExtendReply { code, expires_at_ms: 0 };
         let Some(ttl_ms) = self.resolve_ttl(ttl_ms) else {
             return refused(ResultCode::InvalidArgument);
         };
         let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return refused(ResultCode::NotFound);
         };
-        let (key, reservation) = locked
-            .shard(res_shard)
-            .reservations
-            .get_key_value(id)
-            .expect("locked");
+        let (key, reservation) =
+            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
         if reservation.lapsed(now_ms) {
-            self.end_hold(
-                &mut locked,
-                res_shard,
-                id,
-                ReservationState::Expired,
-                None,
-                now_ms,
-            );
+            self.end_hold(&mut locked, res_shard, id, ReservationState::Expired, None, now_ms);
             on_change();
             return refused(ResultCode::Expired);
         }
@@ -238,23 +214,15 @@ impl Engine {
             return refused(finished_code(reservation.state));
         }
         // Never beyond the maximum hold from creation, and never shorter than the current hold.
-        let limit_ms = reservation
-            .created_at_ms
-            .saturating_add(self.config.hold_ms_max);
+        let limit_ms = reservation.created_at_ms.saturating_add(self.config.hold_ms_max);
         let old_ms = reservation.expires_at_ms;
         let new_ms = (now_ms + ttl_ms).min(limit_ms).max(old_ms);
         if new_ms == old_ms {
-            return ExtendReply {
-                code: ResultCode::Ok,
-                expires_at_ms: old_ms,
-            };
+            return ExtendReply { code: ResultCode::Ok, expires_at_ms: old_ms };
         }
         let (key, lines) = (key.clone(), reservation.lines.clone());
         for line in lines.iter() {
-            let sku = locked
-                .shard(self.shard_of(&line.sku))
-                .skus
-                .get_mut(&line.sku);
+            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
             let sku = sku.expect("a reserved SKU is never removed");
             sku.unhold(u64::from(line.qty), old_ms);
             sku.hold(u64::from(line.qty), new_ms);
@@ -262,37 +230,20 @@ impl Engine {
         let shard = locked.shard(res_shard);
         shard.deadlines.remove(&(old_ms, key.clone()));
         shard.deadlines.insert((new_ms, key));
-        shard
-            .reservations
-            .get_mut(id)
-            .expect("locked")
-            .expires_at_ms = new_ms;
+        shard.reservations.get_mut(id).expect("locked").expires_at_ms = new_ms;
         on_change();
-        ExtendReply {
-            code: ResultCode::Ok,
-            expires_at_ms: new_ms,
-        }
+        ExtendReply { code: ResultCode::Ok, expires_at_ms: new_ms }
     }
 
     pub(super) fn ship(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
         let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return ResultCode::NotFound;
         };
-        let (key, reservation) = locked
-            .shard(res_shard)
-            .reservations
-            .get_key_value(id)
-            .expect("locked");
+        let (key, reservation) =
+            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
         match reservation.state {
             ReservationState::Held if reservation.lapsed(now_ms) => {
-                self.end_hold(
-                    &mut locked,
-                    res_shard,
-                    id,
-                    ReservationState::Expired,
-                    None,
-                    now_ms,
-                );
+                self.end_hold(&mut locked, res_shard, id, ReservationState::Expired, None, now_ms);
                 on_change();
                 return ResultCode::Expired;
             }
@@ -301,16 +252,10 @@ impl Engine {
             ReservationState::Confirmed => {}
             state => return finished_code(state),
         }
-        let (key, lines, confirmed) = (
-            key.clone(),
-            reservation.lines.clone(),
-            reservation.confirmed.clone(),
-        );
+        let (key, lines, confirmed) =
+            (key.clone(), reservation.lines.clone(), reservation.confirmed.clone());
         for (line, qty) in lines.iter().zip(confirmed.iter()) {
-            let sku = locked
-                .shard(self.shard_of(&line.sku))
-                .skus
-                .get_mut(&line.sku);
+            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
             let sku = sku.expect("a reserved SKU is never removed");
             let qty = u64::from(*qty);
             assert!(sku.committed >= qty, "committed units are accounted for");
@@ -318,12 +263,8 @@ impl Engine {
             // A physical count set below what was sold leaves nothing more to take out.
             sku.on_hand = sku.on_hand.saturating_sub(qty);
         }
-        locked
-            .shard(res_shard)
-            .reservations
-            .get_mut(id)
-            .expect("locked")
-            .state = ReservationState::Shipped;
+        locked.shard(res_shard).reservations.get_mut(id).expect("locked").state =
+            ReservationState::Shipped;
         self.retire(&mut locked, res_shard, key, now_ms);
         on_change();
         ResultCode::Ok
@@ -337,14 +278,7 @@ impl Engine {
         if !locked.shard(res_shard).reservations[id].lapsed(now_ms) {
             return ResultCode::InvalidArgument;
         }
-        self.end_hold(
-            &mut locked,
-            res_shard,
-            id,
-            ReservationState::Expired,
-            None,
-            now_ms,
-        );
+        self.end_hold(&mut locked, res_shard, id, ReservationState::Expired, None, now_ms);
         on_change();
         ResultCode::Ok
     }

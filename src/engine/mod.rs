@@ -67,14 +67,9 @@ impl Engine {
     /// An empty engine. Panics if `config.shards` is not a power of two (the configuration
     /// loader validates it first).
     pub fn new(config: EngineConfig) -> Engine {
-        assert!(
-            config.shards.is_power_of_two(),
-            "shard count must be a power of two"
-        );
+        assert!(config.shards.is_power_of_two(), "shard count must be a power of two");
         Engine {
-            shards: (0..config.shards)
-                .map(|_| CachePadded::new(Mutex::default()))
-                .collect(),
+            shards: (0..config.shards).map(|_| CachePadded::new(Mutex::default())).collect(),
             shard_mask: config.shards - 1,
             // Fixed seeds: shard placement is the same in every process, which keeps runs
             // reproducible; the per-shard maps use randomly seeded hashers.
@@ -95,12 +90,7 @@ impl Engine {
     fn lock(&self, mut shards: SmallVec<[usize; 8]>) -> Locked<'_> {
         shards.sort_unstable();
         shards.dedup();
-        Locked::new(
-            shards
-                .into_iter()
-                .map(|i| (i, self.shards[i].lock()))
-                .collect(),
-        )
+        Locked::new(shards.into_iter().map(|i| (i, self.shards[i].lock())).collect())
     }
 
     /// Applies a state-changing command at time `now_ms` (UTC milliseconds). `on_change` runs,
@@ -117,16 +107,12 @@ impl Engine {
                 OpReply::Extend(self.extend(id, *ttl_ms, now_ms, on_change))
             }
             Command::Ship { id } => OpReply::Ship(self.ship(id, now_ms, on_change)),
-            Command::SetStock {
-                sku,
-                on_hand,
-                expected,
-            } => OpReply::SetStock(self.set_stock(sku, *on_hand, *expected, now_ms, on_change)),
-            Command::AdjustStock {
-                sku,
-                delta,
-                expected,
-            } => OpReply::AdjustStock(self.adjust_stock(sku, *delta, *expected, now_ms, on_change)),
+            Command::SetStock { sku, on_hand, expected } => {
+                OpReply::SetStock(self.set_stock(sku, *on_hand, *expected, now_ms, on_change))
+            }
+            Command::AdjustStock { sku, delta, expected } => {
+                OpReply::AdjustStock(self.adjust_stock(sku, *delta, *expected, now_ms, on_change))
+            }
             Command::SetSafetyStock { sku, safety_stock } => OpReply::SetSafetyStock(
                 self.set_safety_stock(sku, *safety_stock, now_ms, on_change),
             ),
@@ -139,14 +125,8 @@ impl Engine {
     pub fn query_sku(&self, sku: &[u8], now_ms: u64) -> SkuReply {
         let shard = self.shards[self.shard_of(sku)].lock();
         match shard.skus.get(sku) {
-            Some(state) => SkuReply {
-                code: ResultCode::Ok,
-                info: state.info(now_ms),
-            },
-            None => SkuReply {
-                code: ResultCode::UnknownSku,
-                info: SkuInfo::default(),
-            },
+            Some(state) => SkuReply { code: ResultCode::Ok, info: state.info(now_ms) },
+            None => SkuReply { code: ResultCode::UnknownSku, info: SkuInfo::default() },
         }
     }
 
@@ -155,14 +135,10 @@ impl Engine {
     pub fn query_reservation(&self, id: &[u8], now_ms: u64) -> ReservationReply {
         let shard = self.shards[self.shard_of(id)].lock();
         match shard.reservations.get(id) {
-            Some(reservation) => ReservationReply {
-                code: ResultCode::Ok,
-                info: Some(reservation.info(now_ms)),
-            },
-            None => ReservationReply {
-                code: ResultCode::NotFound,
-                info: None,
-            },
+            Some(reservation) => {
+                ReservationReply { code: ResultCode::Ok, info: Some(reservation.info(now_ms)) }
+            }
+            None => ReservationReply { code: ResultCode::NotFound, info: None },
         }
     }
 
@@ -182,15 +158,10 @@ impl Engine {
 
     /// Number of SKUs and of reservations (all states) currently stored.
     pub fn counts(&self) -> (usize, usize) {
-        self.shards
-            .iter()
-            .fold((0, 0), |(skus, reservations), shard| {
-                let shard = shard.lock();
-                (
-                    skus + shard.skus.len(),
-                    reservations + shard.reservations.len(),
-                )
-            })
+        self.shards.iter().fold((0, 0), |(skus, reservations), shard| {
+            let shard = shard.lock();
+            (skus + shard.skus.len(), reservations + shard.reservations.len())
+        })
     }
 }
 

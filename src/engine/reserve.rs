@@ -26,11 +26,7 @@ pub(super) fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<NormalLi
         if line.sku.is_empty() || (line.qty == 0 && !allow_zero) {
             return Err(index);
         }
-        out.push(NormalLine {
-            sku: &line.sku,
-            qty: line.qty,
-            first_index: index,
-        });
+        out.push(NormalLine { sku: &line.sku, qty: line.qty, first_index: index });
     }
     out.sort_by(|a, b| a.sku.cmp(b.sku).then(a.first_index.cmp(&b.first_index)));
     let mut merged: Vec<NormalLine<'_>> = Vec::with_capacity(out.len());
@@ -50,11 +46,7 @@ fn tag(bytes: &[u8]) -> Option<Box<[u8]>> {
 }
 
 fn rejected(code: ResultCode, failed_line: Option<u16>) -> ReserveReply {
-    ReserveReply {
-        code,
-        failed_line,
-        expires_at_ms: 0,
-    }
+    ReserveReply { code, failed_line, expires_at_ms: 0 }
 }
 
 impl Reservation {
@@ -64,22 +56,14 @@ impl Reservation {
             && self.channel.as_deref().unwrap_or_default() == &request.channel[..]
             && self.customer.as_deref().unwrap_or_default() == &request.customer[..]
             && self.lines.len() == lines.len()
-            && self
-                .lines
-                .iter()
-                .zip(lines)
-                .all(|(a, b)| &a.sku[..] == b.sku && a.qty == b.qty)
+            && self.lines.iter().zip(lines).all(|(a, b)| &a.sku[..] == b.sku && a.qty == b.qty)
     }
 }
 
 impl Engine {
     /// Resolves a requested TTL (0 = default) against the configured maximum.
     pub(super) fn resolve_ttl(&self, ttl_ms: u32) -> Option<u64> {
-        let ttl_ms = if ttl_ms == 0 {
-            self.config.ttl_ms_default
-        } else {
-            ttl_ms
-        };
+        let ttl_ms = if ttl_ms == 0 { self.config.ttl_ms_default } else { ttl_ms };
         (u64::from(ttl_ms) <= self.config.hold_ms_max).then_some(u64::from(ttl_ms))
     }
 
@@ -116,32 +100,34 @@ impl Engine {
             };
         }
 
-        // Every check before the first change: all lines or none.
+        // Every check before the first change: all lines or none. The reported line is the
+        // first one in request order that cannot be served.
         let mut keys: SmallVec<[Key; 4]> = SmallVec::with_capacity(lines.len());
+        let mut failure: Option<(u16, ResultCode)> = None;
         for (line, shard) in lines.iter().zip(&sku_shards) {
-            let Some((key, sku)) = locked.shard(*shard).skus.get_key_value(line.sku) else {
-                return rejected(ResultCode::UnknownSku, Some(line.first_index));
+            let checked = match locked.shard(*shard).skus.get_key_value(line.sku) {
+                None => Err(ResultCode::UnknownSku),
+                Some((key, sku)) => {
+                    sku.check_take(u64::from(line.qty), now_ms).map(|()| keys.push(key.clone()))
+                }
             };
-            if let Err(code) = sku.check_take(u64::from(line.qty), now_ms) {
-                return rejected(code, Some(line.first_index));
+            if let Err(code) = checked {
+                if failure.is_none_or(|(index, _)| line.first_index < index) {
+                    failure = Some((line.first_index, code));
+                }
             }
-            keys.push(key.clone());
+        }
+        if let Some((index, code)) = failure {
+            return rejected(code, Some(index));
         }
 
         let expires_at_ms = now_ms + ttl_ms;
         for ((line, shard), key) in lines.iter().zip(&sku_shards).zip(&keys) {
-            let sku = locked
-                .shard(*shard)
-                .skus
-                .get_mut(key)
-                .expect("checked above");
+            let sku = locked.shard(*shard).skus.get_mut(key).expect("checked above");
             sku.hold(u64::from(line.qty), expires_at_ms);
         }
-        let held: Arc<[HeldLine]> = lines
-            .iter()
-            .zip(keys)
-            .map(|(line, sku)| HeldLine { sku, qty: line.qty })
-            .collect();
+        let held: Arc<[HeldLine]> =
+            lines.iter().zip(keys).map(|(line, sku)| HeldLine { sku, qty: line.qty }).collect();
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
         shard.deadlines.insert((expires_at_ms, id.clone()));
@@ -160,10 +146,6 @@ impl Engine {
             },
         );
         on_change();
-        ReserveReply {
-            code: ResultCode::Ok,
-            failed_line: None,
-            expires_at_ms,
-        }
+        ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }
     }
 }

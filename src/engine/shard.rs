@@ -40,8 +40,7 @@ impl Sku {
 
     /// Units not held or committed (may be below the safety stock).
     fn free(&self, now_ms: u64) -> u64 {
-        self.on_hand
-            .saturating_sub(self.live_reserved(now_ms) + self.committed)
+        self.on_hand.saturating_sub(self.live_reserved(now_ms) + self.committed)
     }
 
     pub fn info(&self, now_ms: u64) -> SkuInfo {
@@ -80,14 +79,8 @@ impl Sku {
     }
 
     pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
-        let slot = self
-            .holds
-            .get_mut(&expires_at_ms)
-            .expect("a held line has its deadline entry");
-        assert!(
-            *slot >= qty && self.reserved >= qty,
-            "held units are accounted for"
-        );
+        let slot = self.holds.get_mut(&expires_at_ms).expect("a held line has its deadline entry");
+        assert!(*slot >= qty && self.reserved >= qty, "held units are accounted for");
         *slot -= qty;
         if *slot == 0 {
             self.holds.remove(&expires_at_ms);
@@ -126,11 +119,7 @@ impl Reservation {
     }
 
     pub fn info(&self, now_ms: u64) -> ReservationInfo {
-        let state = if self.lapsed(now_ms) {
-            ReservationState::Expired
-        } else {
-            self.state
-        };
+        let state = if self.lapsed(now_ms) { ReservationState::Expired } else { self.state };
         let bytes = |tag: &Option<Box<[u8]>>| tag.as_deref().map(Bytes::copy_from_slice);
         ReservationInfo {
             state,
@@ -167,14 +156,14 @@ impl Shard {
     pub fn collect_due(&self, now_ms: u64, max: usize, out: &mut Vec<Command>) {
         let start = out.len();
         let expired = self.deadlines.iter().take_while(|(at, _)| *at <= now_ms);
-        out.extend(expired.take(max).map(|(_, id)| Command::Expire {
-            id: Bytes::copy_from_slice(id),
-        }));
+        out.extend(
+            expired.take(max).map(|(_, id)| Command::Expire { id: Bytes::copy_from_slice(id) }),
+        );
         let room = max - (out.len() - start);
         let forgotten = self.retired.iter().take_while(|(at, _)| *at <= now_ms);
-        out.extend(forgotten.take(room).map(|(_, id)| Command::Forget {
-            id: Bytes::copy_from_slice(id),
-        }));
+        out.extend(
+            forgotten.take(room).map(|(_, id)| Command::Forget { id: Bytes::copy_from_slice(id) }),
+        );
     }
 }
 
@@ -185,10 +174,7 @@ pub(super) struct Locked<'a> {
 
 impl<'a> Locked<'a> {
     pub fn new(guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 4]>) -> Locked<'a> {
-        debug_assert!(
-            guards.windows(2).all(|w| w[0].0 < w[1].0),
-            "locks taken in order"
-        );
+        debug_assert!(guards.windows(2).all(|w| w[0].0 < w[1].0), "locks taken in order");
         Locked { guards }
     }
 

@@ -1,5 +1,6 @@
 //! Stock administration: set and adjust the physical count (with an optional check of the
 //! expected current value, for read-modify-write without races) and set the safety stock.
+//! Setting a value it already has is not a change: nothing is logged for it.
 
 use stockd_protocol::{ResultCode, SkuInfo, SkuReply};
 
@@ -7,10 +8,7 @@ use super::shard::{Key, Sku};
 use super::Engine;
 
 fn refused(code: ResultCode) -> SkuReply {
-    SkuReply {
-        code,
-        info: SkuInfo::default(),
-    }
+    SkuReply { code, info: SkuInfo::default() }
 }
 
 impl Engine {
@@ -30,30 +28,20 @@ impl Engine {
         let mut shard = self.shards[self.shard_of(sku)].lock();
         let current = shard.skus.get(sku).map_or(0, |state| state.on_hand);
         if expected.is_some_and(|expected| expected != current) {
-            let info = shard
-                .skus
-                .get(sku)
-                .map(|state| state.info(now_ms))
-                .unwrap_or_default();
-            return SkuReply {
-                code: ResultCode::ExpectedMismatch,
-                info,
-            };
+            let info = shard.skus.get(sku).map(|state| state.info(now_ms)).unwrap_or_default();
+            return SkuReply { code: ResultCode::ExpectedMismatch, info };
         }
-        let state = match shard.skus.get_mut(sku) {
-            Some(state) => state,
-            None => shard
-                .skus
-                .entry(Key::from(sku))
-                .or_insert_with(Sku::default),
+        let (state, created) = match shard.skus.get_mut(sku) {
+            Some(state) => (state, false),
+            None => (shard.skus.entry(Key::from(sku)).or_insert_with(Sku::default), true),
         };
+        let changed = created || state.on_hand != on_hand;
         state.on_hand = on_hand;
         let info = state.info(now_ms);
-        on_change();
-        SkuReply {
-            code: ResultCode::Ok,
-            info,
+        if changed {
+            on_change();
         }
+        SkuReply { code: ResultCode::Ok, info }
     }
 
     /// Adds `delta` to `on_hand`; refused if the SKU is unknown or the count would go negative.
@@ -70,24 +58,18 @@ impl Engine {
             return refused(ResultCode::UnknownSku);
         };
         if expected.is_some_and(|expected| expected != state.on_hand) {
-            return SkuReply {
-                code: ResultCode::ExpectedMismatch,
-                info: state.info(now_ms),
-            };
+            return SkuReply { code: ResultCode::ExpectedMismatch, info: state.info(now_ms) };
         }
         let Some(on_hand) = state.on_hand.checked_add_signed(delta) else {
-            return SkuReply {
-                code: ResultCode::InvalidArgument,
-                info: state.info(now_ms),
-            };
+            return SkuReply { code: ResultCode::InvalidArgument, info: state.info(now_ms) };
         };
+        let changed = state.on_hand != on_hand;
         state.on_hand = on_hand;
         let info = state.info(now_ms);
-        on_change();
-        SkuReply {
-            code: ResultCode::Ok,
-            info,
+        if changed {
+            on_change();
         }
+        SkuReply { code: ResultCode::Ok, info }
     }
 
     pub(super) fn set_safety_stock(
@@ -101,12 +83,12 @@ impl Engine {
         let Some(state) = shard.skus.get_mut(sku) else {
             return refused(ResultCode::UnknownSku);
         };
+        let changed = state.safety_stock != safety_stock;
         state.safety_stock = safety_stock;
         let info = state.info(now_ms);
-        on_change();
-        SkuReply {
-            code: ResultCode::Ok,
-            info,
+        if changed {
+            on_change();
         }
+        SkuReply { code: ResultCode::Ok, info }
     }
 }

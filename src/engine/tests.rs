@@ -42,11 +42,7 @@ fn apply(engine: &Engine, command: Command, now: u64) -> (OpReply, bool) {
 }
 
 fn stock(engine: &Engine, sku: &str, on_hand: u64) {
-    let command = Command::SetStock {
-        sku: id(sku),
-        on_hand,
-        expected: None,
-    };
+    let command = Command::SetStock { sku: id(sku), on_hand, expected: None };
     assert_eq!(apply(engine, command, T0).0.code(), ResultCode::Ok);
 }
 
@@ -61,9 +57,7 @@ fn multi_line_reserve_is_all_or_nothing() {
     stock(&e, "a", 5);
     stock(&e, "b", 1);
     let (reply, changed) = apply(&e, reserve("r1", &[("a", 2), ("b", 2)]), T0);
-    let OpReply::Reserve(reply) = reply else {
-        panic!("reserve reply")
-    };
+    let OpReply::Reserve(reply) = reply else { panic!("reserve reply") };
     assert_eq!(reply.code, ResultCode::InsufficientStock);
     assert_eq!(reply.failed_line, Some(1));
     assert!(!changed, "a rejection changes nothing");
@@ -71,13 +65,8 @@ fn multi_line_reserve_is_all_or_nothing() {
     assert_eq!(e.query_reservation(b"r1", T0).code, ResultCode::NotFound);
 
     let (reply, _) = apply(&e, reserve("r1", &[("a", 2), ("nope", 1)]), T0);
-    let OpReply::Reserve(reply) = reply else {
-        panic!("reserve reply")
-    };
-    assert_eq!(
-        (reply.code, reply.failed_line),
-        (ResultCode::UnknownSku, Some(1))
-    );
+    let OpReply::Reserve(reply) = reply else { panic!("reserve reply") };
+    assert_eq!((reply.code, reply.failed_line), (ResultCode::UnknownSku, Some(1)));
 }
 
 #[test]
@@ -115,10 +104,7 @@ fn retries_are_idempotent_and_conflicts_detected() {
 fn expiry_is_exact_before_the_sweep() {
     let e = engine();
     stock(&e, "a", 1);
-    assert_eq!(
-        apply(&e, reserve("r1", &[("a", 1)]), T0).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, reserve("r1", &[("a", 1)]), T0).0.code(), ResultCode::Ok);
     assert_eq!(reserved(&e, "a", T0 + 999), (1, 0));
     assert_eq!(
         apply(&e, reserve("r2", &[("a", 1)]), T0 + 999).0.code(),
@@ -126,25 +112,12 @@ fn expiry_is_exact_before_the_sweep() {
     );
     // At the deadline the hold no longer counts, although no sweep ran.
     assert_eq!(reserved(&e, "a", T0 + 1_000), (0, 1));
-    let state = e
-        .query_reservation(b"r1", T0 + 1_000)
-        .info
-        .expect("stored")
-        .state;
+    let state = e.query_reservation(b"r1", T0 + 1_000).info.expect("stored").state;
     assert_eq!(state, ReservationState::Expired);
-    assert_eq!(
-        apply(&e, reserve("r2", &[("a", 1)]), T0 + 1_000).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, reserve("r2", &[("a", 1)]), T0 + 1_000).0.code(), ResultCode::Ok);
     // Confirming the lapsed hold fails and finalises its expiry.
-    let confirm = Command::Confirm(Confirm {
-        id: id("r1"),
-        lines: vec![],
-    });
-    assert_eq!(
-        apply(&e, confirm, T0 + 1_001),
-        (OpReply::Confirm(ResultCode::Expired), true)
-    );
+    let confirm = Command::Confirm(Confirm { id: id("r1"), lines: vec![] });
+    assert_eq!(apply(&e, confirm, T0 + 1_001), (OpReply::Confirm(ResultCode::Expired), true));
     assert_eq!(reserved(&e, "a", T0 + 1_001), (1, 0), "only r2 is held");
 }
 
@@ -167,50 +140,28 @@ fn sweep_expires_due_holds_then_forgets_after_retention() {
     assert!(apply(&e, due[0].clone(), T0 + 11_000).1);
     assert_eq!(e.counts(), (1, 0));
     // The id can be used again, with any content.
-    assert_eq!(
-        apply(&e, reserve("r1", &[("a", 5)]), T0 + 11_000).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, reserve("r1", &[("a", 5)]), T0 + 11_000).0.code(), ResultCode::Ok);
 }
 
 #[test]
 fn safety_stock_pauses_selling() {
     let e = engine();
     stock(&e, "a", 10);
-    let set = Command::SetSafetyStock {
-        sku: id("a"),
-        safety_stock: 3,
-    };
+    let set = Command::SetSafetyStock { sku: id("a"), safety_stock: 3 };
     assert!(apply(&e, set, T0).1);
     assert_eq!(reserved(&e, "a", T0), (0, 7));
     let (reply, _) = apply(&e, reserve("r1", &[("a", 8)]), T0);
-    assert_eq!(
-        reply.code(),
-        ResultCode::BelowSafetyStock,
-        "fits in stock, not above the floor"
-    );
+    assert_eq!(reply.code(), ResultCode::BelowSafetyStock, "fits in stock, not above the floor");
     let (reply, _) = apply(&e, reserve("r1", &[("a", 11)]), T0);
     assert_eq!(reply.code(), ResultCode::InsufficientStock);
-    assert_eq!(
-        apply(&e, reserve("r1", &[("a", 7)]), T0).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, reserve("r1", &[("a", 7)]), T0).0.code(), ResultCode::Ok);
     let info = e.query_sku(b"a", T0).info;
     assert!(info.paused && info.available == 0);
-    assert_eq!(
-        apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(),
-        ResultCode::SkuPaused
-    );
+    assert_eq!(apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(), ResultCode::SkuPaused);
     // Stock coming back resumes selling.
-    assert_eq!(
-        apply(&e, Command::Release { id: id("r1") }, T0).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, Command::Release { id: id("r1") }, T0).0.code(), ResultCode::Ok);
     assert!(!e.query_sku(b"a", T0).info.paused);
-    assert_eq!(
-        apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(),
-        ResultCode::Ok
-    );
+    assert_eq!(apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(), ResultCode::Ok);
 }
 
 #[test]
@@ -219,27 +170,15 @@ fn partial_confirm_returns_the_rest_and_ship_takes_committed_out() {
     stock(&e, "a", 10);
     stock(&e, "b", 10);
     apply(&e, reserve("r1", &[("a", 4), ("b", 2)]), T0);
-    let partial = Command::Confirm(Confirm {
-        id: id("r1"),
-        lines: vec![Line::new("a", 3)],
-    });
-    assert_eq!(
-        apply(&e, partial.clone(), T0),
-        (OpReply::Confirm(ResultCode::Ok), true)
-    );
+    let partial = Command::Confirm(Confirm { id: id("r1"), lines: vec![Line::new("a", 3)] });
+    assert_eq!(apply(&e, partial.clone(), T0), (OpReply::Confirm(ResultCode::Ok), true));
     let a = e.query_sku(b"a", T0).info;
     let b = e.query_sku(b"b", T0).info;
     assert_eq!((a.reserved, a.committed, a.available), (0, 3, 7));
     assert_eq!((b.reserved, b.committed, b.available), (0, 0, 10));
     // The same partial confirm again is idempotent; a different one is not.
-    assert_eq!(
-        apply(&e, partial, T0),
-        (OpReply::Confirm(ResultCode::Ok), false)
-    );
-    let full = Command::Confirm(Confirm {
-        id: id("r1"),
-        lines: vec![],
-    });
+    assert_eq!(apply(&e, partial, T0), (OpReply::Confirm(ResultCode::Ok), false));
+    let full = Command::Confirm(Confirm { id: id("r1"), lines: vec![] });
     assert_eq!(apply(&e, full, T0).0.code(), ResultCode::AlreadyConfirmed);
     assert_eq!(
         apply(&e, Command::Release { id: id("r1") }, T0).0.code(),
@@ -262,29 +201,13 @@ fn confirm_rejects_bad_lines() {
     let e = engine();
     stock(&e, "a", 10);
     apply(&e, reserve("r1", &[("a", 2)]), T0);
-    for lines in [
-        vec![Line::new("a", 3)],
-        vec![Line::new("z", 1)],
-        vec![Line::new("a", 0)],
-    ] {
-        let confirm = Command::Confirm(Confirm {
-            id: id("r1"),
-            lines,
-        });
-        assert_eq!(
-            apply(&e, confirm, T0),
-            (OpReply::Confirm(ResultCode::InvalidArgument), false)
-        );
+    for lines in [vec![Line::new("a", 3)], vec![Line::new("z", 1)], vec![Line::new("a", 0)]] {
+        let confirm = Command::Confirm(Confirm { id: id("r1"), lines });
+        assert_eq!(apply(&e, confirm, T0), (OpReply::Confirm(ResultCode::InvalidArgument), false));
     }
-    let unknown = Command::Confirm(Confirm {
-        id: id("zz"),
-        lines: vec![],
-    });
+    let unknown = Command::Confirm(Confirm { id: id("zz"), lines: vec![] });
     assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::NotFound);
-    assert_eq!(
-        apply(&e, Command::Ship { id: id("r1") }, T0).0.code(),
-        ResultCode::NotConfirmed
-    );
+    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::NotConfirmed);
 }
 
 #[test]
@@ -300,20 +223,12 @@ fn release_is_idempotent_and_reports_finished_states() {
         apply(&e, Command::Release { id: id("r1") }, T0),
         (OpReply::Release(ResultCode::Ok), false)
     );
-    let confirm = Command::Confirm(Confirm {
-        id: id("r1"),
-        lines: vec![],
-    });
+    let confirm = Command::Confirm(Confirm { id: id("r1"), lines: vec![] });
     assert_eq!(apply(&e, confirm, T0).0.code(), ResultCode::AlreadyReleased);
-    assert_eq!(
-        apply(&e, Command::Release { id: id("none") }, T0).0.code(),
-        ResultCode::NotFound
-    );
+    assert_eq!(apply(&e, Command::Release { id: id("none") }, T0).0.code(), ResultCode::NotFound);
     apply(&e, reserve("r2", &[("a", 2)]), T0);
     assert_eq!(
-        apply(&e, Command::Release { id: id("r2") }, T0 + 1_000)
-            .0
-            .code(),
+        apply(&e, Command::Release { id: id("r2") }, T0 + 1_000).0.code(),
         ResultCode::Expired
     );
     assert_eq!(reserved(&e, "a", T0 + 1_000), (0, 10));
@@ -324,32 +239,11 @@ fn extend_is_capped_by_the_maximum_hold() {
     let e = engine();
     stock(&e, "a", 10);
     apply(&e, reserve("r1", &[("a", 2)]), T0);
-    let extend = |ttl_ms, now| {
-        apply(
-            &e,
-            Command::Extend {
-                id: id("r1"),
-                ttl_ms,
-            },
-            now,
-        )
-        .0
-    };
-    let OpReply::Extend(reply) = extend(3_000, T0 + 500) else {
-        panic!("extend reply")
-    };
-    assert_eq!(
-        (reply.code, reply.expires_at_ms),
-        (ResultCode::Ok, T0 + 3_500)
-    );
-    let OpReply::Extend(reply) = extend(5_000, T0 + 3_000) else {
-        panic!("extend reply")
-    };
-    assert_eq!(
-        reply.expires_at_ms,
-        T0 + 5_000,
-        "capped at created + hold_ms_max"
-    );
+    let extend = |ttl_ms, now| apply(&e, Command::Extend { id: id("r1"), ttl_ms }, now).0;
+    let OpReply::Extend(reply) = extend(3_000, T0 + 500) else { panic!("extend reply") };
+    assert_eq!((reply.code, reply.expires_at_ms), (ResultCode::Ok, T0 + 3_500));
+    let OpReply::Extend(reply) = extend(5_000, T0 + 3_000) else { panic!("extend reply") };
+    assert_eq!(reply.expires_at_ms, T0 + 5_000, "capped at created + hold_ms_max");
     assert_eq!(extend(5_001, T0).code(), ResultCode::InvalidArgument);
     assert_eq!(reserved(&e, "a", T0 + 4_999), (2, 8));
     assert_eq!(reserved(&e, "a", T0 + 5_000), (0, 10));
@@ -360,42 +254,18 @@ fn extend_is_capped_by_the_maximum_hold() {
 fn stock_changes_check_expected_values() {
     let e = engine();
     stock(&e, "a", 10);
-    let set = Command::SetStock {
-        sku: id("a"),
-        on_hand: 20,
-        expected: Some(9),
-    };
+    let set = Command::SetStock { sku: id("a"), on_hand: 20, expected: Some(9) };
     assert_eq!(apply(&e, set, T0).0.code(), ResultCode::ExpectedMismatch);
-    let adjust = Command::AdjustStock {
-        sku: id("a"),
-        delta: -4,
-        expected: Some(10),
-    };
-    let (OpReply::AdjustStock(reply), true) = apply(&e, adjust, T0) else {
-        panic!("applied")
-    };
+    let adjust = Command::AdjustStock { sku: id("a"), delta: -4, expected: Some(10) };
+    let (OpReply::AdjustStock(reply), true) = apply(&e, adjust, T0) else { panic!("applied") };
     assert_eq!(reply.info.on_hand, 6);
-    let below_zero = Command::AdjustStock {
-        sku: id("a"),
-        delta: -7,
-        expected: None,
-    };
+    let below_zero = Command::AdjustStock { sku: id("a"), delta: -7, expected: None };
     let (reply, changed) = apply(&e, below_zero, T0);
-    assert_eq!(
-        (reply.code(), changed),
-        (ResultCode::InvalidArgument, false)
-    );
+    assert_eq!((reply.code(), changed), (ResultCode::InvalidArgument, false));
     assert_eq!(e.query_sku(b"a", T0).info.on_hand, 6);
-    let unknown = Command::AdjustStock {
-        sku: id("x"),
-        delta: 1,
-        expected: None,
-    };
+    let unknown = Command::AdjustStock { sku: id("x"), delta: 1, expected: None };
     assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::UnknownSku);
-    let unknown = Command::SetSafetyStock {
-        sku: id("x"),
-        safety_stock: 1,
-    };
+    let unknown = Command::SetSafetyStock { sku: id("x"), safety_stock: 1 };
     assert_eq!(apply(&e, unknown, T0).0.code(), ResultCode::UnknownSku);
 }
 
@@ -403,21 +273,12 @@ fn stock_changes_check_expected_values() {
 fn invalid_reserves_are_refused() {
     let e = engine();
     stock(&e, "a", 10);
-    assert_eq!(
-        apply(&e, reserve("", &[("a", 1)]), T0).0.code(),
-        ResultCode::InvalidArgument
-    );
-    assert_eq!(
-        apply(&e, reserve("r", &[]), T0).0.code(),
-        ResultCode::InvalidArgument
-    );
+    assert_eq!(apply(&e, reserve("", &[("a", 1)]), T0).0.code(), ResultCode::InvalidArgument);
+    assert_eq!(apply(&e, reserve("r", &[]), T0).0.code(), ResultCode::InvalidArgument);
     let OpReply::Reserve(reply) = apply(&e, reserve("r", &[("a", 1), ("a", 0)]), T0).0 else {
         panic!("reserve reply")
     };
-    assert_eq!(
-        (reply.code, reply.failed_line),
-        (ResultCode::InvalidArgument, Some(1))
-    );
+    assert_eq!((reply.code, reply.failed_line), (ResultCode::InvalidArgument, Some(1)));
     let mut long = reserve("r", &[("a", 1)]);
     if let Command::Reserve(r) = &mut long {
         r.ttl_ms = 5_001;

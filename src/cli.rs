@@ -1,0 +1,353 @@
+//! The `stockd` command: `serve` runs the daemon; the other subcommands are a terminal client
+//! for the binary protocol (set stock, reserve, confirm, release, query...).
+//!
+//! Exit status: 0 when the operation succeeded (`ok`), 3 when the server answered with another
+//! result code (printed), 1 for errors (cannot connect, bad arguments, bad configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use stockd_protocol::{Client, ClientOptions, Line, ReservationInfo, Reserve, ResultCode, SkuInfo};
+
+use crate::config::{Config, LogFormat, DEFAULT_TOML};
+use crate::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(name = "stockd", version, about = "High-throughput inventory reservation server")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (with the embedded default configuration unless --config is given).
+    Serve(ServeArgs),
+    /// Print the default configuration file, with every key documented.
+    ConfigDefault,
+    /// Set, adjust or read a SKU's stock.
+    #[command(subcommand)]
+    Stock(StockCommand),
+    /// Reserve stock: `stockd reserve ORDER-1 SKU-A:2 SKU-B:1`.
+    Reserve {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Reservation id (the idempotency key, e.g. the order number).
+        id: String,
+        /// Lines as SKU:QTY.
+        #[arg(required = true, value_parser = parse_line)]
+        lines: Vec<Line>,
+        /// Hold duration in milliseconds (0 = the server's default).
+        #[arg(long, default_value_t = 0)]
+        ttl_ms: u32,
+        #[arg(long, default_value = "")]
+        channel: String,
+        #[arg(long, default_value = "")]
+        customer: String,
+    },
+    /// Confirm a hold, fully or (with SKU:QTY lines) partially.
+    Confirm {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(value_parser = parse_line)]
+        lines: Vec<Line>,
+    },
+    /// Release a hold.
+    Release {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Extend a hold to now + TTL (within the server's maximum hold).
+    Extend {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+        #[arg(long)]
+        ttl_ms: u32,
+    },
+    /// Ship a confirmed reservation: its units leave on_hand.
+    Ship {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Show one reservation.
+    Reservation {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+    /// Check that the server answers.
+    Ping {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StockCommand {
+    /// Set the physical count (creates the SKU if it is new).
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        on_hand: u64,
+        /// Only apply if the current count is this value.
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Add a (possibly negative) delta to the physical count.
+    Adjust {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Set the safety stock below which selling pauses.
+    Safety {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        safety_stock: u64,
+    },
+    /// Show a SKU's counters.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Configuration file (TOML). Without it the embedded defaults are used.
+    #[arg(long, env = "STOCKD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding the configuration.
+    #[arg(long, env = "STOCKD_LISTEN")]
+    listen: Option<String>,
+    /// Log filter, overriding the configuration ("info", "debug", ...).
+    #[arg(long, env = "STOCKD_LOG")]
+    log_level: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "STOCKD_SERVER", default_value = "127.0.0.1:7878")]
+    server: String,
+    /// API key presented in the handshake.
+    #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true)]
+    api_key: String,
+}
+
+fn parse_line(text: &str) -> Result<Line, String> {
+    let (sku, qty) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not SKU:QTY"))?;
+    let qty = qty.parse::<u32>().map_err(|e| format!("bad quantity in {text:?}: {e}"))?;
+    Ok(Line::new(Bytes::copy_from_slice(sku.as_bytes()), qty))
+}
+
+/// Entry point of the `stockd` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) if code.is_ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ResultCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).map(|()| ResultCode::Ok),
+        Command::ConfigDefault => {
+            print!("{DEFAULT_TOML}");
+            Ok(ResultCode::Ok)
+        }
+        command => runtime()?.block_on(client_command(command)),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(level) = args.log_level {
+        config.log.level = level;
+    }
+    config.validate()?;
+    init_logging(&config);
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let server = Server::bind(config.clone())
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        server.run(shutdown_signal()).await.context("serving")
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        api_key: Bytes::copy_from_slice(args.api_key.as_bytes()),
+        client_name: Bytes::from_static(b"stockd-cli"),
+        ..ClientOptions::default()
+    };
+    Client::connect(args.server.as_str(), options)
+        .await
+        .with_context(|| format!("connecting to {}", args.server))
+}
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn print_sku(code: ResultCode, info: &SkuInfo) {
+    if code.is_ok() || code == ResultCode::ExpectedMismatch {
+        println!(
+            "{code} on_hand={} reserved={} committed={} safety_stock={} available={} paused={}",
+            info.on_hand,
+            info.reserved,
+            info.committed,
+            info.safety_stock,
+            info.available,
+            info.paused
+        );
+    } else {
+        println!("{code}");
+    }
+}
+
+fn print_reservation(info: &ReservationInfo) {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    println!(
+        "state={} created_at_ms={} expires_at_ms={} channel={} customer={}",
+        info.state.name(),
+        info.created_at_ms,
+        info.expires_at_ms,
+        text(&info.channel),
+        text(&info.customer)
+    );
+    for line in &info.lines {
+        println!("  {} held={} confirmed={}", text(&line.sku), line.qty_held, line.qty_confirmed);
+    }
+}
+
+async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
+    let code = match command {
+        Command::Serve(_) | Command::ConfigDefault => bail!("not a client command"),
+        Command::Stock(stock) => {
+            let reply = match &stock {
+                StockCommand::Set { client, sku, on_hand, expected } => {
+                    connect(client).await?.set_stock(bytes(sku), *on_hand, *expected).await?
+                }
+                StockCommand::Adjust { client, sku, delta, expected } => {
+                    connect(client).await?.adjust_stock(bytes(sku), *delta, *expected).await?
+                }
+                StockCommand::Safety { client, sku, safety_stock } => {
+                    connect(client).await?.set_safety_stock(bytes(sku), *safety_stock).await?
+                }
+                StockCommand::Get { client, sku } => {
+                    connect(client).await?.query_sku(bytes(sku)).await?
+                }
+            };
+            print_sku(reply.code, &reply.info);
+            reply.code
+        }
+        Command::Reserve { client, id, lines, ttl_ms, channel, customer } => {
+            let reserve = Reserve {
+                id: bytes(&id),
+                ttl_ms,
+                channel: bytes(&channel),
+                customer: bytes(&customer),
+                lines,
+            };
+            let reply = connect(&client).await?.reserve(reserve).await?;
+            match reply.failed_line {
+                Some(line) => println!("{} failed_line={line}", reply.code),
+                None if reply.code.is_ok() => println!("ok expires_at_ms={}", reply.expires_at_ms),
+                None => println!("{}", reply.code),
+            }
+            reply.code
+        }
+        Command::Confirm { client, id, lines } => {
+            let code = connect(&client).await?.confirm(bytes(&id), lines).await?;
+            println!("{code}");
+            code
+        }
+        Command::Release { client, id } => {
+            let code = connect(&client).await?.release(bytes(&id)).await?;
+            println!("{code}");
+            code
+        }
+        Command::Extend { client, id, ttl_ms } => {
+            let reply = connect(&client).await?.extend(bytes(&id), ttl_ms).await?;
+            if reply.code.is_ok() {
+                println!("ok expires_at_ms={}", reply.expires_at_ms);
+            } else {
+                println!("{}", reply.code);
+            }
+            reply.code
+        }
+        Command::Ship { client, id } => {
+            let code = connect(&client).await?.ship(bytes(&id)).await?;
+            println!("{code}");
+            code
+        }
+        Command::Reservation { client, id } => {
+            let reply = connect(&client).await?.query_reservation(bytes(&id)).await?;
+            match &reply.info {
+                Some(info) => print_reservation(info),
+                None => println!("{}", reply.code),
+            }
+            reply.code
+        }
+        Command::Ping { client } => {
+            let client = connect(&client).await?;
+            let code = client.ping().await?;
+            println!("{code} protocol_version={}", client.hello().version);
+            code
+        }
+    };
+    Ok(code)
+}

@@ -1,0 +1,253 @@
+//! Configuration: one TOML file with documented defaults (`default.toml`, embedded in the
+//! binary), overridden by environment variables and command-line flags. Unknown keys and
+//! out-of-range values are errors that name the key, never silently ignored.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engine::EngineConfig;
+use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SHARDS_MAX};
+
+/// The documented default configuration, as shipped.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub engine: EngineSection,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub connections_max: usize,
+    pub frame_body_bytes_max: u32,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    pub shards: usize,
+    pub ttl_ms_default: u32,
+    pub hold_ms_max: u64,
+    pub retention_ms: u64,
+    pub sweep_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub accept_any_key: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            engine: EngineSection::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: "127.0.0.1:7878".into(),
+            connections_max: 10_000,
+            frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for EngineSection {
+    fn default() -> EngineSection {
+        let engine = EngineConfig::default();
+        EngineSection {
+            shards: engine.shards,
+            ttl_ms_default: engine.ttl_ms_default,
+            hold_ms_max: engine.hold_ms_max,
+            retention_ms: engine.retention_ms,
+            sweep_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig { accept_any_key: true }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+impl Config {
+    /// Parses a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: origin.to_string(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a config file, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml(DEFAULT_TOML, "<embedded default>"),
+            Some(path) => {
+                let shown = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+                Config::from_toml(&text, &shown)
+            }
+        }
+    }
+
+    /// Checks every value against its allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.listen", format!("{:?}: {e}", self.server.listen)))?;
+        if self.server.connections_max == 0 {
+            return Err(invalid("server.connections_max", "must be at least 1"));
+        }
+        let frame = self.server.frame_body_bytes_max;
+        if !(FRAME_BODY_BYTES_MIN..=FRAME_BODY_BYTES_MAX).contains(&frame) {
+            return Err(invalid(
+                "server.frame_body_bytes_max",
+                format!("{frame} is outside {FRAME_BODY_BYTES_MIN}..={FRAME_BODY_BYTES_MAX}"),
+            ));
+        }
+        let shards = self.engine.shards;
+        if !shards.is_power_of_two() || shards > SHARDS_MAX {
+            return Err(invalid(
+                "engine.shards",
+                format!("{shards} is not a power of two in 1..={SHARDS_MAX}"),
+            ));
+        }
+        if self.engine.ttl_ms_default == 0 {
+            return Err(invalid("engine.ttl_ms_default", "must be at least 1"));
+        }
+        if u64::from(self.engine.ttl_ms_default) > self.engine.hold_ms_max {
+            return Err(invalid("engine.ttl_ms_default", "exceeds engine.hold_ms_max"));
+        }
+        if self.engine.sweep_interval_ms == 0 {
+            return Err(invalid("engine.sweep_interval_ms", "must be at least 1"));
+        }
+        if !self.auth.accept_any_key {
+            return Err(invalid(
+                "auth.accept_any_key",
+                "this version has no API key store; only `true` is supported",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// The address to listen on (validated).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().expect("validated listen address")
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            shards: self.engine.shards,
+            ttl_ms_default: self.engine.ttl_ms_default,
+            hold_ms_max: self.engine.hold_ms_max,
+            retention_ms: self.engine.retention_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_match_the_code() {
+        assert_eq!(Config::from_toml(DEFAULT_TOML, "default").expect("valid"), Config::default());
+        assert_eq!(Config::from_toml("", "empty").expect("valid"), Config::default());
+    }
+
+    #[test]
+    fn partial_files_keep_other_defaults() {
+        let config = Config::from_toml("[engine]\nshards = 8\n", "t").expect("valid");
+        assert_eq!(config.engine.shards, 8);
+        assert_eq!(config.server, ServerConfig::default());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("[engine]\nshards = 3\n", "engine.shards"),
+            ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+            ("[server]\nframe_body_bytes_max = 10\n", "server.frame_body_bytes_max"),
+            ("[engine]\nttl_ms_default = 5000\nhold_ms_max = 10\n", "engine.ttl_ms_default"),
+            ("[auth]\naccept_any_key = false\n", "auth.accept_any_key"),
+            ("[server]\nconnections_max = 0\n", "server.connections_max"),
+        ];
+        for (text, key) in cases {
+            let err = Config::from_toml(text, "t").expect_err(text);
+            assert!(err.to_string().contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_refused() {
+        let err = Config::from_toml("[server]\nlisten_port = 1\n", "my.toml").unwrap_err();
+        assert!(err.to_string().contains("my.toml") && err.to_string().contains("listen_port"));
+        assert!(Config::from_toml("[server\n", "t").is_err());
+        assert!(Config::from_toml("[log]\nformat = \"xml\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/stockd.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/stockd.toml"));
+    }
+}

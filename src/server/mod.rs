@@ -1,0 +1,127 @@
+//! The TCP server: accepts connections up to the configured limit, serves each on its own task,
+//! runs the expiry sweeper, and shuts down gracefully: on the shutdown signal it stops
+//! accepting, lets every connection answer the requests it has already received, and returns
+//! once they have closed (or the grace period ends).
+
+mod connection;
+mod dispatch;
+mod sweeper;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use stockd_protocol::{ErrorReply, Reply, ResultCode};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::limits::REFUSE_WRITE_TIMEOUT_MS;
+
+pub use dispatch::execute;
+
+/// State shared by every connection.
+pub struct Shared {
+    pub engine: Engine,
+    pub clock: Clock,
+    pub config: Config,
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Binds the configured listen address (port 0 picks a free port).
+    pub async fn bind(config: Config) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.listen_addr()).await?;
+        let engine = Engine::new(config.engine_config());
+        Ok(Server { listener, shared: Arc::new(Shared { engine, clock: Clock::new(), config }) })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state, for in-process inspection (tests, embedding).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let Server { listener, shared } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(shared.config.server.connections_max));
+        let mut connections = JoinSet::new();
+        let sweeper = tokio::spawn(sweeper::run(shared.clone(), stop_rx.clone()));
+        info!(addr = %listener.local_addr()?, "stockd listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let (shared, stop) = (shared.clone(), stop_rx.clone());
+                            connections.spawn(async move {
+                                connection::serve(stream, peer, shared, stop).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            debug!(%peer, "connection limit reached, refusing");
+                            tokio::spawn(refuse(stream));
+                        }
+                    },
+                    Err(e) => {
+                        // Out of file descriptors or a similar transient failure: back off
+                        // briefly instead of spinning on accept.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        info!(open = connections.len(), "shutting down: answering in-flight requests");
+        let _ = stop_tx.send(true);
+        let grace = Duration::from_millis(shared.config.server.shutdown_grace_ms);
+        let drained =
+            tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            warn!(open = connections.len(), "grace period over, closing remaining connections");
+            connections.abort_all();
+        }
+        let _ = sweeper.await;
+        info!("stockd stopped");
+        Ok(())
+    }
+}
+
+/// Tells a connection over the limit why it is closed, without waiting long for it.
+async fn refuse(mut stream: TcpStream) {
+    let mut buf = BytesMut::new();
+    let reply =
+        ErrorReply { code: ResultCode::Overloaded, message: "connection limit reached".into() };
+    Reply::Error(reply).encode(0, &mut buf);
+    let timeout = Duration::from_millis(REFUSE_WRITE_TIMEOUT_MS);
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,617 @@
+//! Property test: the sharded engine against a deliberately simple reference model.
+//!
+//! The model keeps plain maps and recomputes everything from scratch (held units are summed over
+//! live reservations at every read), so it shares none of the engine's indexes. Random operation
+//! sequences with time jumps are applied to both; after every step the replies, every SKU's
+//! counters, every reservation and the due sweep commands must agree, and the invariants
+//! (no oversell on a new hold, conservation of units, idempotent retries, exact expiry) are
+//! checked directly.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use stockd::engine::{Command, Engine, EngineConfig};
+use stockd_protocol::{
+    Confirm, ExtendReply, Line, OpReply, ReservationInfo, ReservationLine, ReservationReply,
+    ReservationState, Reserve, ReserveReply, ResultCode, SkuInfo, SkuReply,
+};
+
+const CONFIG: EngineConfig =
+    EngineConfig { shards: 4, ttl_ms_default: 100, hold_ms_max: 500, retention_ms: 300 };
+const SKUS: [&str; 4] = ["a", "b", "c", "unknown"];
+const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+const TTLS: [u32; 4] = [0, 50, 200, 600];
+
+#[derive(Clone, Debug)]
+struct MSku {
+    on_hand: u64,
+    committed: u64,
+    safety: u64,
+}
+
+#[derive(Clone, Debug)]
+struct MRes {
+    state: ReservationState,
+    lines: Vec<(Vec<u8>, u32)>,
+    confirmed: Vec<u32>,
+    ttl_ms: u32,
+    channel: Vec<u8>,
+    customer: Vec<u8>,
+    created: u64,
+    expires: u64,
+    forget_at: u64,
+}
+
+impl MRes {
+    fn lapsed(&self, now: u64) -> bool {
+        self.state == ReservationState::Held && now >= self.expires
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    skus: BTreeMap<Vec<u8>, MSku>,
+    res: BTreeMap<Vec<u8>, MRes>,
+}
+
+/// Sorted, merged lines; `Err(index)` names the first invalid line in request order.
+fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<(Vec<u8>, u32, u16)>, u16> {
+    if let Some(bad) = lines.iter().position(|l| l.sku.is_empty() || (l.qty == 0 && !allow_zero)) {
+        return Err(bad as u16);
+    }
+    let mut merged: BTreeMap<Vec<u8>, (u32, u16)> = BTreeMap::new();
+    for (index, line) in lines.iter().enumerate() {
+        let entry = merged.entry(line.sku.to_vec()).or_insert((0, index as u16));
+        entry.0 += line.qty;
+    }
+    Ok(merged.into_iter().map(|(sku, (qty, first))| (sku, qty, first)).collect())
+}
+
+impl Model {
+    fn live_reserved(&self, sku: &[u8], now: u64) -> u64 {
+        self.res
+            .values()
+            .filter(|r| r.state == ReservationState::Held && now < r.expires)
+            .flat_map(|r| &r.lines)
+            .filter(|(s, _)| s == sku)
+            .map(|(_, qty)| u64::from(*qty))
+            .sum()
+    }
+
+    fn info(&self, sku: &[u8], now: u64) -> Option<SkuInfo> {
+        let s = self.skus.get(sku)?;
+        let reserved = self.live_reserved(sku, now);
+        let free = s.on_hand.saturating_sub(reserved + s.committed);
+        let available = free.saturating_sub(s.safety);
+        Some(SkuInfo {
+            on_hand: s.on_hand,
+            reserved,
+            committed: s.committed,
+            safety_stock: s.safety,
+            available,
+            paused: s.safety > 0 && available == 0,
+        })
+    }
+
+    fn sku_reply(&self, code: ResultCode, sku: &[u8], now: u64) -> SkuReply {
+        SkuReply { code, info: self.info(sku, now).unwrap_or_default() }
+    }
+
+    fn reservation(&self, id: &[u8], now: u64) -> ReservationReply {
+        let Some(r) = self.res.get(id) else {
+            return ReservationReply { code: ResultCode::NotFound, info: None };
+        };
+        let state = if r.lapsed(now) { ReservationState::Expired } else { r.state };
+        let info = ReservationInfo {
+            state,
+            created_at_ms: r.created,
+            expires_at_ms: r.expires,
+            channel: Bytes::from(r.channel.clone()),
+            customer: Bytes::from(r.customer.clone()),
+            lines: r
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, (sku, qty))| ReservationLine {
+                    sku: Bytes::from(sku.clone()),
+                    qty_held: *qty,
+                    qty_confirmed: r.confirmed.get(i).copied().unwrap_or(0),
+                })
+                .collect(),
+        };
+        ReservationReply { code: ResultCode::Ok, info: Some(info) }
+    }
+
+    fn resolve_ttl(ttl: u32) -> Option<u64> {
+        let ttl = if ttl == 0 { CONFIG.ttl_ms_default } else { ttl };
+        (u64::from(ttl) <= CONFIG.hold_ms_max).then_some(u64::from(ttl))
+    }
+
+    /// Ends a hold; `confirmed` amounts move to committed.
+    fn end(&mut self, id: &[u8], to: ReservationState, confirmed: Option<Vec<u32>>, now: u64) {
+        let r = self.res.get_mut(id).unwrap();
+        r.state = to;
+        if let Some(c) = confirmed {
+            for ((sku, _), qty) in r.lines.iter().zip(&c) {
+                self.skus.get_mut(sku).unwrap().committed += u64::from(*qty);
+            }
+            r.confirmed = c;
+        }
+        if to != ReservationState::Confirmed {
+            r.forget_at = now + CONFIG.retention_ms;
+        }
+    }
+
+    fn finished(state: ReservationState) -> ResultCode {
+        match state {
+            ReservationState::Confirmed => ResultCode::AlreadyConfirmed,
+            ReservationState::Released => ResultCode::AlreadyReleased,
+            ReservationState::Expired => ResultCode::Expired,
+            ReservationState::Shipped => ResultCode::AlreadyShipped,
+            ReservationState::Held => unreachable!(),
+        }
+    }
+
+    fn check(&self, sku: &[u8], qty: u64, now: u64) -> Result<(), ResultCode> {
+        let info = self.info(sku, now).ok_or(ResultCode::UnknownSku)?;
+        let free = info.available
+            + info.safety_stock.min(info.on_hand.saturating_sub(info.reserved + info.committed));
+        if qty <= info.available {
+            Ok(())
+        } else if info.safety_stock > 0 && info.available == 0 {
+            Err(ResultCode::SkuPaused)
+        } else if qty <= free {
+            Err(ResultCode::BelowSafetyStock)
+        } else {
+            Err(ResultCode::InsufficientStock)
+        }
+    }
+
+    fn reserve(&mut self, r: &Reserve, now: u64) -> (ReserveReply, bool) {
+        let no = |code, line| (ReserveReply { code, failed_line: line, expires_at_ms: 0 }, false);
+        if r.id.is_empty() || r.lines.is_empty() {
+            return no(ResultCode::InvalidArgument, None);
+        }
+        let Some(ttl) = Self::resolve_ttl(r.ttl_ms) else {
+            return no(ResultCode::InvalidArgument, None);
+        };
+        let lines = match normalize(&r.lines, false) {
+            Ok(lines) => lines,
+            Err(i) => return no(ResultCode::InvalidArgument, Some(i)),
+        };
+        if let Some(existing) = self.res.get(&r.id[..]) {
+            let same = existing.ttl_ms == r.ttl_ms
+                && existing.channel == r.channel
+                && existing.customer == r.customer
+                && existing
+                    .lines
+                    .iter()
+                    .map(|(s, q)| (s.clone(), *q))
+                    .eq(lines.iter().map(|(s, q, _)| (s.clone(), *q)));
+            return if same {
+                let reply = ReserveReply {
+                    code: ResultCode::Ok,
+                    failed_line: None,
+                    expires_at_ms: existing.expires,
+                };
+                (reply, false)
+            } else {
+                no(ResultCode::IdConflict, None)
+            };
+        }
+        let mut failures: Vec<(u16, ResultCode)> = lines
+            .iter()
+            .filter_map(|(sku, qty, first)| {
+                self.check(sku, u64::from(*qty), now).err().map(|code| (*first, code))
+            })
+            .collect();
+        failures.sort();
+        if let Some((index, code)) = failures.first() {
+            return no(*code, Some(*index));
+        }
+        let expires = now + ttl;
+        self.res.insert(
+            r.id.to_vec(),
+            MRes {
+                state: ReservationState::Held,
+                lines: lines.into_iter().map(|(s, q, _)| (s, q)).collect(),
+                confirmed: vec![],
+                ttl_ms: r.ttl_ms,
+                channel: r.channel.to_vec(),
+                customer: r.customer.to_vec(),
+                created: now,
+                expires,
+                forget_at: 0,
+            },
+        );
+        (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms: expires }, true)
+    }
+
+    fn confirm(&mut self, c: &Confirm, now: u64) -> (ResultCode, bool) {
+        let Some(r) = self.res.get(&c.id[..]).cloned() else {
+            return (ResultCode::NotFound, false);
+        };
+        if r.lapsed(now) {
+            self.end(&c.id, ReservationState::Expired, None, now);
+            return (ResultCode::Expired, true);
+        }
+        let amounts: Vec<u32> = if c.lines.is_empty() {
+            r.lines.iter().map(|(_, q)| *q).collect()
+        } else {
+            let Ok(requested) = normalize(&c.lines, true) else {
+                return (ResultCode::InvalidArgument, false);
+            };
+            let mut amounts = vec![0; r.lines.len()];
+            for (sku, qty, _) in requested {
+                let Some(i) = r.lines.iter().position(|(s, _)| *s == sku) else {
+                    return (ResultCode::InvalidArgument, false);
+                };
+                if qty > r.lines[i].1 {
+                    return (ResultCode::InvalidArgument, false);
+                }
+                amounts[i] = qty;
+            }
+            if amounts.iter().all(|q| *q == 0) {
+                return (ResultCode::InvalidArgument, false);
+            }
+            amounts
+        };
+        match r.state {
+            ReservationState::Held => {
+                self.end(&c.id, ReservationState::Confirmed, Some(amounts), now);
+                (ResultCode::Ok, true)
+            }
+            ReservationState::Confirmed | ReservationState::Shipped => {
+                let code = if r.confirmed == amounts {
+                    ResultCode::Ok
+                } else {
+                    ResultCode::AlreadyConfirmed
+                };
+                (code, false)
+            }
+            state => (Self::finished(state), false),
+        }
+    }
+
+    fn apply(&mut self, command: &Command, now: u64) -> (OpReply, bool) {
+        match command {
+            Command::Reserve(r) => {
+                let (reply, changed) = self.reserve(r, now);
+                (OpReply::Reserve(reply), changed)
+            }
+            Command::Confirm(c) => {
+                let (code, changed) = self.confirm(c, now);
+                (OpReply::Confirm(code), changed)
+            }
+            Command::Release { id } => {
+                let (code, changed) = match self.res.get(&id[..]).cloned() {
+                    None => (ResultCode::NotFound, false),
+                    Some(r) if r.lapsed(now) => {
+                        self.end(id, ReservationState::Expired, None, now);
+                        (ResultCode::Expired, true)
+                    }
+                    Some(r) if r.state == ReservationState::Held => {
+                        self.end(id, ReservationState::Released, None, now);
+                        (ResultCode::Ok, true)
+                    }
+                    Some(r) if r.state == ReservationState::Released => (ResultCode::Ok, false),
+                    Some(r) => (Self::finished(r.state), false),
+                };
+                (OpReply::Release(code), changed)
+            }
+            Command::Extend { id, ttl_ms } => {
+                let reply = |code, at| OpReply::Extend(ExtendReply { code, expires_at_ms: at });
+                let Some(ttl) = Self::resolve_ttl(*ttl_ms) else {
+                    return (reply(ResultCode::InvalidArgument, 0), false);
+                };
+                match self.res.get(&id[..]).cloned() {
+                    None => (reply(ResultCode::NotFound, 0), false),
+                    Some(r) if r.lapsed(now) => {
+                        self.end(id, ReservationState::Expired, None, now);
+                        (reply(ResultCode::Expired, 0), true)
+                    }
+                    Some(r) if r.state != ReservationState::Held => {
+                        (reply(Self::finished(r.state), 0), false)
+                    }
+                    Some(r) => {
+                        let new = (now + ttl).min(r.created + CONFIG.hold_ms_max).max(r.expires);
+                        self.res.get_mut(&id[..]).unwrap().expires = new;
+                        (reply(ResultCode::Ok, new), new != r.expires)
+                    }
+                }
+            }
+            Command::Ship { id } => {
+                let (code, changed) = match self.res.get(&id[..]).cloned() {
+                    None => (ResultCode::NotFound, false),
+                    Some(r) if r.lapsed(now) => {
+                        self.end(id, ReservationState::Expired, None, now);
+                        (ResultCode::Expired, true)
+                    }
+                    Some(r) => match r.state {
+                        ReservationState::Held => (ResultCode::NotConfirmed, false),
+                        ReservationState::Shipped => (ResultCode::Ok, false),
+                        ReservationState::Confirmed => {
+                            for ((sku, _), qty) in r.lines.iter().zip(&r.confirmed) {
+                                let s = self.skus.get_mut(sku).unwrap();
+                                s.committed -= u64::from(*qty);
+                                s.on_hand = s.on_hand.saturating_sub(u64::from(*qty));
+                            }
+                            let m = self.res.get_mut(&id[..]).unwrap();
+                            m.state = ReservationState::Shipped;
+                            m.forget_at = now + CONFIG.retention_ms;
+                            (ResultCode::Ok, true)
+                        }
+                        state => (Self::finished(state), false),
+                    },
+                };
+                (OpReply::Ship(code), changed)
+            }
+            Command::SetStock { sku, on_hand, expected } => {
+                if sku.is_empty() {
+                    return (
+                        OpReply::SetStock(self.sku_reply(ResultCode::InvalidArgument, b"", now)),
+                        false,
+                    );
+                }
+                let current = self.skus.get(&sku[..]).map_or(0, |s| s.on_hand);
+                if expected.is_some_and(|e| e != current) {
+                    return (
+                        OpReply::SetStock(self.sku_reply(ResultCode::ExpectedMismatch, sku, now)),
+                        false,
+                    );
+                }
+                let changed = self.skus.get(&sku[..]).is_none_or(|s| s.on_hand != *on_hand);
+                self.skus
+                    .entry(sku.to_vec())
+                    .or_insert(MSku { on_hand: 0, committed: 0, safety: 0 })
+                    .on_hand = *on_hand;
+                (OpReply::SetStock(self.sku_reply(ResultCode::Ok, sku, now)), changed)
+            }
+            Command::AdjustStock { sku, delta, expected } => {
+                let Some(s) = self.skus.get(&sku[..]).cloned() else {
+                    return (
+                        OpReply::AdjustStock(self.sku_reply(ResultCode::UnknownSku, sku, now)),
+                        false,
+                    );
+                };
+                if expected.is_some_and(|e| e != s.on_hand) {
+                    return (
+                        OpReply::AdjustStock(self.sku_reply(
+                            ResultCode::ExpectedMismatch,
+                            sku,
+                            now,
+                        )),
+                        false,
+                    );
+                }
+                let Some(new) = s.on_hand.checked_add_signed(*delta) else {
+                    return (
+                        OpReply::AdjustStock(self.sku_reply(ResultCode::InvalidArgument, sku, now)),
+                        false,
+                    );
+                };
+                self.skus.get_mut(&sku[..]).unwrap().on_hand = new;
+                (OpReply::AdjustStock(self.sku_reply(ResultCode::Ok, sku, now)), *delta != 0)
+            }
+            Command::SetSafetyStock { sku, safety_stock } => {
+                let Some(s) = self.skus.get_mut(&sku[..]) else {
+                    return (
+                        OpReply::SetSafetyStock(self.sku_reply(ResultCode::UnknownSku, sku, now)),
+                        false,
+                    );
+                };
+                let changed = s.safety != *safety_stock;
+                s.safety = *safety_stock;
+                (OpReply::SetSafetyStock(self.sku_reply(ResultCode::Ok, sku, now)), changed)
+            }
+            Command::Expire { id } => {
+                let (code, changed) = match self.res.get(&id[..]) {
+                    None => (ResultCode::NotFound, false),
+                    Some(r) if r.lapsed(now) => {
+                        self.end(id, ReservationState::Expired, None, now);
+                        (ResultCode::Ok, true)
+                    }
+                    Some(_) => (ResultCode::InvalidArgument, false),
+                };
+                (OpReply::Release(code), changed)
+            }
+            Command::Forget { id } => {
+                let (code, changed) = match self.res.get(&id[..]) {
+                    None => (ResultCode::NotFound, false),
+                    Some(r) if r.forget_at != 0 && r.forget_at <= now => {
+                        self.res.remove(&id[..]);
+                        (ResultCode::Ok, true)
+                    }
+                    Some(_) => (ResultCode::InvalidArgument, false),
+                };
+                (OpReply::Release(code), changed)
+            }
+        }
+    }
+
+    fn due(&self, now: u64) -> Vec<Command> {
+        let mut due: Vec<Command> = self
+            .res
+            .iter()
+            .filter_map(|(id, r)| {
+                let id = Bytes::from(id.clone());
+                if r.lapsed(now) {
+                    Some(Command::Expire { id })
+                } else if r.forget_at != 0 && r.forget_at <= now {
+                    Some(Command::Forget { id })
+                } else {
+                    None
+                }
+            })
+            .collect();
+        due.sort_by_key(|c| format!("{c:?}"));
+        due
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    SetStock(usize, u64, Option<u64>),
+    Adjust(usize, i64, Option<u64>),
+    Safety(usize, u64),
+    Reserve { id: usize, lines: Vec<(usize, u32)>, ttl: usize, customer: bool },
+    Confirm(usize, Option<Vec<(usize, u32)>>),
+    Release(usize),
+    Extend(usize, usize),
+    Ship(usize),
+    Advance(u64),
+    Sweep,
+}
+
+fn lines(lines: &[(usize, u32)]) -> Vec<Line> {
+    lines.iter().map(|(sku, qty)| Line::new(SKUS[*sku].as_bytes(), *qty)).collect()
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let sku = 0..SKUS.len();
+    let id = 0..IDS.len();
+    let line = (0..SKUS.len(), 0u32..4);
+    prop_oneof![
+        2 => (0..3usize, 0u64..8, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, n, e)| Step::SetStock(s, n, e)),
+        1 => (sku.clone(), -3i64..4, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, d, e)| Step::Adjust(s, d, e)),
+        1 => (sku.clone(), 0u64..3).prop_map(|(s, n)| Step::Safety(s, n)),
+        6 => (id.clone(), prop::collection::vec(line.clone(), 0..4), 0..TTLS.len(), any::<bool>())
+            .prop_map(|(id, lines, ttl, customer)| Step::Reserve { id, lines, ttl, customer }),
+        3 => (id.clone(), prop::option::of(prop::collection::vec(line, 0..3))).prop_map(|(i, l)| Step::Confirm(i, l)),
+        2 => id.clone().prop_map(Step::Release),
+        1 => (id.clone(), 0..TTLS.len()).prop_map(|(i, t)| Step::Extend(i, t)),
+        1 => id.prop_map(Step::Ship),
+        3 => prop::sample::select(vec![0u64, 1, 49, 50, 99, 100, 250, 301]).prop_map(Step::Advance),
+        1 => Just(Step::Sweep),
+    ]
+}
+
+fn command(step: &Step) -> Option<Command> {
+    let bytes = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+    Some(match step {
+        Step::SetStock(s, n, e) => {
+            Command::SetStock { sku: bytes(SKUS[*s]), on_hand: *n, expected: *e }
+        }
+        Step::Adjust(s, d, e) => {
+            Command::AdjustStock { sku: bytes(SKUS[*s]), delta: *d, expected: *e }
+        }
+        Step::Safety(s, n) => Command::SetSafetyStock { sku: bytes(SKUS[*s]), safety_stock: *n },
+        Step::Reserve { id, lines: l, ttl, customer } => Command::Reserve(Reserve {
+            id: bytes(IDS[*id]),
+            ttl_ms: TTLS[*ttl],
+            channel: Bytes::new(),
+            customer: if *customer { bytes("c1") } else { Bytes::new() },
+            lines: lines(l),
+        }),
+        Step::Confirm(id, l) => Command::Confirm(Confirm {
+            id: bytes(IDS[*id]),
+            lines: l.as_deref().map(lines).unwrap_or_default(),
+        }),
+        Step::Release(id) => Command::Release { id: bytes(IDS[*id]) },
+        Step::Extend(id, ttl) => Command::Extend { id: bytes(IDS[*id]), ttl_ms: TTLS[*ttl] },
+        Step::Ship(id) => Command::Ship { id: bytes(IDS[*id]) },
+        Step::Advance(_) | Step::Sweep => return None,
+    })
+}
+
+fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestCaseError> {
+    for sku in SKUS {
+        let expected = match model.info(sku.as_bytes(), now) {
+            Some(info) => SkuReply { code: ResultCode::Ok, info },
+            None => SkuReply { code: ResultCode::UnknownSku, info: SkuInfo::default() },
+        };
+        prop_assert_eq!(engine.query_sku(sku.as_bytes(), now), expected, "sku {}", sku);
+    }
+    for id in IDS {
+        prop_assert_eq!(
+            engine.query_reservation(id.as_bytes(), now),
+            model.reservation(id.as_bytes(), now),
+            "reservation {}",
+            id
+        );
+    }
+    // Conservation: every SKU's reserved and committed units are exactly what live holds and
+    // unshipped confirmations account for.
+    for (sku, s) in &model.skus {
+        let committed: u64 = model
+            .res
+            .values()
+            .filter(|r| r.state == ReservationState::Confirmed)
+            .flat_map(|r| r.lines.iter().zip(&r.confirmed))
+            .filter(|((line_sku, _), _)| line_sku == sku)
+            .map(|(_, qty)| u64::from(*qty))
+            .sum();
+        prop_assert_eq!(s.committed, committed);
+    }
+    let mut due = engine.due(now, 10_000);
+    due.sort_by_key(|c| format!("{c:?}"));
+    prop_assert_eq!(due, model.due(now));
+    Ok(())
+}
+
+fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+    let engine = Engine::new(CONFIG);
+    let mut model = Model::default();
+    let mut now = 1_000_000u64;
+    for step in steps {
+        match step {
+            Step::Advance(dt) => now += dt,
+            Step::Sweep => {
+                for command in engine.due(now, 10_000) {
+                    let mut changed = false;
+                    let reply = engine.apply(&command, now, || changed = true);
+                    prop_assert_eq!((reply, changed), model.apply(&command, now));
+                }
+            }
+            _ => {
+                let command = command(step).expect("an operation step");
+                let mut changed = false;
+                let reply = engine.apply(&command, now, || changed = true);
+                let expected = model.apply(&command, now);
+                prop_assert_eq!((&reply, changed), (&expected.0, expected.1), "step {:?}", step);
+                // No oversell: a new hold never takes a SKU past its safety floor.
+                if let (Command::Reserve(r), OpReply::Reserve(reply)) = (&command, &reply) {
+                    if reply.code.is_ok() && changed {
+                        for line in &r.lines {
+                            let info = engine.query_sku(&line.sku, now).info;
+                            prop_assert!(
+                                info.reserved + info.committed + info.safety_stock <= info.on_hand,
+                                "oversold {:?}",
+                                info
+                            );
+                        }
+                    }
+                }
+                // Idempotency: the same command again returns the same reply and changes nothing
+                // (reserve, release, ship, and confirm of the same quantities).
+                if reply.code().is_ok()
+                    && !matches!(command, Command::AdjustStock { .. } | Command::Extend { .. })
+                {
+                    let mut again = false;
+                    let retry = engine.apply(&command, now, || again = true);
+                    prop_assert!(!again, "retry of {:?} changed state", command);
+                    let model_retry = model.apply(&command, now);
+                    prop_assert_eq!(&retry, &model_retry.0);
+                    if let Command::Reserve(_) = command {
+                        prop_assert_eq!(&retry, &reply);
+                    }
+                }
+            }
+        }
+        check_agreement(&engine, &model, now)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("STOCKD_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_reference_model(steps in prop::collection::vec(step(), 1..80)) {
+        run(&steps)?;
+    }
+}
