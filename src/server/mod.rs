@@ -45,9 +45,14 @@ pub struct Server {
 impl Server {
     /// Binds the configured listen address (port 0 picks a free port).
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_with_clock(config, Clock::system()).await
+    }
+
+    /// Like [`Server::bind`] with a given clock (tests use a manual one).
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> io::Result<Server> {
         let listener = TcpListener::bind(config.listen_addr()).await?;
         let engine = Engine::new(config.engine_config());
-        Ok(Server { listener, shared: Arc::new(Shared { engine, clock: Clock::new(), config }) })
+        Ok(Server { listener, shared: Arc::new(Shared { engine, clock, config }) })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

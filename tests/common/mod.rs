@@ -1,0 +1,133 @@
+//! Test harness: a real server on 127.0.0.1:0 in this process, a pipelined client, and a raw
+//! connection for sending hand-made (and broken) frames.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use stockd::clock::Clock;
+use stockd::config::Config;
+use stockd::server::{Server, Shared};
+use stockd_protocol::frame::Header;
+use stockd_protocol::{
+    Client, ClientOptions, FrameDecoder, Hello, Reply, Request, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Decoder;
+
+/// The start of time for manual clocks in tests.
+pub const T0: u64 = 1_700_000_000_000;
+
+/// Bound on any single wait in a test, so a broken server fails the test instead of hanging it.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.engine.shards = 16;
+    config
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        TestServer::start_with_clock(config, Clock::manual(T0)).await
+    }
+
+    pub async fn start_with_clock(config: Config, clock: Clock) -> TestServer {
+        let server = Server::bind_with_clock(config, clock).await.expect("bind 127.0.0.1:0");
+        let addr = server.local_addr().expect("local addr");
+        let shared = server.shared();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, shared, stop: Some(stop), task }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr, ClientOptions::default()).await.expect("client connects")
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let result = tokio::time::timeout(WAIT, &mut self.task).await;
+        result.expect("server stops in time").expect("server task").expect("server result");
+    }
+}
+
+/// A connection speaking raw frames.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw { stream, buf: BytesMut::new(), decoder: FrameDecoder::new(u32::MAX) }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn handshaken(addr: SocketAddr) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        raw.send_request(1, &hello()).await;
+        match raw.recv().await {
+            Some((_, Reply::Hello(h))) => assert!(h.code.is_ok(), "handshake accepted"),
+            other => panic!("expected a HELLO reply, got {other:?}"),
+        }
+        raw
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send_request(&mut self, request_id: u64, request: &Request) {
+        let mut buf = BytesMut::new();
+        request.encode(request_id, &mut buf);
+        self.send(&buf).await;
+    }
+
+    /// The next reply frame, or `None` once the server has closed the connection.
+    pub async fn recv(&mut self) -> Option<(Header, Reply)> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(frame) = self.decoder.decode(&mut self.buf).expect("valid reply frame")
+                {
+                    let reply = Reply::decode(&frame.header, frame.body).expect("decodable reply");
+                    return Some((frame.header, reply));
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("a reply or a close within the wait bound")
+    }
+}
+
+pub fn hello() -> Request {
+    Request::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        api_key: "test".into(),
+        client_name: "raw".into(),
+    })
+}
