@@ -28,5 +28,8 @@ const RESERVE_ONE_LINE_BYTES_MAX: usize =
     8 + (1 + ID_BYTES_MAX) + 4 + 2 * (1 + TAG_BYTES_MAX) + 2 + RESERVE_LINE_BYTES_MAX;
 const _: () =
     assert!(BATCH_OPS_MAX as usize * RESERVE_ONE_LINE_BYTES_MAX <= FRAME_BODY_BYTES_MAX as usize);
-const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize && SKU_BYTES_MAX <= u8::MAX as usize);
-const _: () = assert!(TAG_BYTES_MAX <= u8::MAX as usize && API_KEY_BYTES_MAX <= u8::MAX as usize);
+// Every string is length-prefixed with one byte.
+const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(SKU_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(TAG_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(API_KEY_BYTES_MAX <= u8::MAX as usize);

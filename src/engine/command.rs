@@ -45,9 +45,9 @@ pub enum Command {
 }
 
 impl Command {
-    /// The command for a wire operation; read-only operations are returned unchanged.
-    pub fn from_op(op: Op) -> Result<Command, Op> {
-        Ok(match op {
+    /// The command for a state-changing wire operation; `None` for read-only operations.
+    pub fn from_op(op: Op) -> Option<Command> {
+        Some(match op {
             Op::Reserve(r) => Command::Reserve(r),
             Op::Confirm(c) => Command::Confirm(c),
             Op::Release { id } => Command::Release { id },
@@ -60,9 +60,7 @@ impl Command {
             Op::SetSafetyStock { sku, safety_stock } => {
                 Command::SetSafetyStock { sku, safety_stock }
             }
-            read @ (Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. }) => {
-                return Err(read)
-            }
+            Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. } => return None,
         })
     }
 }

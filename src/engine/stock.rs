@@ -4,7 +4,7 @@
 
 use stockd_protocol::{ResultCode, SkuInfo, SkuReply};
 
-use super::shard::{Key, Sku};
+use super::shard::Key;
 use super::Engine;
 
 fn refused(code: ResultCode) -> SkuReply {
@@ -33,7 +33,7 @@ impl Engine {
         }
         let (state, created) = match shard.skus.get_mut(sku) {
             Some(state) => (state, false),
-            None => (shard.skus.entry(Key::from(sku)).or_insert_with(Sku::default), true),
+            None => (shard.skus.entry(Key::from(sku)).or_default(), true),
         };
         let changed = created || state.on_hand != on_hand;
         state.on_hand = on_hand;
