@@ -17,6 +17,7 @@
 //! the sweep has run.
 
 mod command;
+mod image;
 mod lifecycle;
 mod reserve;
 mod shard;
@@ -28,6 +29,7 @@ use smallvec::SmallVec;
 use stockd_protocol::{OpReply, ReservationReply, ResultCode, SkuInfo, SkuReply};
 
 pub use command::Command;
+pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use shard::{Locked, Shard};
 
 /// Engine settings (the `[engine]` section of the configuration).
