@@ -10,3 +10,5 @@ pub mod config;
 pub mod engine;
 pub mod limits;
 pub mod server;
+pub mod snapshot;
+pub mod wal;

@@ -17,7 +17,7 @@
 //! the sweep has run.
 
 mod command;
-mod image;
+pub mod image;
 mod lifecycle;
 mod reserve;
 mod shard;

@@ -1,0 +1,229 @@
+//! Snapshots: the engine's whole state at a log position, so recovery replays only the log
+//! after it.
+//!
+//! A snapshot file `snap-<lsn, 20 digits>.snap` is a 64-byte header followed by the state image
+//! serialised with rkyv (validated with bytecheck on load, never trusted blindly):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic        b"STKDSNAP"
+//!      8     4  version      u32, 1 (the layout of `engine::Image`)
+//!     12     4  reserved     zero
+//!     16     8  lsn          u64, last log record included
+//!     24     8  now_ms       u64, latest server time seen in the state
+//!     32     8  body_len     u64
+//!     40     4  body_crc32c  u32
+//!     44    16  reserved     zero
+//!     60     4  header_crc32c of bytes 0..60
+//!     64        body (rkyv archive of `engine::Image`)
+//! ```
+//!
+//! Writing: a `.tmp` file is written and synced, renamed to its final name, and the directory
+//! is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
+//! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
+//! kept; if the newest is damaged, recovery falls back to the older one and the longer log.
+
+use std::io;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use tracing::warn;
+
+use crate::engine::{image::ArchivedImage, Engine, EngineConfig, Image};
+use crate::wal::storage::Storage;
+
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_HEADER_BYTES: usize = 64;
+/// Snapshots kept on disk.
+pub const SNAPSHOTS_KEPT: usize = 2;
+
+pub fn snapshot_name(lsn: u64) -> String {
+    format!("snap-{lsn:020}.snap")
+}
+
+fn parse_snapshot_name(name: &str) -> Option<u64> {
+    name.strip_prefix("snap-")?.strip_suffix(".snap")?.parse().ok()
+}
+
+/// Snapshot file names on disk, newest first.
+pub fn list(storage: &dyn Storage) -> io::Result<Vec<(u64, String)>> {
+    let mut snapshots: Vec<(u64, String)> = storage
+        .list()?
+        .into_iter()
+        .filter_map(|name| parse_snapshot_name(&name).map(|lsn| (lsn, name)))
+        .collect();
+    snapshots.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    Ok(snapshots)
+}
+
+/// Writes a snapshot of `image` at `lsn` durably and returns its file name.
+pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io::Result<String> {
+    let body = rkyv::to_bytes::<rancor::Error>(image).map_err(io::Error::other)?;
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    header[16..24].copy_from_slice(&lsn.to_le_bytes());
+    header[24..32].copy_from_slice(&now_ms.to_le_bytes());
+    header[32..40].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    header[40..44].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let crc = crc32c::crc32c(&header[..60]);
+    header[60..64].copy_from_slice(&crc.to_le_bytes());
+
+    let name = snapshot_name(lsn);
+    let temp = format!("{name}.tmp");
+    let mut file = storage.create(&temp)?;
+    file.write_at(0, &header)?;
+    file.write_at(SNAPSHOT_HEADER_BYTES as u64, &body)?;
+    file.sync_data()?;
+    drop(file);
+    storage.rename(&temp, &name)?;
+    storage.sync_dir()?;
+    Ok(name)
+}
+
+/// A loaded snapshot.
+pub struct Loaded {
+    pub engine: Engine,
+    pub lsn: u64,
+    pub now_ms: u64,
+}
+
+/// Loads and validates one snapshot file.
+pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<Loaded, String> {
+    let data = storage.read(name).map_err(|e| format!("cannot read: {e}"))?;
+    if data.len() < SNAPSHOT_HEADER_BYTES {
+        return Err("shorter than its header".into());
+    }
+    let header = &data[..SNAPSHOT_HEADER_BYTES];
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&header[..60]) != u32_at(60) {
+        return Err("header checksum mismatch".into());
+    }
+    if header[0..8] != SNAPSHOT_MAGIC {
+        return Err("not a stockd snapshot".into());
+    }
+    if u32_at(8) != SNAPSHOT_VERSION {
+        return Err(format!("format version {}, this stockd reads {SNAPSHOT_VERSION}", u32_at(8)));
+    }
+    let body_len = usize::try_from(u64_at(32)).map_err(|_| "body length overflows")?;
+    let body = data
+        .get(SNAPSHOT_HEADER_BYTES..SNAPSHOT_HEADER_BYTES.saturating_add(body_len))
+        .ok_or("body truncated")?;
+    if crc32c::crc32c(body) != u32_at(40) {
+        return Err("body checksum mismatch".into());
+    }
+    // rkyv needs its archive aligned; a memory map is page-aligned and the body starts at 64,
+    // other buffers are copied once.
+    let aligned;
+    let body = if (body.as_ptr() as usize) % 16 == 0 {
+        body
+    } else {
+        let mut copy = AlignedVec::<16>::with_capacity(body.len());
+        copy.extend_from_slice(body);
+        aligned = copy;
+        &aligned[..]
+    };
+    let archived = rkyv::access::<ArchivedImage, rancor::Error>(body)
+        .map_err(|e| format!("invalid archive: {e}"))?;
+    let image = rkyv::deserialize::<Image, rancor::Error>(archived)
+        .map_err(|e| format!("cannot deserialise: {e}"))?;
+    let engine = Engine::from_image(config, &image).map_err(|e| e.to_string())?;
+    Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) })
+}
+
+/// Loads the newest valid snapshot, falling back to older ones (with a warning naming the
+/// damaged file). `None` when there is no usable snapshot.
+pub fn load_latest(storage: &dyn Storage, config: &EngineConfig) -> io::Result<Option<Loaded>> {
+    for (_, name) in list(storage)? {
+        match load(storage, &name, config.clone()) {
+            Ok(loaded) => return Ok(Some(loaded)),
+            Err(why) => warn!(file = %name, %why, "snapshot unusable, trying an older one"),
+        }
+    }
+    Ok(None)
+}
+
+/// Removes all but the newest `SNAPSHOTS_KEPT` snapshots and leftover temp files; returns the
+/// LSN of the oldest snapshot kept (the log before it is no longer needed).
+pub fn prune(storage: &dyn Storage) -> io::Result<Option<u64>> {
+    for name in storage.list()? {
+        if name.starts_with("snap-") && name.ends_with(".snap.tmp") {
+            storage.remove(&name)?;
+        }
+    }
+    let snapshots = list(storage)?;
+    for (_, name) in snapshots.iter().skip(SNAPSHOTS_KEPT) {
+        storage.remove(name)?;
+    }
+    storage.sync_dir()?;
+    Ok(snapshots.iter().take(SNAPSHOTS_KEPT).map(|(lsn, _)| *lsn).min())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Command, EngineConfig};
+    use crate::wal::storage::MemStorage;
+
+    fn engine_with_state() -> Engine {
+        let engine = Engine::new(EngineConfig::default());
+        let set = Command::SetStock { sku: "a".into(), on_hand: 7, expected: None };
+        engine.apply(&set, 1, || {});
+        let reserve = Command::Reserve(stockd_protocol::Reserve {
+            id: "r".into(),
+            ttl_ms: 0,
+            channel: "c".into(),
+            customer: "".into(),
+            lines: vec![stockd_protocol::Line::new("a", 2)],
+        });
+        engine.apply(&reserve, 1, || {});
+        engine
+    }
+
+    #[test]
+    fn round_trip_and_damage_detection() {
+        let storage = MemStorage::new();
+        let engine = engine_with_state();
+        let name = write(&storage, 42, 99, &engine.image()).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!((loaded.lsn, loaded.now_ms), (42, 99));
+        assert_eq!(loaded.engine.image(), engine.image());
+
+        let len = storage.with_file(&name, |bytes| bytes.len()).expect("file");
+        for at in [0, 20, 61, SNAPSHOT_HEADER_BYTES + 3, len - 1] {
+            let copy = "copy.snap";
+            storage.with_file(&name, |bytes| bytes.clone()).map(|bytes| {
+                let mut damaged = bytes;
+                damaged[at] ^= 0x10;
+                let mut f = storage.create(copy).expect("create");
+                f.write_at(0, &damaged).expect("write");
+            });
+            assert!(load(&storage, copy, EngineConfig::default()).is_err(), "damage at {at}");
+        }
+    }
+
+    #[test]
+    fn newest_damaged_snapshot_falls_back_to_older() {
+        let storage = MemStorage::new();
+        let engine = engine_with_state();
+        write(&storage, 10, 1, &Image::default()).expect("older");
+        let newest = write(&storage, 20, 1, &engine.image()).expect("newer");
+        storage.with_file(&newest, |bytes| bytes[100] ^= 1);
+        let loaded = load_latest(&storage, &EngineConfig::default()).expect("io").expect("one");
+        assert_eq!(loaded.lsn, 10);
+    }
+
+    #[test]
+    fn prune_keeps_two() {
+        let storage = MemStorage::new();
+        for lsn in [5, 9, 12] {
+            write(&storage, lsn, 0, &Image::default()).expect("write");
+        }
+        assert_eq!(prune(&storage).expect("prune"), Some(9));
+        let left: Vec<u64> =
+            list(&storage).expect("list").into_iter().map(|(lsn, _)| lsn).collect();
+        assert_eq!(left, vec![12, 9]);
+    }
+}

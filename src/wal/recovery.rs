@@ -1,0 +1,293 @@
+//! Recovery: the newest valid snapshot, then every log record after it, in LSN order.
+//!
+//! Reading goes through memory maps. A record that is not valid ends the log if nothing valid
+//! follows it (a write torn by the crash: the bytes are zeroed so the writer can continue
+//! there). If a valid record or a later segment follows the damage, acknowledged data is
+//! corrupt: recovery refuses with the file and offset, and only `stockd repair` truncates.
+//! Every replayed record must change the state exactly as it did when it was logged; one that
+//! does not means the log and the engine disagree, and recovery refuses that too.
+
+use std::time::Instant;
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::record::{scan, Record, Scan, RECORD_ALIGN};
+use super::segment::{parse_segment_name, SegmentHeader, SEGMENT_HEADER_BYTES};
+use super::storage::{Storage, StorageFile};
+use super::writer::{OpenSegment, Tail};
+use crate::engine::{Engine, EngineConfig};
+use crate::snapshot;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    #[error("cannot access {file}: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error(
+        "write-ahead log corrupt: {file} at offset {offset}: {reason}, but valid log data follows \
+         ({follows}). Acknowledged operations may be damaged, so stockd will not start. Keep a \
+         copy of the data directory; `stockd repair` truncates the log at this point, losing \
+         everything after it"
+    )]
+    Corrupt { file: String, offset: u64, reason: String, follows: String },
+    #[error("write-ahead log invalid: {file}: {reason}")]
+    Invalid { file: String, reason: String },
+}
+
+fn io_error(file: &str) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io { file: file.to_string(), source }
+}
+
+/// How far and how to recover.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecoverOptions {
+    /// Stop after this LSN (snapshot building reads only what is durable).
+    pub up_to: Option<u64>,
+    /// Read-only: leave a torn tail as it is (snapshot building, inspection).
+    pub read_only: bool,
+}
+
+/// A segment found on disk.
+#[derive(Clone, Debug)]
+pub struct SegmentInfo {
+    pub index: u64,
+    pub first_lsn: u64,
+    pub name: String,
+}
+
+pub struct Recovered {
+    pub engine: Engine,
+    /// LSN of the last record applied (0 for an empty log).
+    pub last_lsn: u64,
+    /// Latest server time found in the snapshot and log; the clock must not run behind it.
+    pub max_now_ms: u64,
+    pub snapshot_lsn: u64,
+    pub records_replayed: u64,
+    pub segments: Vec<SegmentInfo>,
+    /// The segment to continue writing in, and where.
+    pub tail_segment: Option<(u64, String, u64)>,
+    /// What was truncated at the tail, if anything.
+    pub truncated: Option<String>,
+}
+
+impl Recovered {
+    /// Opens the tail segment for the writer.
+    pub fn tail(&self, storage: &dyn Storage) -> Result<Tail, RecoveryError> {
+        let current = match &self.tail_segment {
+            Some((index, name, offset)) => Some(OpenSegment {
+                index: *index,
+                file: storage.open(name).map_err(io_error(name))?,
+                offset: *offset,
+            }),
+            None => None,
+        };
+        let next_index = self.segments.last().map_or(1, |s| s.index + 1);
+        Ok(Tail { next_lsn: self.last_lsn + 1, current, next_index })
+    }
+}
+
+/// Segment files on disk, by index.
+pub fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, RecoveryError> {
+    let names = storage.list().map_err(io_error("data directory"))?;
+    let mut segments: Vec<(u64, String)> =
+        names.into_iter().filter_map(|n| parse_segment_name(&n).map(|i| (i, n))).collect();
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// Looks for valid log data after damage at `offset` of segment `segments[at]`: a checksum-valid
+/// record with an LSN above `last_lsn` later in the segment, or any later segment.
+fn valid_data_after(
+    storage: &dyn Storage,
+    segments: &[(u64, String)],
+    at: usize,
+    data: &[u8],
+    offset: usize,
+    last_lsn: u64,
+) -> Option<String> {
+    let mut probe = offset + RECORD_ALIGN;
+    while probe + RECORD_ALIGN <= data.len() {
+        if let Ok(Scan::Record { record, .. }) = scan(data, probe) {
+            if record.lsn > last_lsn {
+                return Some(format!("record {} at offset {probe}", record.lsn));
+            }
+        }
+        probe += RECORD_ALIGN;
+    }
+    segments.get(at + 1).map(|(_, name)| {
+        let header = storage.read(name).ok().and_then(|d| SegmentHeader::decode(&d).ok());
+        match header {
+            Some(h) => format!("segment {name} starting at record {}", h.first_lsn),
+            None => format!("segment {name}"),
+        }
+    })
+}
+
+/// Recovers the state from `storage`.
+pub fn recover(
+    storage: &dyn Storage,
+    config: &EngineConfig,
+    options: RecoverOptions,
+) -> Result<Recovered, RecoveryError> {
+    let started = Instant::now();
+    let loaded = snapshot::load_latest(storage, config).map_err(io_error("snapshots"))?;
+    let (engine, snapshot_lsn, snapshot_now) = match loaded {
+        Some(s) => (s.engine, s.lsn, s.now_ms),
+        None => (Engine::new(config.clone()), 0, 0),
+    };
+    let segments = list_segments(storage)?;
+    let mut infos = Vec::with_capacity(segments.len());
+    let mut last_lsn = snapshot_lsn;
+    let mut max_now_ms = snapshot_now;
+    let mut replayed = 0u64;
+    let mut tail_segment = None;
+    let mut truncated = None;
+    let stop_after = options.up_to.unwrap_or(u64::MAX);
+
+    'segments: for (at, (index, name)) in segments.iter().enumerate() {
+        let data = storage.read(name).map_err(io_error(name))?;
+        let invalid = |reason: String| RecoveryError::Invalid { file: name.clone(), reason };
+        let header = SegmentHeader::decode(&data).map_err(invalid)?;
+        if header.index != *index {
+            return Err(invalid(format!("header says segment {}", header.index)));
+        }
+        if header.first_lsn > last_lsn + 1 {
+            return Err(invalid(format!(
+                "starts at record {} but the state so far ends at record {last_lsn} \
+                 (missing log or snapshot)",
+                header.first_lsn
+            )));
+        }
+        infos.push(SegmentInfo { index: *index, first_lsn: header.first_lsn, name: name.clone() });
+        let mut offset = SEGMENT_HEADER_BYTES;
+        loop {
+            let scanned = scan(&data, offset).map_err(|e| {
+                invalid(format!("offset {offset}: {e} (written by a newer stockd, or corrupt)"))
+            })?;
+            match scanned {
+                Scan::Record { record, next } => {
+                    let Record { lsn, now_ms, command } = record;
+                    if lsn <= snapshot_lsn && lsn <= last_lsn {
+                        offset = next; // already in the snapshot
+                        continue;
+                    }
+                    if lsn != last_lsn + 1 {
+                        return Err(invalid(format!(
+                            "offset {offset}: record {lsn} where {} was expected",
+                            last_lsn + 1
+                        )));
+                    }
+                    if lsn > stop_after {
+                        tail_segment = Some((*index, name.clone(), offset as u64));
+                        break 'segments;
+                    }
+                    let mut changed = false;
+                    engine.apply(&command, now_ms, || changed = true);
+                    if !changed {
+                        return Err(invalid(format!(
+                            "offset {offset}: record {lsn} does not apply to the recovered state"
+                        )));
+                    }
+                    last_lsn = lsn;
+                    max_now_ms = max_now_ms.max(now_ms);
+                    replayed += 1;
+                    offset = next;
+                }
+                Scan::End => {
+                    tail_segment = Some((*index, name.clone(), offset as u64));
+                    break;
+                }
+                Scan::Invalid(reason) => {
+                    if options.up_to.is_some() {
+                        // Reading only up to a durable point: what follows may be in flight.
+                        tail_segment = Some((*index, name.clone(), offset as u64));
+                        break 'segments;
+                    }
+                    if let Some(follows) =
+                        valid_data_after(storage, &segments, at, &data, offset, last_lsn)
+                    {
+                        return Err(RecoveryError::Corrupt {
+                            file: name.clone(),
+                            offset: offset as u64,
+                            reason: reason.to_string(),
+                            follows,
+                        });
+                    }
+                    let end = data.iter().rposition(|b| *b != 0).map_or(offset, |p| p + 1);
+                    let what = format!(
+                        "{name}: torn record at offset {offset} ({reason}), {} bytes",
+                        end - offset
+                    );
+                    if !options.read_only {
+                        let mut file = storage.open(name).map_err(io_error(name))?;
+                        zero_range(&mut *file, offset as u64, end as u64)
+                            .map_err(io_error(name))?;
+                        warn!(truncated = %what, "truncated a torn write at the end of the log");
+                    }
+                    truncated = Some(what);
+                    tail_segment = Some((*index, name.clone(), offset as u64));
+                    break 'segments;
+                }
+            }
+        }
+    }
+    info!(
+        snapshot_lsn,
+        records = replayed,
+        last_lsn,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    Ok(Recovered {
+        engine,
+        last_lsn,
+        max_now_ms,
+        snapshot_lsn,
+        records_replayed: replayed,
+        segments: infos,
+        tail_segment,
+        truncated,
+    })
+}
+
+fn zero_range(file: &mut dyn StorageFile, from: u64, to: u64) -> std::io::Result<()> {
+    if to > from {
+        file.write_at(from, &vec![0u8; (to - from) as usize])?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Repairs a corrupt log by truncating it at the damage: zeroes the damaged segment from the
+/// damaged offset and removes every later segment. Returns what was done, or `None` if the log
+/// needed no repair.
+pub fn repair(
+    storage: &dyn Storage,
+    config: &EngineConfig,
+) -> Result<Option<String>, RecoveryError> {
+    let (file, offset) =
+        match recover(storage, config, RecoverOptions { up_to: None, read_only: true }) {
+            Ok(_) => return Ok(None),
+            Err(RecoveryError::Corrupt { file, offset, .. }) => (file, offset),
+            Err(other) => return Err(other),
+        };
+    let segments = list_segments(storage)?;
+    let data_len = storage.read(&file).map_err(io_error(&file))?.len() as u64;
+    let mut handle = storage.open(&file).map_err(io_error(&file))?;
+    zero_range(&mut *handle, offset, data_len).map_err(io_error(&file))?;
+    let mut removed = Vec::new();
+    let damaged_index = parse_segment_name(&file).unwrap_or(u64::MAX);
+    for (index, name) in segments {
+        if index > damaged_index {
+            storage.remove(&name).map_err(io_error(&name))?;
+            removed.push(name);
+        }
+    }
+    storage.sync_dir().map_err(io_error("data directory"))?;
+    Ok(Some(format!(
+        "truncated {file} at offset {offset}; removed {} later segment(s){}",
+        removed.len(),
+        if removed.is_empty() { String::new() } else { format!(": {}", removed.join(", ")) }
+    )))
+}

@@ -1,0 +1,564 @@
+//! The log writer: appends from every connection, one writer thread, group commit.
+//!
+//! `append` runs inside the engine's `on_change` callback, with the engine's shard locks held:
+//! it assigns the next LSN and encodes the record into a shared, bounded buffer, so the log's
+//! order is exactly the order in which changes were applied. The writer thread repeatedly takes
+//! the whole buffer, writes it into the current segment with one positional write, makes it
+//! durable with one `fdatasync` (mode `always`), and publishes the new durable LSN; every reply
+//! waiting for an LSN up to it is then released. Many connections share each `fdatasync`.
+//!
+//! Failures: a failed write or `fdatasync` marks the log failed for good (read-only server); it
+//! is never retried, and nothing after the last durable LSN is ever acknowledged. A full disk
+//! (no spare segment can be prepared) makes the log `no_space`: writes are refused, buffered
+//! records wait, and everything resumes once a segment could be prepared again.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Condvar, Mutex};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::record::{encode_record, record_bytes, RECORD_HEADER_BYTES};
+use super::segment::{
+    is_recycled, is_spare, segment_name, spare_name, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
+use super::storage::{Storage, StorageFile};
+use crate::engine::Command;
+
+/// When records are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// `fdatasync` before every acknowledgement (group commit). The default.
+    Always,
+    /// Acknowledge once written to the OS; `fdatasync` at this interval. A crash of the machine
+    /// (not of the process) may lose the last interval.
+    Interval(Duration),
+    /// Acknowledge once written to the OS; never `fdatasync`.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    pub segment_bytes: u64,
+    pub fsync: FsyncMode,
+    /// Bytes of records waiting for the writer before appenders wait (backpressure).
+    pub pending_bytes_max: usize,
+}
+
+/// Whether the log accepts writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    Ok = 0,
+    /// No spare segment could be prepared (disk full); resumes when one can.
+    NoSpace = 1,
+    /// A write or sync failed; the log accepts nothing more until restart.
+    Failed = 2,
+}
+
+/// What the writer has made durable so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub durable_lsn: u64,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WalError {
+    #[error("the write-ahead log failed ({0}); writes are refused until restart")]
+    Failed(String),
+    #[error("the disk is full; writes are refused until space is freed")]
+    NoSpace,
+    #[error("the write-ahead log is closed")]
+    Closed,
+}
+
+/// Where the writer continues after recovery.
+pub struct Tail {
+    /// LSN of the next record.
+    pub next_lsn: u64,
+    /// The segment to append to, if any, and the offset after its last record.
+    pub current: Option<OpenSegment>,
+    /// Index for the next new segment.
+    pub next_index: u64,
+}
+
+pub struct OpenSegment {
+    pub index: u64,
+    pub file: Box<dyn StorageFile>,
+    pub offset: u64,
+}
+
+/// Counters for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub bytes_written: AtomicU64,
+    pub records_written: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub fsync_nanos_total: AtomicU64,
+    pub segments_created: AtomicU64,
+}
+
+struct Pending {
+    buf: BytesMut,
+    next_lsn: u64,
+    closing: bool,
+}
+
+struct Inner {
+    pending: Mutex<Pending>,
+    wake_writer: Condvar,
+    room: Condvar,
+    progress: watch::Sender<Progress>,
+    health: AtomicU8,
+    failure: Mutex<Option<String>>,
+    /// The preparer's last error, while it cannot prepare a spare segment.
+    prepare_error: Mutex<Option<String>>,
+    stats: WalStats,
+}
+
+impl Inner {
+    fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            0 => Health::Ok,
+            1 => Health::NoSpace,
+            _ => Health::Failed,
+        }
+    }
+
+    /// Changes the health, except that `Failed` is final.
+    fn set_health(&self, health: Health) {
+        let failed = Health::Failed as u8;
+        let changed = self.health.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+            (h != failed).then_some(health as u8)
+        });
+        if changed.is_ok() {
+            self.progress.send_modify(|p| p.health = health);
+        }
+    }
+
+    fn fail(&self, what: String) {
+        error!(error = %what, "write-ahead log failed: refusing all writes until restart");
+        *self.failure.lock() = Some(what);
+        self.set_health(Health::Failed);
+        self.room.notify_all();
+    }
+}
+
+/// The write-ahead log, open for appending.
+pub struct Wal {
+    inner: Arc<Inner>,
+    writer: Option<JoinHandle<()>>,
+    preparer: Option<JoinHandle<()>>,
+    recycle: Sender<String>,
+    stop_preparer: Arc<AtomicBool>,
+}
+
+impl Wal {
+    /// Starts the writer and the segment preparer after recovery. `recyclable` lists old
+    /// segment files that may be zeroed and reused.
+    pub fn start(storage: Arc<dyn Storage>, config: WalConfig, tail: Tail) -> io::Result<Wal> {
+        assert!(
+            config.segment_bytes as usize
+                >= SEGMENT_HEADER_BYTES + record_bytes(super::record::RECORD_PAYLOAD_BYTES_MAX),
+            "a segment holds at least one maximal record"
+        );
+        let durable_lsn = tail.next_lsn - 1;
+        let (progress, _) = watch::channel(Progress { durable_lsn, health: Health::Ok });
+        let inner = Arc::new(Inner {
+            pending: Mutex::new(Pending {
+                buf: BytesMut::with_capacity(1 << 20),
+                next_lsn: tail.next_lsn,
+                closing: false,
+            }),
+            wake_writer: Condvar::new(),
+            room: Condvar::new(),
+            progress,
+            health: AtomicU8::new(Health::Ok as u8),
+            failure: Mutex::new(None),
+            prepare_error: Mutex::new(None),
+            stats: WalStats::default(),
+        });
+        let (spare_tx, spare_rx) = bounded::<Spare>(1);
+        let (recycle_tx, recycle_rx) = bounded::<String>(1024);
+        for name in storage.list()? {
+            if is_recycled(&name) {
+                let _ = recycle_tx.try_send(name);
+            } else if is_spare(&name) {
+                // A spare prepared before a restart carries no data; prepare a fresh one.
+                storage.remove(&name)?;
+            }
+        }
+        let stop_preparer = Arc::new(AtomicBool::new(false));
+        let preparer = {
+            let (storage, inner, stop) = (storage.clone(), inner.clone(), stop_preparer.clone());
+            let bytes = config.segment_bytes;
+            std::thread::Builder::new().name("stockd-wal-prepare".into()).spawn(move || {
+                prepare_loop(&*storage, bytes, &inner, &spare_tx, &recycle_rx, &stop)
+            })?
+        };
+        let writer = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("stockd-wal-writer".into())
+                .spawn(move || Writer::new(storage, config, tail, inner, spare_rx).run())?
+        };
+        Ok(Wal {
+            inner,
+            writer: Some(writer),
+            preparer: Some(preparer),
+            recycle: recycle_tx,
+            stop_preparer,
+        })
+    }
+
+    /// Logs a command applied at `now_ms` and returns its LSN. Called with the engine's locks
+    /// held, in the order changes are applied.
+    pub fn append(&self, now_ms: u64, command: &Command) -> Result<u64, WalError> {
+        let mut pending = self.inner.pending.lock();
+        loop {
+            match self.inner.health() {
+                Health::Failed => return Err(self.failed_error()),
+                // Over the bound while no segment can be prepared: refuse rather than block.
+                Health::NoSpace if pending.buf.len() >= PENDING_BYTES_MAX => {
+                    return Err(WalError::NoSpace)
+                }
+                _ => {}
+            }
+            if pending.closing {
+                return Err(WalError::Closed);
+            }
+            if pending.buf.len() < PENDING_BYTES_MAX {
+                break;
+            }
+            self.inner.room.wait(&mut pending);
+        }
+        let lsn = pending.next_lsn;
+        pending.next_lsn += 1;
+        encode_record(&mut pending.buf, lsn, now_ms, command);
+        drop(pending);
+        self.inner.wake_writer.notify_one();
+        Ok(lsn)
+    }
+
+    fn failed_error(&self) -> WalError {
+        WalError::Failed(self.inner.failure.lock().clone().unwrap_or_default())
+    }
+
+    /// The LSN of the last appended record (durable or not).
+    pub fn last_lsn(&self) -> u64 {
+        self.inner.pending.lock().next_lsn - 1
+    }
+
+    pub fn health(&self) -> Health {
+        self.inner.health()
+    }
+
+    /// Progress updates, for waiting on durability.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.inner.progress.subscribe()
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.inner.progress.borrow()
+    }
+
+    pub fn stats(&self) -> &WalStats {
+        &self.inner.stats
+    }
+
+    /// Hands an old segment file (already renamed to a recycle name) to the preparer.
+    pub fn recycle(&self, name: String) {
+        let _ = self.recycle.try_send(name);
+    }
+
+    /// Waits until every record up to `lsn` is durable.
+    pub async fn wait_durable(
+        progress: &mut watch::Receiver<Progress>,
+        lsn: u64,
+    ) -> Result<(), WalError> {
+        let reached = progress
+            .wait_for(|p| p.durable_lsn >= lsn || p.health == Health::Failed)
+            .await
+            .map_err(|_| WalError::Closed)?;
+        if reached.durable_lsn >= lsn {
+            Ok(())
+        } else {
+            Err(WalError::Failed("records were not made durable".into()))
+        }
+    }
+
+    /// Writes and syncs everything appended, then stops the threads. Returns the final
+    /// progress.
+    pub fn close(mut self) -> Progress {
+        self.inner.pending.lock().closing = true;
+        self.inner.wake_writer.notify_one();
+        self.inner.room.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        self.stop_preparer.store(true, Ordering::Release);
+        if let Some(preparer) = self.preparer.take() {
+            let _ = preparer.join();
+        }
+        self.progress()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            self.inner.pending.lock().closing = true;
+            self.inner.wake_writer.notify_one();
+            self.stop_preparer.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Bound on records waiting for the writer: about a second of peak traffic.
+pub const PENDING_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// A prepared, zeroed segment file under its temporary name.
+struct Spare {
+    name: String,
+    file: Box<dyn StorageFile>,
+}
+
+struct Writer {
+    storage: Arc<dyn Storage>,
+    config: WalConfig,
+    inner: Arc<Inner>,
+    current: Option<OpenSegment>,
+    next_index: u64,
+    spares: Receiver<Spare>,
+    unsynced: bool,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn new(
+        storage: Arc<dyn Storage>,
+        config: WalConfig,
+        tail: Tail,
+        inner: Arc<Inner>,
+        spares: Receiver<Spare>,
+    ) -> Writer {
+        Writer {
+            storage,
+            config,
+            inner,
+            current: tail.current,
+            next_index: tail.next_index,
+            spares,
+            unsynced: false,
+            last_sync: Instant::now(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        loop {
+            let (last_lsn, closing) = {
+                let mut pending = self.inner.pending.lock();
+                while pending.buf.is_empty() && !pending.closing {
+                    match self.config.fsync {
+                        FsyncMode::Interval(every) if self.unsynced => {
+                            let due = self.last_sync + every;
+                            let now = Instant::now();
+                            if now >= due
+                                || self
+                                    .inner
+                                    .wake_writer
+                                    .wait_for(&mut pending, due - now)
+                                    .timed_out()
+                            {
+                                break;
+                            }
+                        }
+                        _ => self.inner.wake_writer.wait(&mut pending),
+                    }
+                }
+                std::mem::swap(&mut buf, &mut pending.buf);
+                self.inner.room.notify_all();
+                (pending.next_lsn - 1, pending.closing)
+            };
+            if !buf.is_empty() {
+                if let Err(e) = self.write(&buf) {
+                    self.inner.fail(format!("write failed: {e}"));
+                    return;
+                }
+                buf.clear();
+            }
+            let sync_now = match self.config.fsync {
+                FsyncMode::Always => true,
+                FsyncMode::Interval(every) => closing || self.last_sync.elapsed() >= every,
+                FsyncMode::Never => false,
+            };
+            if sync_now && self.unsynced {
+                if let Err(e) = self.sync() {
+                    self.inner.fail(format!("fdatasync failed: {e}"));
+                    return;
+                }
+            }
+            self.inner.progress.send_if_modified(|p| {
+                let advanced = p.durable_lsn < last_lsn;
+                p.durable_lsn = p.durable_lsn.max(last_lsn);
+                advanced
+            });
+            if closing && self.inner.pending.lock().buf.is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let Some(current) = self.current.as_mut() else { return Ok(()) };
+        let started = Instant::now();
+        current.file.sync_data()?;
+        let stats = &self.inner.stats;
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats.fsync_nanos_total.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Writes whole records, starting new segments where the current one is full.
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut chunk_start = 0;
+        let mut pos = 0;
+        let mut records = 0u64;
+        while pos < buf.len() {
+            let payload_len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4 bytes"));
+            let len = record_bytes(payload_len as usize);
+            debug_assert!(len >= RECORD_HEADER_BYTES);
+            let fits = self.current.as_ref().is_some_and(|c| {
+                c.offset + (pos - chunk_start + len) as u64 <= self.config.segment_bytes
+            });
+            if !fits {
+                self.write_chunk(&buf[chunk_start..pos])?;
+                let lsn = u64::from_le_bytes(buf[pos + 8..pos + 16].try_into().expect("8 bytes"));
+                self.next_segment(lsn)?;
+                chunk_start = pos;
+            }
+            pos += len;
+            records += 1;
+        }
+        self.write_chunk(&buf[chunk_start..])?;
+        self.inner.stats.records_written.fetch_add(records, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let current = self.current.as_mut().expect("a segment is open before records are written");
+        current.file.write_at(current.offset, chunk)?;
+        current.offset += chunk.len() as u64;
+        self.unsynced = true;
+        self.inner.stats.bytes_written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Finishes the current segment (durably) and starts the next one at `first_lsn`.
+    fn next_segment(&mut self, first_lsn: u64) -> io::Result<()> {
+        if self.current.is_some() && self.unsynced && self.config.fsync != FsyncMode::Never {
+            self.sync()?;
+        }
+        let Spare { name, mut file } = self.take_spare()?;
+        let index = self.next_index;
+        file.write_at(0, &SegmentHeader { index, first_lsn }.encode())?;
+        file.sync_data()?;
+        self.storage.rename(&name, &segment_name(index))?;
+        self.storage.sync_dir()?;
+        self.inner.stats.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.current = Some(OpenSegment { index, file, offset: SEGMENT_HEADER_BYTES as u64 });
+        self.next_index += 1;
+        Ok(())
+    }
+
+    fn take_spare(&mut self) -> io::Result<Spare> {
+        loop {
+            match self.spares.recv_timeout(Duration::from_millis(100)) {
+                Ok(spare) => {
+                    if self.inner.health() == Health::NoSpace {
+                        info!("a new log segment is ready: accepting writes again");
+                        self.inner.set_health(Health::Ok);
+                    }
+                    return Ok(spare);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(why) = self.inner.prepare_error.lock().clone() {
+                        if self.inner.health() == Health::Ok {
+                            warn!(error = %why, "no log segment can be prepared: refusing writes");
+                            self.inner.set_health(Health::NoSpace);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("segment preparer stopped"));
+                }
+            }
+        }
+    }
+}
+
+/// Keeps one zeroed spare segment ready, reusing recycled segments when there are any.
+fn prepare_loop(
+    storage: &dyn Storage,
+    segment_bytes: u64,
+    inner: &Inner,
+    spares: &Sender<Spare>,
+    recycled: &Receiver<String>,
+    stop: &AtomicBool,
+) {
+    let mut reuse: Option<String> = None;
+    let mut serial = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        if reuse.is_none() {
+            reuse = recycled.try_recv().ok();
+        }
+        serial += 1;
+        let name = spare_name(serial);
+        let prepared = match reuse.take() {
+            Some(old) => {
+                storage.rename(&old, &name).and_then(|()| storage.rezero(&name, segment_bytes))
+            }
+            None => storage.create_zeroed(&name, segment_bytes),
+        };
+        let file = match prepared {
+            Ok(file) => {
+                *inner.prepare_error.lock() = None;
+                file
+            }
+            Err(e) => {
+                *inner.prepare_error.lock() = Some(e.to_string());
+                let _ = storage.remove(&name);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let mut spare = Spare { name, file };
+        loop {
+            match spares.send_timeout(spare, Duration::from_millis(100)) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    spare = back;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
+            }
+        }
+    }
+}
