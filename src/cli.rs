@@ -28,6 +28,19 @@ enum Command {
     Serve(ServeArgs),
     /// Print the default configuration file, with every key documented.
     ConfigDefault,
+    /// Check the data directory and, if the log is corrupt, truncate it at the damage (after
+    /// confirmation). Everything logged after the damage is lost.
+    Repair {
+        /// Configuration file (for the data directory and engine settings).
+        #[arg(long, env = "STOCKD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory, overriding the configuration.
+        #[arg(long, env = "STOCKD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Set, adjust or read a SKU's stock.
     #[command(subcommand)]
     Stock(StockCommand),
@@ -137,6 +150,9 @@ struct ServeArgs {
     /// Log filter, overriding the configuration ("info", "debug", ...).
     #[arg(long, env = "STOCKD_LOG")]
     log_level: Option<String>,
+    /// Data directory (log and snapshots), overriding the configuration.
+    #[arg(long, env = "STOCKD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ResultCode> {
             print!("{DEFAULT_TOML}");
             Ok(ResultCode::Ok)
         }
+        Command::Repair { config, data_dir, yes } => repair(config, data_dir, yes),
         command => runtime()?.block_on(client_command(command)),
     }
 }
@@ -191,6 +208,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(level) = args.log_level {
         config.log.level = level;
     }
+    if let Some(dir) = args.data_dir {
+        config.storage.data_dir = dir;
+    }
     config.validate()?;
     init_logging(&config);
     let runtime = runtime()?;
@@ -200,6 +220,47 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", config.server.listen))?;
         server.run(shutdown_signal()).await.context("serving")
     })
+}
+
+fn repair(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    yes: bool,
+) -> anyhow::Result<ResultCode> {
+    use crate::wal::{recover, DirStorage, RecoverOptions, RecoveryError};
+    let mut config = Config::load(config.as_deref())?;
+    if let Some(dir) = data_dir {
+        config.storage.data_dir = dir;
+    }
+    let dir = &config.storage.data_dir;
+    let storage = DirStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    let engine = config.engine_config();
+    let options = RecoverOptions { up_to: None, read_only: true };
+    match recover(&storage, &engine, options) {
+        Ok(recovered) => {
+            println!("the log in {} is intact up to record {}", dir.display(), recovered.last_lsn);
+            if let Some(torn) = recovered.truncated {
+                println!("a torn write at its end will be truncated at the next start: {torn}");
+            }
+            return Ok(ResultCode::Ok);
+        }
+        Err(e @ RecoveryError::Corrupt { .. }) => println!("{e}"),
+        Err(e) => bail!("{e}; `repair` only truncates a corrupt log, it cannot fix this"),
+    }
+    if !yes {
+        println!("Type 'truncate' to cut the log at the damage, anything else to stop:");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer).context("reading the confirmation")?;
+        if answer.trim() != "truncate" {
+            println!("nothing changed");
+            return Ok(ResultCode::InvalidArgument);
+        }
+    }
+    match crate::wal::repair(&storage, &engine)? {
+        Some(done) => println!("{done}"),
+        None => println!("nothing to repair"),
+    }
+    Ok(ResultCode::Ok)
 }
 
 fn init_logging(config: &Config) {
@@ -279,7 +340,9 @@ fn print_reservation(info: &ReservationInfo) {
 
 async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
     let code = match command {
-        Command::Serve(_) | Command::ConfigDefault => bail!("not a client command"),
+        Command::Serve(_) | Command::ConfigDefault | Command::Repair { .. } => {
+            bail!("not a client command")
+        }
         Command::Stock(stock) => {
             let reply = match &stock {
                 StockCommand::Set { client, sku, on_hand, expected } => {

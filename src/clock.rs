@@ -48,6 +48,12 @@ impl Clock {
         }
     }
 
+    /// Never read earlier than `ms` from now on: after recovery, the clock must not run behind
+    /// the times already recorded in the log.
+    pub fn not_before(&self, ms: u64) {
+        self.last_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
     /// Milliseconds since the Unix epoch, never smaller than any value returned before.
     pub fn now_ms(&self) -> u64 {
         let source_ms = match &self.source {

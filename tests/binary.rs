@@ -15,10 +15,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(extra: &[&str]) -> Daemon {
+    fn start(data_dir: &std::path::Path) -> Daemon {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
             .env_remove("STOCKD_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -66,7 +66,8 @@ impl Drop for Daemon {
 
 #[test]
 fn serve_and_use_the_cli() {
-    let daemon = Daemon::start(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(dir.path());
     let (code, out) = daemon.cli(&["stock", "set", "SKU-1", "5"]);
     assert_eq!(
         (code, out.trim()),
@@ -95,6 +96,26 @@ fn serve_and_use_the_cli() {
     let (code, out) = daemon.cli(&["release", "NOPE"]);
     assert_eq!((code, out.trim()), (3, "not_found"));
     assert_eq!(daemon.terminate(), 0, "SIGTERM is a clean exit");
+
+    // The state survives the restart (through the final snapshot and the log).
+    let daemon = Daemon::start(dir.path());
+    let (code, out) = daemon.cli(&["stock", "get", "SKU-1"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ok on_hand=3 reserved=0 committed=0 safety_stock=0 available=3 paused=false")
+    );
+    let (code, out) = daemon.cli(&["reservation", "ORDER-1"]);
+    assert!(code == 0 && out.starts_with("state=shipped"), "{out}");
+    assert_eq!(daemon.terminate(), 0);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("data dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("snap-")),
+        "a final snapshot was written: {names:?}"
+    );
+    assert!(names.iter().any(|n| n.starts_with("wal-") && n.ends_with(".seg")), "{names:?}");
 }
 
 #[test]

@@ -3,13 +3,17 @@
 //! out-of-range values are errors that name the key, never silently ignored.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::engine::EngineConfig;
-use crate::limits::{FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SHARDS_MAX};
+use crate::limits::{
+    FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SHARDS_MAX,
+};
+use crate::wal::{FsyncMode, WalConfig};
 
 /// The documented default configuration, as shipped.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -30,6 +34,7 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub engine: EngineSection,
+    pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
 }
@@ -51,6 +56,38 @@ pub struct EngineSection {
     pub hold_ms_max: u64,
     pub retention_ms: u64,
     pub sweep_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    Always,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub segment_bytes: u64,
+    pub snapshot_every_records: u64,
+    pub snapshot_interval_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            data_dir: PathBuf::from("data"),
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 100,
+            segment_bytes: 64 * 1024 * 1024,
+            snapshot_every_records: 1_000_000,
+            snapshot_interval_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -167,6 +204,25 @@ impl Config {
         if self.engine.sweep_interval_ms == 0 {
             return Err(invalid("engine.sweep_interval_ms", "must be at least 1"));
         }
+        let segment = self.storage.segment_bytes;
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&segment) {
+            return Err(invalid(
+                "storage.segment_bytes",
+                format!("{segment} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"),
+            ));
+        }
+        if self.storage.fsync_interval_ms == 0 {
+            return Err(invalid("storage.fsync_interval_ms", "must be at least 1"));
+        }
+        if self.storage.snapshot_every_records == 0 || self.storage.snapshot_interval_ms == 0 {
+            return Err(invalid(
+                "storage.snapshot_every_records",
+                "snapshot triggers must be at least 1",
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
         if !self.auth.accept_any_key {
             return Err(invalid(
                 "auth.accept_any_key",
@@ -181,6 +237,17 @@ impl Config {
     /// The address to listen on (validated).
     pub fn listen_addr(&self) -> SocketAddr {
         self.server.listen.parse().expect("validated listen address")
+    }
+
+    pub fn wal_config(&self) -> WalConfig {
+        let fsync = match self.storage.fsync {
+            FsyncPolicy::Always => FsyncMode::Always,
+            FsyncPolicy::Interval => {
+                FsyncMode::Interval(Duration::from_millis(self.storage.fsync_interval_ms))
+            }
+            FsyncPolicy::Never => FsyncMode::Never,
+        };
+        WalConfig { segment_bytes: self.storage.segment_bytes, fsync }
     }
 
     pub fn engine_config(&self) -> EngineConfig {
@@ -219,6 +286,8 @@ mod tests {
             ("[engine]\nttl_ms_default = 5000\nhold_ms_max = 10\n", "engine.ttl_ms_default"),
             ("[auth]\naccept_any_key = false\n", "auth.accept_any_key"),
             ("[server]\nconnections_max = 0\n", "server.connections_max"),
+            ("[storage]\nsegment_bytes = 4096\n", "storage.segment_bytes"),
+            ("[storage]\nfsync_interval_ms = 0\n", "storage.fsync_interval_ms"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "t").expect_err(text);
@@ -232,6 +301,7 @@ mod tests {
         assert!(err.to_string().contains("my.toml") && err.to_string().contains("listen_port"));
         assert!(Config::from_toml("[server\n", "t").is_err());
         assert!(Config::from_toml("[log]\nformat = \"xml\"\n", "t").is_err());
+        assert!(Config::from_toml("[storage]\nfsync = \"sometimes\"\n", "t").is_err());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! One client connection: read bytes, decode every complete frame in the buffer, execute,
-//! encode the replies into one buffer and write it with one call. Replies are written before
-//! more is read, so a client that does not read its replies stops being served instead of
-//! growing the server's memory.
+//! wait until the log is durable up to every change those replies depend on, then encode the
+//! replies into one buffer and write it with one call. Replies are written before more is read,
+//! so a client that does not read its replies stops being served instead of growing the
+//! server's memory. Many connections waiting at once share one `fdatasync` (group commit).
+//!
+//! If the log fails before the changes become durable, every state-changing reply in the round
+//! is turned into `read_only`: nothing is acknowledged that is not durable.
 //!
 //! Frame errors that leave the stream in sync (bad body checksum, undecodable body, unknown
 //! opcode) are answered with an `ERROR` frame carrying the request id, and the connection goes
@@ -20,11 +24,13 @@ use tracing::debug;
 
 use stockd_protocol::frame::RawFrame;
 use stockd_protocol::{
-    ErrorReply, FrameDecoder, Hello, HelloReply, Reply, Request, ResultCode, PROTOCOL_VERSION,
+    ErrorReply, FrameDecoder, Hello, HelloReply, OpReply, Reply, Request, ResultCode,
+    PROTOCOL_VERSION,
 };
 
 use super::{dispatch, Shared};
-use crate::limits::{BATCH_OPS_MAX, CONNECTION_WRITE_BUFFER_BYTES_MAX, LINES_PER_RESERVATION_MAX};
+use crate::limits::{BATCH_OPS_MAX, CONNECTION_REPLIES_PER_ROUND_MAX, LINES_PER_RESERVATION_MAX};
+use crate::wal::{Progress, Wal};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -39,7 +45,9 @@ struct Connection {
     shared: Arc<Shared>,
     peer: SocketAddr,
     handshaken: bool,
-    out: BytesMut,
+    /// Replies of this round, held until the log is durable enough to send them.
+    replies: Vec<(u64, Reply)>,
+    progress: watch::Receiver<Progress>,
 }
 
 pub(super) async fn serve(
@@ -51,16 +59,13 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(shared.config.server.frame_body_bytes_max);
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let mut conn = Connection {
-        shared,
-        peer,
-        handshaken: false,
-        out: BytesMut::with_capacity(READ_BUFFER_BYTES),
-    };
+    let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let progress = shared.wal.subscribe();
+    let mut conn = Connection { shared, peer, handshaken: false, replies: Vec::new(), progress };
     debug!(%peer, "connection opened");
-    let why = 'conn: loop {
+    let why = loop {
         let mut flow = Flow::Continue;
-        while flow == Flow::Continue {
+        while flow == Flow::Continue && conn.replies.len() < CONNECTION_REPLIES_PER_ROUND_MAX {
             match decoder.decode(&mut input) {
                 Ok(Some(frame)) => flow = conn.frame(frame),
                 Ok(None) => break,
@@ -72,21 +77,24 @@ pub(super) async fn serve(
                     }
                 }
             }
-            if conn.out.len() >= CONNECTION_WRITE_BUFFER_BYTES_MAX {
-                if let Err(e) = stream.write_all(&conn.out).await {
-                    break 'conn format!("write failed: {e}");
-                }
-                conn.out.clear();
-            }
         }
-        if !conn.out.is_empty() {
-            if let Err(e) = stream.write_all(&conn.out).await {
+        // Stopped at the per-round cap: more complete frames may be buffered already.
+        let capped = conn.replies.len() >= CONNECTION_REPLIES_PER_ROUND_MAX;
+        if !conn.replies.is_empty() {
+            conn.await_durability().await;
+            for (request_id, reply) in conn.replies.drain(..) {
+                reply.encode(request_id, &mut out);
+            }
+            if let Err(e) = stream.write_all(&out).await {
                 break format!("write failed: {e}");
             }
-            conn.out.clear();
+            out.clear();
         }
         if flow == Flow::Close {
             break "closed after a fatal error".to_string();
+        }
+        if capped {
+            continue;
         }
         if input.capacity() - input.len() < 4096 {
             input.reserve(READ_BUFFER_BYTES);
@@ -107,7 +115,26 @@ pub(super) async fn serve(
 
 impl Connection {
     fn error(&mut self, request_id: u64, code: ResultCode, message: String) {
-        Reply::Error(ErrorReply { code, message }).encode(request_id, &mut self.out);
+        self.replies.push((request_id, Reply::Error(ErrorReply { code, message })));
+    }
+
+    /// Waits until every change these replies may depend on is durable; if the log failed
+    /// first, state-changing replies become `read_only`.
+    async fn await_durability(&mut self) {
+        let lsn = self.shared.wal.last_lsn();
+        if self.progress.borrow().durable_lsn >= lsn {
+            return;
+        }
+        if Wal::wait_durable(&mut self.progress, lsn).await.is_ok() {
+            return;
+        }
+        for (_, reply) in &mut self.replies {
+            match reply {
+                Reply::Op(op) => refuse_write(op),
+                Reply::Batch(ops) => ops.iter_mut().for_each(refuse_write),
+                Reply::Hello(_) | Reply::Error(_) => {}
+            }
+        }
     }
 
     fn frame(&mut self, frame: RawFrame) -> Flow {
@@ -130,15 +157,15 @@ impl Connection {
             request => request,
         };
         let now_ms = self.shared.clock.now_ms();
-        let engine = &self.shared.engine;
+        let shared = &*self.shared;
         let reply = match request {
-            Request::Op(op) => Reply::Op(dispatch::execute(engine, op, now_ms)),
+            Request::Op(op) => Reply::Op(dispatch::execute(shared, op, now_ms)),
             Request::Batch(ops) => Reply::Batch(
-                ops.into_iter().map(|op| dispatch::execute(engine, op, now_ms)).collect(),
+                ops.into_iter().map(|op| dispatch::execute(shared, op, now_ms)).collect(),
             ),
             Request::Hello(_) => unreachable!("handled above"),
         };
-        reply.encode(request_id, &mut self.out);
+        self.replies.push((request_id, reply));
         Flow::Continue
     }
 
@@ -156,13 +183,22 @@ impl Connection {
             lines_max: LINES_PER_RESERVATION_MAX,
             server_time_ms: self.shared.clock.now_ms(),
         };
-        Reply::Hello(reply).encode(request_id, &mut self.out);
+        self.replies.push((request_id, Reply::Hello(reply)));
         self.handshaken = supported;
         if supported {
-            debug!(peer = %self.peer, client = %String::from_utf8_lossy(&hello.client_name), "handshake");
+            let client = String::from_utf8_lossy(&hello.client_name);
+            debug!(peer = %self.peer, %client, "handshake");
             Flow::Continue
         } else {
             Flow::Close
         }
+    }
+}
+
+/// Turns the reply of a state-changing operation into `read_only`.
+fn refuse_write(reply: &mut OpReply) {
+    let opcode = reply.opcode();
+    if !matches!(reply, OpReply::Ping(_) | OpReply::QuerySku(_) | OpReply::QueryReservation(_)) {
+        *reply = OpReply::refused(opcode, ResultCode::ReadOnly);
     }
 }

@@ -5,11 +5,13 @@
 
 mod connection;
 mod dispatch;
+pub mod durability;
 mod sweeper;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::limits::REFUSE_WRITE_TIMEOUT_MS;
+use crate::wal::{recover, DirStorage, RecoverOptions, RecoveryError, Storage, Wal};
 
 pub use dispatch::execute;
 
@@ -34,6 +37,24 @@ pub struct Shared {
     pub engine: Engine,
     pub clock: Clock,
     pub config: Config,
+    pub wal: Wal,
+    pub storage: Arc<dyn Storage>,
+    /// LSN of the newest snapshot.
+    pub snapshot_lsn: Arc<AtomicU64>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: io::Error },
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("cannot start the log writer: {0}")]
+    Wal(io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
 }
 
 /// A bound, not yet running server.
@@ -43,16 +64,53 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the configured listen address (port 0 picks a free port).
-    pub async fn bind(config: Config) -> io::Result<Server> {
+    /// Recovers the state from the configured data directory and binds the listen address
+    /// (port 0 picks a free port).
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
         Server::bind_with_clock(config, Clock::system()).await
     }
 
     /// Like [`Server::bind`] with a given clock (tests use a manual one).
-    pub async fn bind_with_clock(config: Config, clock: Clock) -> io::Result<Server> {
-        let listener = TcpListener::bind(config.listen_addr()).await?;
-        let engine = Engine::new(config.engine_config());
-        Ok(Server { listener, shared: Arc::new(Shared { engine, clock, config }) })
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
+        let path = config.storage.data_dir.clone();
+        let storage = DirStorage::open(&path)
+            .map_err(|source| StartError::DataDir { path: path.display().to_string(), source })?;
+        Server::bind_with(config, clock, Arc::new(storage)).await
+    }
+
+    /// Like [`Server::bind`] with a given clock and storage (tests inject faults).
+    pub async fn bind_with(
+        config: Config,
+        clock: Clock,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Server, StartError> {
+        let recovered = {
+            let (storage, engine_config) = (storage.clone(), config.engine_config());
+            tokio::task::spawn_blocking(move || {
+                recover(&*storage, &engine_config, RecoverOptions::default())
+            })
+            .await
+            .expect("recovery does not panic")?
+        };
+        if let Some(truncated) = &recovered.truncated {
+            warn!(%truncated, "the log ended with a torn write, which was never acknowledged");
+        }
+        clock.not_before(recovered.max_now_ms);
+        let tail = recovered.tail(&*storage)?;
+        let wal =
+            Wal::start(storage.clone(), config.wal_config(), tail).map_err(StartError::Wal)?;
+        let addr = config.listen_addr();
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let shared = Shared {
+            engine: recovered.engine,
+            clock,
+            config,
+            wal,
+            storage,
+            snapshot_lsn: Arc::new(AtomicU64::new(recovered.snapshot_lsn)),
+        };
+        Ok(Server { listener, shared: Arc::new(shared) })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -71,6 +129,13 @@ impl Server {
         let permits = Arc::new(Semaphore::new(shared.config.server.connections_max));
         let mut connections = JoinSet::new();
         let sweeper = tokio::spawn(sweeper::run(shared.clone(), stop_rx.clone()));
+        let (stop_snapshots, snapshot_stop_rx) = crossbeam_channel::bounded::<()>(1);
+        let snapshotter = {
+            let (shared, last_lsn) = (shared.clone(), shared.snapshot_lsn.clone());
+            std::thread::Builder::new()
+                .name("stockd-snapshot".into())
+                .spawn(move || durability::snapshot_loop(shared, last_lsn, snapshot_stop_rx))?
+        };
         info!(addr = %listener.local_addr()?, "stockd listening");
         tokio::pin!(shutdown);
         loop {
@@ -112,6 +177,13 @@ impl Server {
             connections.abort_all();
         }
         let _ = sweeper.await;
+        drop(stop_snapshots);
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = snapshotter.join();
+            let last_lsn = shared.snapshot_lsn.load(std::sync::atomic::Ordering::Acquire);
+            durability::final_snapshot(&shared, last_lsn);
+        })
+        .await;
         info!("stockd stopped");
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! The sweeper: expires holds past their deadline and forgets finished reservations past their
-//! retention, on an idle server too. Expiry is already exact for every read and write without
-//! it; the sweep returns held units' bookkeeping to the SKUs and bounds memory.
+//! retention, on an idle server too, logging each as a WAL record. Expiry is already exact for
+//! every read and write without it; the sweep returns held units' bookkeeping to the SKUs and
+//! bounds memory. Nobody waits for these records: the next reply that depends on them waits
+//! for their durability like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tracing::debug;
 
 use super::Shared;
 use crate::limits::SWEEP_BATCH_MAX;
+use crate::wal::Health;
 
 pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_millis(shared.config.engine.sweep_interval_ms);
@@ -21,12 +24,17 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        loop {
+        // Expiry is a logged change like any other; a read-only server stops sweeping (reads
+        // stay exact without the sweep).
+        while shared.wal.health() == Health::Ok {
             let now_ms = shared.clock.now_ms();
             let due = shared.engine.due(now_ms, SWEEP_BATCH_MAX);
             let mut applied = 0usize;
             for command in &due {
-                shared.engine.apply(command, now_ms, || applied += 1);
+                shared.engine.apply(command, now_ms, || {
+                    applied += 1;
+                    let _ = shared.wal.append(now_ms, command);
+                });
             }
             if applied > 0 {
                 debug!(applied, "sweep");

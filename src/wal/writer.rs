@@ -48,8 +48,6 @@ pub enum FsyncMode {
 pub struct WalConfig {
     pub segment_bytes: u64,
     pub fsync: FsyncMode,
-    /// Bytes of records waiting for the writer before appenders wait (backpressure).
-    pub pending_bytes_max: usize,
 }
 
 /// Whether the log accepts writes.
@@ -156,8 +154,8 @@ impl Inner {
 /// The write-ahead log, open for appending.
 pub struct Wal {
     inner: Arc<Inner>,
-    writer: Option<JoinHandle<()>>,
-    preparer: Option<JoinHandle<()>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    preparer: Mutex<Option<JoinHandle<()>>>,
     recycle: Sender<String>,
     stop_preparer: Arc<AtomicBool>,
 }
@@ -213,8 +211,8 @@ impl Wal {
         };
         Ok(Wal {
             inner,
-            writer: Some(writer),
-            preparer: Some(preparer),
+            writer: Mutex::new(Some(writer)),
+            preparer: Mutex::new(Some(preparer)),
             recycle: recycle_tx,
             stop_preparer,
         })
@@ -296,17 +294,17 @@ impl Wal {
         }
     }
 
-    /// Writes and syncs everything appended, then stops the threads. Returns the final
-    /// progress.
-    pub fn close(mut self) -> Progress {
+    /// Writes and syncs everything appended, then stops the threads; later appends are
+    /// refused. Returns the final progress.
+    pub fn close(&self) -> Progress {
         self.inner.pending.lock().closing = true;
         self.inner.wake_writer.notify_one();
         self.inner.room.notify_all();
-        if let Some(writer) = self.writer.take() {
+        if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
         self.stop_preparer.store(true, Ordering::Release);
-        if let Some(preparer) = self.preparer.take() {
+        if let Some(preparer) = self.preparer.lock().take() {
             let _ = preparer.join();
         }
         self.progress()
@@ -315,11 +313,7 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        if self.writer.is_some() {
-            self.inner.pending.lock().closing = true;
-            self.inner.wake_writer.notify_one();
-            self.stop_preparer.store(true, Ordering::Release);
-        }
+        self.close();
     }
 }
 

@@ -27,16 +27,22 @@ pub const T0: u64 = 1_700_000_000_000;
 /// Bound on any single wait in a test, so a broken server fails the test instead of hanging it.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A configuration for tests: an ephemeral port and a fresh temporary data directory (kept
+/// alive by the returned guard).
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.engine.shards = 16;
+    config.storage.segment_bytes = 1024 * 1024;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir").keep();
+    config.storage.data_dir = dir;
     config
 }
 
 pub struct TestServer {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
+    pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -47,14 +53,18 @@ impl TestServer {
     }
 
     pub async fn start_with_clock(config: Config, clock: Clock) -> TestServer {
-        let server = Server::bind_with_clock(config, clock).await.expect("bind 127.0.0.1:0");
+        let server = Server::bind_with_clock(config.clone(), clock).await.expect("server starts");
+        TestServer::run(server, config)
+    }
+
+    pub fn run(server: Server, config: Config) -> TestServer {
         let addr = server.local_addr().expect("local addr");
         let shared = server.shared();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, shared, stop: Some(stop), task }
+        TestServer { addr, shared, config, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {
