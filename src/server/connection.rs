@@ -4,8 +4,11 @@
 //! so a client that does not read its replies stops being served instead of growing the
 //! server's memory. Many connections waiting at once share one `fdatasync` (group commit).
 //!
-//! If the log fails before the changes become durable, every state-changing reply in the round
-//! is turned into `read_only`: nothing is acknowledged that is not durable.
+//! If the log stops accepting writes (failure, or a full disk) before the changes become
+//! durable, every state-changing reply in the round is turned into `read_only` and the reads
+//! are sent as they are: nothing is acknowledged that is not durable, and no client hangs. A
+//! change answered `read_only` may still become durable once space returns; retrying it with
+//! the same reservation id is idempotent either way.
 //!
 //! Frame errors that leave the stream in sync (bad body checksum, undecodable body, unknown
 //! opcode) are answered with an `ERROR` frame carrying the request id, and the connection goes
@@ -118,8 +121,8 @@ impl Connection {
         self.replies.push((request_id, Reply::Error(ErrorReply { code, message })));
     }
 
-    /// Waits until every change these replies may depend on is durable; if the log failed
-    /// first, state-changing replies become `read_only`.
+    /// Waits until every change these replies may depend on is durable; if the log stops
+    /// accepting writes first, state-changing replies become `read_only`.
     async fn await_durability(&mut self) {
         let lsn = self.shared.wal.last_lsn();
         if self.progress.borrow().durable_lsn >= lsn {

@@ -53,7 +53,7 @@ pub fn list(storage: &dyn Storage) -> io::Result<Vec<(u64, String)>> {
         .into_iter()
         .filter_map(|name| parse_snapshot_name(&name).map(|lsn| (lsn, name)))
         .collect();
-    snapshots.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    snapshots.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
     Ok(snapshots)
 }
 
@@ -194,12 +194,10 @@ mod tests {
         let len = storage.with_file(&name, |bytes| bytes.len()).expect("file");
         for at in [0, 20, 61, SNAPSHOT_HEADER_BYTES + 3, len - 1] {
             let copy = "copy.snap";
-            storage.with_file(&name, |bytes| bytes.clone()).map(|bytes| {
-                let mut damaged = bytes;
-                damaged[at] ^= 0x10;
-                let mut f = storage.create(copy).expect("create");
-                f.write_at(0, &damaged).expect("write");
-            });
+            let mut damaged = storage.with_file(&name, |bytes| bytes.clone()).expect("file");
+            damaged[at] ^= 0x10;
+            let mut file = storage.create(copy).expect("create");
+            file.write_at(0, &damaged).expect("write");
             assert!(load(&storage, copy, EngineConfig::default()).is_err(), "damage at {at}");
         }
     }

@@ -183,9 +183,13 @@ struct MemFileState {
     durable: Vec<u8>,
 }
 
+/// A file's content, shared by its directory entry and open handles (like an inode), so a
+/// rename does not disturb an open handle.
+type MemInode = Arc<Mutex<MemFileState>>;
+
 #[derive(Default)]
 struct MemState {
-    files: BTreeMap<String, MemFileState>,
+    files: BTreeMap<String, MemInode>,
     /// Fail every `sync_data` from now on with EIO.
     fail_sync: bool,
     /// Fail every `create_zeroed` with ENOSPC.
@@ -199,6 +203,14 @@ pub struct MemStorage {
     state: Arc<Mutex<MemState>>,
 }
 
+fn lock_inode(inode: &MemInode) -> std::sync::MutexGuard<'_, MemFileState> {
+    inode.lock().expect("mem file lock")
+}
+
+fn not_found() -> io::Error {
+    io::Error::from(io::ErrorKind::NotFound)
+}
+
 impl MemStorage {
     pub fn new() -> MemStorage {
         MemStorage::default()
@@ -206,6 +218,14 @@ impl MemStorage {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
         self.state.lock().expect("mem storage lock")
+    }
+
+    fn inode(&self, name: &str) -> io::Result<MemInode> {
+        self.lock().files.get(name).cloned().ok_or_else(not_found)
+    }
+
+    fn handle(&self, inode: MemInode) -> Box<dyn StorageFile> {
+        Box::new(MemFile { storage: self.clone(), inode })
     }
 
     /// From now on every `sync_data` fails with EIO (as a failing disk would).
@@ -225,15 +245,28 @@ impl MemStorage {
 
     /// Simulates power loss: every file reverts to its last synced content.
     pub fn crash(&self) {
-        for file in self.lock().files.values_mut() {
+        for inode in self.lock().files.values() {
+            let mut file = lock_inode(inode);
             file.live = file.durable.clone();
         }
     }
 
-    /// Direct access to a file's live bytes, to damage them in tests.
+    /// Creates (or replaces) a file with the given durable content.
+    pub fn put(&self, name: &str, bytes: Vec<u8>) {
+        let file = MemFileState { live: bytes.clone(), durable: bytes };
+        self.lock().files.insert(name.to_string(), Arc::new(Mutex::new(file)));
+    }
+
+    /// A copy of every file's live content.
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let state = self.lock();
+        state.files.iter().map(|(name, f)| (name.clone(), lock_inode(f).live.clone())).collect()
+    }
+
+    /// Direct access to a file's live bytes, to damage them in tests (the change is durable).
     pub fn with_file<R>(&self, name: &str, f: impl FnOnce(&mut Vec<u8>) -> R) -> Option<R> {
-        let mut state = self.lock();
-        let file = state.files.get_mut(name)?;
+        let inode = self.inode(name).ok()?;
+        let mut file = lock_inode(&inode);
         let result = f(&mut file.live);
         file.durable = file.live.clone();
         Some(result)
@@ -242,16 +275,12 @@ impl MemStorage {
 
 struct MemFile {
     storage: MemStorage,
-    name: String,
+    inode: MemInode,
 }
 
 impl StorageFile for MemFile {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut state = self.storage.lock();
-        let file = state
-            .files
-            .get_mut(&self.name)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut file = lock_inode(&self.inode);
         let end = offset as usize + data.len();
         if file.live.len() < end {
             file.live.resize(end, 0);
@@ -261,15 +290,14 @@ impl StorageFile for MemFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        let mut state = self.storage.lock();
-        if state.fail_sync {
-            return Err(io::Error::from_raw_os_error(5)); // EIO
+        {
+            let mut state = self.storage.lock();
+            if state.fail_sync {
+                return Err(io::Error::from_raw_os_error(5)); // EIO
+            }
+            state.syncs += 1;
         }
-        state.syncs += 1;
-        let file = state
-            .files
-            .get_mut(&self.name)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let mut file = lock_inode(&self.inode);
         file.durable = file.live.clone();
         Ok(())
     }
@@ -281,56 +309,45 @@ impl Storage for MemStorage {
     }
 
     fn create_zeroed(&self, name: &str, len: u64) -> io::Result<Box<dyn StorageFile>> {
-        let mut state = self.lock();
-        if state.disk_full {
+        if self.lock().disk_full {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
         }
-        let zeros = vec![0u8; len as usize];
-        state.files.insert(name.to_string(), MemFileState { live: zeros.clone(), durable: zeros });
-        Ok(Box::new(MemFile { storage: self.clone(), name: name.to_string() }))
+        self.put(name, vec![0u8; len as usize]);
+        Ok(self.handle(self.inode(name)?))
     }
 
     fn rezero(&self, name: &str, len: u64) -> io::Result<Box<dyn StorageFile>> {
-        let mut state = self.lock();
-        let file =
-            state.files.get_mut(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        file.live = vec![0u8; len as usize];
-        file.durable = file.live.clone();
-        Ok(Box::new(MemFile { storage: self.clone(), name: name.to_string() }))
+        let inode = self.inode(name)?;
+        {
+            let mut file = lock_inode(&inode);
+            file.live = vec![0u8; len as usize];
+            file.durable = file.live.clone();
+        }
+        Ok(self.handle(inode))
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        self.lock().files.insert(name.to_string(), MemFileState::default());
-        Ok(Box::new(MemFile { storage: self.clone(), name: name.to_string() }))
+        self.put(name, Vec::new());
+        Ok(self.handle(self.inode(name)?))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
-        if !self.lock().files.contains_key(name) {
-            return Err(io::Error::from(io::ErrorKind::NotFound));
-        }
-        Ok(Box::new(MemFile { storage: self.clone(), name: name.to_string() }))
+        Ok(self.handle(self.inode(name)?))
     }
 
     fn read(&self, name: &str) -> io::Result<Contents> {
-        let state = self.lock();
-        let file = state.files.get(name).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        Ok(Contents::Owned(file.live.clone()))
+        Ok(Contents::Owned(lock_inode(&self.inode(name)?).live.clone()))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.lock();
-        let file =
-            state.files.remove(from).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
-        state.files.insert(to.to_string(), file);
+        let inode = state.files.remove(from).ok_or_else(not_found)?;
+        state.files.insert(to.to_string(), inode);
         Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.lock()
-            .files
-            .remove(name)
-            .map(|_| ())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        self.lock().files.remove(name).map(|_| ()).ok_or_else(not_found)
     }
 
     fn sync_dir(&self) -> io::Result<()> {

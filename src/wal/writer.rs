@@ -278,19 +278,21 @@ impl Wal {
         let _ = self.recycle.try_send(name);
     }
 
-    /// Waits until every record up to `lsn` is durable.
+    /// Waits until every record up to `lsn` is durable, or the log cannot accept writes (then
+    /// the records may never become durable, and nothing depending on them may be
+    /// acknowledged).
     pub async fn wait_durable(
         progress: &mut watch::Receiver<Progress>,
         lsn: u64,
     ) -> Result<(), WalError> {
         let reached = progress
-            .wait_for(|p| p.durable_lsn >= lsn || p.health == Health::Failed)
+            .wait_for(|p| p.durable_lsn >= lsn || p.health != Health::Ok)
             .await
             .map_err(|_| WalError::Closed)?;
-        if reached.durable_lsn >= lsn {
-            Ok(())
-        } else {
-            Err(WalError::Failed("records were not made durable".into()))
+        match (reached.durable_lsn >= lsn, reached.health) {
+            (true, _) => Ok(()),
+            (false, Health::NoSpace) => Err(WalError::NoSpace),
+            (false, _) => Err(WalError::Failed("records were not made durable".into())),
         }
     }
 
@@ -491,6 +493,11 @@ impl Writer {
                     return Ok(spare);
                 }
                 Err(RecvTimeoutError::Timeout) => {
+                    if self.inner.pending.lock().closing {
+                        // Shutting down while no segment can be prepared: what is buffered was
+                        // never acknowledged, and stays so.
+                        return Err(io::Error::other("closing while no log segment is available"));
+                    }
                     if let Some(why) = self.inner.prepare_error.lock().clone() {
                         if self.inner.health() == Health::Ok {
                             warn!(error = %why, "no log segment can be prepared: refusing writes");
