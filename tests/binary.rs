@@ -2,111 +2,68 @@
 //! CLI client subcommands against it, exit codes, graceful shutdown on SIGTERM, and a bad
 //! configuration refused with a message that names the key.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
+
+mod common;
+
+use common::Daemon;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stockd");
 
-struct Daemon {
-    child: Child,
-    addr: String,
+fn cli(daemon: &Daemon, args: &[&str]) -> (i32, String) {
+    let output =
+        Command::new(BIN).args(args).args(["--server", &daemon.addr]).output().expect("run stockd");
+    (output.status.code().expect("exit code"), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-impl Daemon {
-    fn start(data_dir: &std::path::Path) -> Daemon {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("STOCKD_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn stockd");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        // Drain stderr for the daemon's whole life so its logging never blocks.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("addr=").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("server logs its address");
-        Daemon { child, addr }
-    }
-
-    fn cli(&self, args: &[&str]) -> (i32, String) {
-        let output = Command::new(BIN)
-            .args(args)
-            .args(["--server", &self.addr])
-            .output()
-            .expect("run stockd client");
-        (
-            output.status.code().expect("exit code"),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    }
-
-    fn terminate(mut self) -> i32 {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        assert!(status.expect("kill").success());
-        self.child.wait().expect("wait").code().expect("exited normally")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Only if a test failed before terminating it: stop the process this test started.
-        let _ = self.child.kill();
-    }
+fn terminate(mut daemon: Daemon) -> Option<i32> {
+    daemon.signal("-TERM");
+    daemon.wait()
 }
 
 #[test]
 fn serve_and_use_the_cli() {
     let dir = tempfile::tempdir().expect("temp dir");
     let daemon = Daemon::start(dir.path());
-    let (code, out) = daemon.cli(&["stock", "set", "SKU-1", "5"]);
+    let (code, out) = cli(&daemon, &["stock", "set", "SKU-1", "5"]);
     assert_eq!(
         (code, out.trim()),
         (0, "ok on_hand=5 reserved=0 committed=0 safety_stock=0 available=5 paused=false")
     );
-    let (code, out) = daemon.cli(&["reserve", "ORDER-1", "SKU-1:2", "--ttl-ms", "60000"]);
+    let (code, out) = cli(&daemon, &["reserve", "ORDER-1", "SKU-1:2", "--ttl-ms", "60000"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("ok expires_at_ms="), "{out}");
-    let (code, out) = daemon.cli(&["reserve", "ORDER-2", "SKU-1:4"]);
+    let (code, out) = cli(&daemon, &["reserve", "ORDER-2", "SKU-1:4"]);
     assert_eq!((code, out.trim()), (3, "insufficient_stock failed_line=0"));
-    let (code, out) = daemon.cli(&["confirm", "ORDER-1"]);
+    let (code, out) = cli(&daemon, &["confirm", "ORDER-1"]);
     assert_eq!((code, out.trim()), (0, "ok"));
-    let (code, out) = daemon.cli(&["reservation", "ORDER-1"]);
+    let (code, out) = cli(&daemon, &["reservation", "ORDER-1"]);
     assert_eq!(code, 0);
     assert!(
         out.starts_with("state=confirmed") && out.contains("SKU-1 held=2 confirmed=2"),
         "{out}"
     );
-    let (code, out) = daemon.cli(&["ship", "ORDER-1"]);
+    let (code, out) = cli(&daemon, &["ship", "ORDER-1"]);
     assert_eq!((code, out.trim()), (0, "ok"));
-    let (code, out) = daemon.cli(&["stock", "get", "SKU-1"]);
+    let (code, out) = cli(&daemon, &["stock", "get", "SKU-1"]);
     assert_eq!(
         (code, out.trim()),
         (0, "ok on_hand=3 reserved=0 committed=0 safety_stock=0 available=3 paused=false")
     );
-    let (code, out) = daemon.cli(&["release", "NOPE"]);
+    let (code, out) = cli(&daemon, &["release", "NOPE"]);
     assert_eq!((code, out.trim()), (3, "not_found"));
-    assert_eq!(daemon.terminate(), 0, "SIGTERM is a clean exit");
+    assert_eq!(terminate(daemon), Some(0), "SIGTERM is a clean exit");
 
     // The state survives the restart (through the final snapshot and the log).
     let daemon = Daemon::start(dir.path());
-    let (code, out) = daemon.cli(&["stock", "get", "SKU-1"]);
+    let (code, out) = cli(&daemon, &["stock", "get", "SKU-1"]);
     assert_eq!(
         (code, out.trim()),
         (0, "ok on_hand=3 reserved=0 committed=0 safety_stock=0 available=3 paused=false")
     );
-    let (code, out) = daemon.cli(&["reservation", "ORDER-1"]);
+    let (code, out) = cli(&daemon, &["reservation", "ORDER-1"]);
     assert!(code == 0 && out.starts_with("state=shipped"), "{out}");
-    assert_eq!(daemon.terminate(), 0);
+    assert_eq!(terminate(daemon), Some(0));
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("data dir")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))

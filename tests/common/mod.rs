@@ -141,3 +141,57 @@ pub fn hello() -> Request {
         client_name: "raw".into(),
     })
 }
+
+/// The real `stockd` binary, started on 127.0.0.1:0 with a data directory.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: String,
+}
+
+impl Daemon {
+    pub fn start(data_dir: &std::path::Path) -> Daemon {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stockd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("STOCKD_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stockd");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drain stderr for the daemon's whole life so its logging never blocks.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("addr=").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logs its address");
+        Daemon { child, addr }
+    }
+
+    /// Sends a signal to the daemon (only the process this test started).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().expect("wait").code()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Only if a test failed before stopping it: stop the process this test started.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
