@@ -220,19 +220,26 @@ impl Wal {
 
     /// Logs a command applied at `now_ms` and returns its LSN. Called with the engine's locks
     /// held, in the order changes are applied.
+    ///
+    /// The change is already applied in memory when this runs, so a refusal leaves memory ahead
+    /// of the log: any refusal therefore fails the log for good (read-only until restart, no
+    /// snapshot of the live state), and recovery rebuilds a state the log fully describes.
     pub fn append(&self, now_ms: u64, command: &Command) -> Result<u64, WalError> {
         let mut pending = self.inner.pending.lock();
         loop {
-            match self.inner.health() {
+            let refused = match self.inner.health() {
                 Health::Failed => return Err(self.failed_error()),
+                _ if pending.closing => Some(WalError::Closed),
                 // Over the bound while no segment can be prepared: refuse rather than block.
                 Health::NoSpace if pending.buf.len() >= PENDING_BYTES_MAX => {
-                    return Err(WalError::NoSpace)
+                    Some(WalError::NoSpace)
                 }
-                _ => {}
-            }
-            if pending.closing {
-                return Err(WalError::Closed);
+                _ => None,
+            };
+            if let Some(error) = refused {
+                drop(pending);
+                self.inner.fail(format!("a change could not be logged: {error}"));
+                return Err(error);
             }
             if pending.buf.len() < PENDING_BYTES_MAX {
                 break;
@@ -561,5 +568,75 @@ fn prepare_loop(
                 Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::storage::MemStorage;
+
+    fn start(storage: &MemStorage, fsync: FsyncMode) -> Wal {
+        let tail = Tail { next_lsn: 1, current: None, next_index: 1 };
+        let config = WalConfig { segment_bytes: 1024 * 1024, fsync };
+        Wal::start(Arc::new(storage.clone()), config, tail).expect("start")
+    }
+
+    fn command(i: u64) -> Command {
+        Command::SetStock { sku: format!("s{i}").into(), on_hand: i, expected: None }
+    }
+
+    #[test]
+    fn appends_get_consecutive_lsns_and_become_durable() {
+        let storage = MemStorage::new();
+        let wal = start(&storage, FsyncMode::Always);
+        for i in 1..=100 {
+            assert_eq!(wal.append(i, &command(i)), Ok(i));
+        }
+        assert_eq!(wal.last_lsn(), 100);
+        let progress = wal.close();
+        assert_eq!(progress, Progress { durable_lsn: 100, health: Health::Ok });
+        assert!(storage.syncs() >= 2, "the segment header and the records were synced");
+        assert_eq!(wal.stats().records_written.load(Ordering::Relaxed), 100);
+    }
+
+    #[test]
+    fn mode_never_does_not_sync_records() {
+        let storage = MemStorage::new();
+        let wal = start(&storage, FsyncMode::Never);
+        wal.append(1, &command(1)).expect("append");
+        wal.close();
+        assert_eq!(wal.stats().fsyncs.load(Ordering::Relaxed), 0);
+        storage.crash();
+        let data = storage.files().into_iter().find(|(n, _)| n.ends_with(".seg")).expect("seg");
+        assert!(data.1[SEGMENT_HEADER_BYTES..].iter().all(|b| *b == 0), "unsynced data is lost");
+    }
+
+    #[test]
+    fn a_refused_append_fails_the_log_for_good() {
+        let storage = MemStorage::new();
+        let wal = start(&storage, FsyncMode::Always);
+        wal.append(1, &command(1)).expect("append");
+        wal.close();
+        assert_eq!(wal.append(2, &command(2)), Err(WalError::Closed));
+        assert_eq!(wal.health(), Health::Failed, "memory is ahead of the log: read-only");
+        assert!(matches!(wal.append(3, &command(3)), Err(WalError::Failed(_))));
+    }
+
+    #[test]
+    fn a_failed_sync_is_never_retried() {
+        let storage = MemStorage::new();
+        let wal = start(&storage, FsyncMode::Always);
+        wal.append(1, &command(1)).expect("append");
+        let mut progress = wal.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(Wal::wait_durable(&mut progress, 1)).expect("durable");
+        storage.fail_syncs(true);
+        wal.append(2, &command(2)).expect("accepted before the failure is known");
+        let result = runtime.block_on(Wal::wait_durable(&mut progress, 2));
+        assert!(matches!(result, Err(WalError::Failed(_))), "{result:?}");
+        storage.fail_syncs(false);
+        assert!(matches!(wal.append(3, &command(3)), Err(WalError::Failed(_))));
+        assert_eq!(wal.progress().durable_lsn, 1, "nothing after the failure became durable");
     }
 }

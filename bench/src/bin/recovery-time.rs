@@ -1,0 +1,92 @@
+//! Measures recovery time: builds a data directory with `--skus` SKUs and `--holds` open
+//! holds (one record each, written with fsync `never` to save setup time), then times
+//! (1) recovery from the log alone and (2) recovery from a snapshot, as the server does at
+//! startup.
+//!
+//! `cargo run --release -p stockd-bench --bin recovery-time -- --skus 1000000 --holds 1000000`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use stockd::engine::{Command, Engine, EngineConfig};
+use stockd::snapshot;
+use stockd::wal::{recover, DirStorage, FsyncMode, RecoverOptions};
+use stockd_bench::{open_wal, reserve};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    skus: u64,
+    #[arg(long, default_value_t = 1_000_000)]
+    holds: u64,
+    /// Data directory (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let temp = tempfile::tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let config = EngineConfig::default();
+
+    let started = Instant::now();
+    {
+        let engine = Engine::new(config.clone());
+        let wal = open_wal(&dir, FsyncMode::Never, 256 * 1024 * 1024);
+        let now = 1_700_000_000_000u64;
+        let log = |command: &Command| {
+            engine.apply(command, now, || {
+                wal.append(now, command).expect("append");
+            })
+        };
+        for i in 0..args.skus {
+            let sku = format!("sku-{i:07}");
+            log(&Command::SetStock { sku: sku.into(), on_hand: 1_000_000, expected: None });
+        }
+        for i in 0..args.holds {
+            let sku = format!("sku-{:07}", i.wrapping_mul(0x9e37_79b9) % args.skus.max(1));
+            log(&reserve(&format!("order-{i:010}"), &sku, 1));
+        }
+        wal.close();
+    }
+    println!(
+        "setup: {} SKUs, {} holds logged in {:.2} s",
+        args.skus,
+        args.holds,
+        started.elapsed().as_secs_f64()
+    );
+
+    let storage = Arc::new(DirStorage::open(&dir)?);
+    let started = Instant::now();
+    let recovered = recover(&*storage, &config, RecoverOptions::default())?;
+    let log_only = started.elapsed();
+    println!(
+        "recovery from the log alone: {} records in {:.2} s",
+        recovered.records_replayed,
+        log_only.as_secs_f64()
+    );
+
+    let started = Instant::now();
+    snapshot::write(
+        &*storage,
+        recovered.last_lsn,
+        recovered.max_now_ms,
+        &recovered.engine.image(),
+    )?;
+    println!("snapshot written in {:.2} s", started.elapsed().as_secs_f64());
+    drop(recovered);
+
+    let started = Instant::now();
+    let recovered = recover(&*storage, &config, RecoverOptions::default())?;
+    let from_snapshot = started.elapsed();
+    let (skus, reservations) = recovered.engine.counts();
+    println!(
+        "recovery from the snapshot: {skus} SKUs, {reservations} reservations, {} records \
+         replayed, in {:.2} s",
+        recovered.records_replayed,
+        from_snapshot.as_secs_f64()
+    );
+    Ok(())
+}
