@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Daemon;
-use stockd_protocol::{Client, ClientOptions, Line, ReservationState, Reserve, ResultCode};
+use stockd_protocol::{
+    Client, ClientOptions, Line, Op, OpReply, ReservationState, Reserve, ResultCode,
+};
 
 const SKUS: usize = 4;
 const STOCK: u64 = 3_000;
@@ -108,26 +110,30 @@ async fn drive(addr: String, task: usize, cycle: usize, seed: u64, ledger: Ledge
 
 async fn verify(addr: &str, ledger: &Ledger) {
     let client = Client::connect(addr, ClientOptions::default()).await.expect("connect");
-    let ledger = ledger.lock().unwrap().clone();
+    let ledger: Vec<(String, Known)> = ledger.lock().unwrap().clone().into_iter().collect();
     let mut held = [0u64; SKUS];
     let mut committed = [0u64; SKUS];
-    for (id, known) in &ledger {
-        let reply = client.query_reservation(id.clone()).await.expect("query");
-        let state = reply.info.as_ref().map(|info| info.state);
-        let allowed = |s: Option<ReservationState>| s == known.acked || s == known.in_flight;
-        assert!(
-            allowed(state),
-            "{id}: server has {state:?}, clients saw {:?} with {:?} in flight",
-            known.acked,
-            known.in_flight
-        );
-        if let Some(info) = reply.info {
-            assert_eq!(info.lines.len(), 1);
-            assert_eq!(info.lines[0].qty_held, known.qty, "{id}");
-            match info.state {
-                ReservationState::Held => held[known.sku] += u64::from(known.qty),
-                ReservationState::Confirmed => committed[known.sku] += u64::from(known.qty),
-                _ => {}
+    for chunk in ledger.chunks(4096) {
+        let ops =
+            chunk.iter().map(|(id, _)| Op::QueryReservation { id: id.clone().into() }).collect();
+        let replies = client.batch(ops).await.expect("query batch");
+        for ((id, known), reply) in chunk.iter().zip(replies) {
+            let OpReply::QueryReservation(reply) = reply else { panic!("{id}: {reply:?}") };
+            let state = reply.info.as_ref().map(|info| info.state);
+            let allowed = state == known.acked || state == known.in_flight;
+            assert!(
+                allowed,
+                "{id}: server has {state:?}, clients saw {:?} with {:?} in flight",
+                known.acked, known.in_flight
+            );
+            if let Some(info) = reply.info {
+                assert_eq!(info.lines.len(), 1);
+                assert_eq!(info.lines[0].qty_held, known.qty, "{id}");
+                match info.state {
+                    ReservationState::Held => held[known.sku] += u64::from(known.qty),
+                    ReservationState::Confirmed => committed[known.sku] += u64::from(known.qty),
+                    _ => {}
+                }
             }
         }
     }

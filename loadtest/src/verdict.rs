@@ -1,0 +1,190 @@
+//! The verdict: the server's counters against what the clients were told.
+//!
+//! For every SKU the run touched: the server's committed units equal the units the clients saw
+//! confirmed; its held units lie between the clients' holds that are certainly still live and
+//! those that may be (the server's clock is read before and after the queries); held plus
+//! committed never exceed on-hand (no oversell), nor the stock the verdict assumes; on-hand is
+//! the stock set up. Then acknowledged reservations are spot-checked one by one: confirmed ones
+//! must be confirmed, released ones released, held ones held or expired by their deadline.
+//! Every reply the clients could not explain fails the verdict too.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use stockd_protocol::{Client, ClientOptions, Op, OpReply, ReservationState};
+
+use crate::run::RunConfig;
+use crate::scenario::{Ledger, Workload};
+
+/// Reservations spot-checked per kind.
+const SPOT_CHECKS: usize = 500;
+/// Queries per batch frame.
+const QUERY_BATCH: usize = 4096;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub passed: bool,
+    pub checks: Vec<Check>,
+}
+
+fn outcome(name: &str, failures: &[String], ok_detail: String) -> Check {
+    Check {
+        name: name.to_string(),
+        passed: failures.is_empty(),
+        detail: if failures.is_empty() {
+            ok_detail
+        } else {
+            let shown: Vec<&str> = failures.iter().take(5).map(String::as_str).collect();
+            format!("{} failure(s): {}", failures.len(), shown.join("; "))
+        },
+    }
+}
+
+async fn server_time_ms(server: &str) -> anyhow::Result<u64> {
+    let client = Client::connect(server, ClientOptions::default()).await?;
+    Ok(client.hello().server_time_ms)
+}
+
+async fn query_all(client: &Client, ops: Vec<Op>) -> anyhow::Result<Vec<OpReply>> {
+    let mut replies = Vec::with_capacity(ops.len());
+    for chunk in ops.chunks(QUERY_BATCH) {
+        replies.extend(client.batch(chunk.to_vec()).await?);
+    }
+    Ok(replies)
+}
+
+pub async fn check(
+    client: &Client,
+    workload: &Workload,
+    config: &RunConfig,
+    stock: u64,
+    ledger: &Ledger,
+) -> anyhow::Result<Verdict> {
+    let assume_stock = config.assume_stock.unwrap_or(stock);
+    let mut checks = vec![outcome(
+        "every reply expected",
+        &ledger.unexpected,
+        "no error or unexplained result code".into(),
+    )];
+
+    let mut skus: Vec<u64> = ledger.touched.iter().copied().collect();
+    skus.sort_unstable();
+    let before_ms = server_time_ms(&config.server).await?;
+    let ops = skus.iter().map(|s| Op::QuerySku { sku: workload.sku_name(*s) }).collect();
+    let replies = query_all(client, ops).await?;
+    let after_ms = server_time_ms(&config.server).await?;
+
+    let mut live_min: HashMap<u64, u64> = HashMap::new();
+    let mut live_max: HashMap<u64, u64> = HashMap::new();
+    for hold in ledger.held.values() {
+        for (sku, qty) in &hold.lines {
+            if hold.expires_at_ms > after_ms {
+                *live_min.entry(*sku).or_default() += u64::from(*qty);
+            }
+            if hold.expires_at_ms > before_ms {
+                *live_max.entry(*sku).or_default() += u64::from(*qty);
+            }
+        }
+    }
+    let (mut accounting, mut oversold, mut assumed, mut stock_changed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut total_committed, mut total_held) = (0u64, 0u64);
+    for (sku, reply) in skus.iter().zip(&replies) {
+        let OpReply::QuerySku(reply) = reply else { anyhow::bail!("unexpected reply {reply:?}") };
+        let info = reply.info;
+        let name = String::from_utf8_lossy(&workload.sku_name(*sku)).into_owned();
+        let confirmed = ledger.confirmed.get(sku).copied().unwrap_or(0);
+        let (min, max) =
+            (live_min.get(sku).copied().unwrap_or(0), live_max.get(sku).copied().unwrap_or(0));
+        total_committed += info.committed;
+        total_held += info.reserved;
+        if info.committed != confirmed || info.reserved < min || info.reserved > max {
+            accounting.push(format!(
+                "{name}: server held {} committed {}, clients saw held {min}..={max} confirmed {confirmed}",
+                info.reserved, info.committed
+            ));
+        }
+        if info.reserved + info.committed > info.on_hand {
+            oversold.push(format!(
+                "{name}: held {} + committed {} > on hand {}",
+                info.reserved, info.committed, info.on_hand
+            ));
+        }
+        if confirmed + min > assume_stock {
+            assumed.push(format!(
+                "{name}: clients hold {} and confirmed {confirmed} of {assume_stock}",
+                min
+            ));
+        }
+        if info.on_hand != stock {
+            stock_changed.push(format!("{name}: on hand {} instead of {stock}", info.on_hand));
+        }
+    }
+    let n = skus.len();
+    checks.push(outcome(
+        "no oversell",
+        &oversold,
+        format!("held + committed <= on hand for {n} SKUs"),
+    ));
+    checks.push(outcome(
+        "units granted within stock",
+        &assumed,
+        format!("confirmed + held <= {assume_stock} for {n} SKUs"),
+    ));
+    checks.push(outcome(
+        "server counters match the clients",
+        &accounting,
+        format!("{total_committed} committed and {total_held} held units agree for {n} SKUs"),
+    ));
+    checks.push(outcome(
+        "stock unchanged",
+        &stock_changed,
+        format!("on hand {stock} for {n} SKUs"),
+    ));
+
+    // Spot checks: acknowledged reservations are there, in the state the clients were told.
+    let mut expected: Vec<(bytes::Bytes, Vec<ReservationState>)> = Vec::new();
+    for id in ledger.confirmed_ids.iter().take(SPOT_CHECKS) {
+        expected.push((id.clone(), vec![ReservationState::Confirmed]));
+    }
+    for id in ledger.released_ids.iter().take(SPOT_CHECKS) {
+        expected.push((id.clone(), vec![ReservationState::Released]));
+    }
+    for (id, hold) in ledger.held.iter().take(SPOT_CHECKS) {
+        let states = if hold.expires_at_ms > after_ms {
+            vec![ReservationState::Held]
+        } else if hold.expires_at_ms <= before_ms {
+            vec![ReservationState::Expired]
+        } else {
+            vec![ReservationState::Held, ReservationState::Expired]
+        };
+        expected.push((id.clone(), states));
+    }
+    let ops = expected.iter().map(|(id, _)| Op::QueryReservation { id: id.clone() }).collect();
+    let replies = query_all(client, ops).await?;
+    let mut missing = Vec::new();
+    for ((id, states), reply) in expected.iter().zip(&replies) {
+        let state = match reply {
+            OpReply::QueryReservation(r) => r.info.as_ref().map(|info| info.state),
+            _ => None,
+        };
+        if !state.is_some_and(|s| states.contains(&s)) {
+            missing
+                .push(format!("{}: {state:?}, expected {states:?}", String::from_utf8_lossy(id)));
+        }
+    }
+    checks.push(outcome(
+        "acknowledged reservations present",
+        &missing,
+        format!("{} reservations spot-checked", expected.len()),
+    ));
+    let passed = checks.iter().all(|c| c.passed);
+    Ok(Verdict { passed, checks })
+}
