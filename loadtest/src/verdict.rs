@@ -150,6 +150,7 @@ pub async fn check(
     ));
 
     // Spot checks: acknowledged reservations are there, in the state the clients were told.
+    // Holds keep expiring while the checks run, so these queries get their own clock bracket.
     let mut expected: Vec<(bytes::Bytes, Vec<ReservationState>)> = Vec::new();
     for id in ledger.confirmed_ids.iter().take(SPOT_CHECKS) {
         expected.push((id.clone(), vec![ReservationState::Confirmed]));
@@ -157,18 +158,24 @@ pub async fn check(
     for id in ledger.released_ids.iter().take(SPOT_CHECKS) {
         expected.push((id.clone(), vec![ReservationState::Released]));
     }
-    for (id, hold) in ledger.held.iter().take(SPOT_CHECKS) {
-        let states = if hold.expires_at_ms > after_ms {
+    let holds: Vec<(&bytes::Bytes, u64)> =
+        ledger.held.iter().take(SPOT_CHECKS).map(|(id, h)| (id, h.expires_at_ms)).collect();
+    let mut ids: Vec<bytes::Bytes> = expected.iter().map(|(id, _)| id.clone()).collect();
+    ids.extend(holds.iter().map(|(id, _)| (*id).clone()));
+    let before_ms = server_time_ms(&config.server).await?;
+    let replies =
+        query_all(client, ids.into_iter().map(|id| Op::QueryReservation { id }).collect()).await?;
+    let after_ms = server_time_ms(&config.server).await?;
+    for (id, expires_at_ms) in holds {
+        let states = if expires_at_ms > after_ms {
             vec![ReservationState::Held]
-        } else if hold.expires_at_ms <= before_ms {
+        } else if expires_at_ms <= before_ms {
             vec![ReservationState::Expired]
         } else {
             vec![ReservationState::Held, ReservationState::Expired]
         };
         expected.push((id.clone(), states));
     }
-    let ops = expected.iter().map(|(id, _)| Op::QueryReservation { id: id.clone() }).collect();
-    let replies = query_all(client, ops).await?;
     let mut missing = Vec::new();
     for ((id, states), reply) in expected.iter().zip(&replies) {
         let state = match reply {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Measures the performance targets of stockd on this machine: for each configuration, starts a
+# fresh release server (durable, fsync "always", on its own temporary data directory), runs the
+# load test 3 times, and prints the median throughput and p99. Bounded: each run lasts
+# warm-up + duration seconds; every process it starts is stopped by PID.
+#
+#   loadtest/targets.sh            # all configurations, ~6 minutes
+#   DURATION=10 loadtest/targets.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5}
+RUNS=${RUNS:-3}
+PORT=${PORT:-17979}
+cargo build --release -q -p stockd -p stockd-loadtest
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+measure() {
+    local name=$1; shift
+    local results=()
+    for run in $(seq "$RUNS"); do
+        local data="$work/data-$name-$run"
+        ./target/release/stockd serve --listen "127.0.0.1:$PORT" --data-dir "$data" \
+            --log-level warn >"$work/server.log" 2>&1 &
+        local server=$!
+        for _ in $(seq 50); do
+            ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        local out
+        out=$(./target/release/stockd-loadtest "$@" --server "127.0.0.1:$PORT" \
+            --duration "$DURATION" --warmup 1 --quiet \
+            --json "$work/$name-$run.json" --report "$work/$name-$run.html") || true
+        kill -TERM "$server"; wait "$server" || true
+        local ops p99 verdict
+        ops=$(sed -n 's/^throughput *\([0-9]*\).*/\1/p' <<<"$out")
+        p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
+        verdict=$(sed -n 's/^verdict *//p' <<<"$out")
+        results+=("$ops $p99 $verdict")
+    done
+    printf '%s\n' "${results[@]}" | sort -n | awk -v name="$name" -v n="$RUNS" '
+        { ops[NR]=$1; p99[NR]=$2; v[NR]=$3; all=all $1 "/" $2 "ms/" $3 " " }
+        END { m=int((n+1)/2); printf "%-28s median %8d ops/s  p99 %6s ms  %s  (runs: %s)\n", name, ops[m], p99[m], v[m], all }'
+}
+
+echo "stockd targets on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), fsync always, $DURATION s per run, median of $RUNS"
+measure hot-sku-reserve-50x1 flash-sale --stock 1000000000 --confirm-share 0 --release-share 0 --ttl-ms 600000
+measure uniform-1m-reserve-50x1 mixed --skus 1000000 --mix 100,0,0,0
+measure sold-out-50x1 sold-out
+measure flash-sale-50x1 flash-sale
+measure checkout-50x1 checkout
+measure hot-sku-batch-4x8x256 flash-sale --stock 1000000000 --confirm-share 0 --release-share 0 --ttl-ms 600000 --connections 4 --in-flight 8 --batch 256
+measure uniform-1m-batch-4x8x256 mixed --skus 1000000 --mix 100,0,0,0 --connections 4 --in-flight 8 --batch 256
