@@ -256,8 +256,11 @@ fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// One line of a chart: its name, colour and (x, y) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// A line chart with axes, grid labels and a legend, as inline SVG.
-fn svg_chart(series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+fn svg_chart(series: &[Series<'_>]) -> String {
     let (width, height, left, bottom, top, right) = (760.0, 260.0, 70.0, 30.0, 20.0, 110.0);
     let points = series.iter().flat_map(|(_, _, p)| p.iter());
     let x_max = points.clone().map(|p| p.0).fold(1.0, f64::max);

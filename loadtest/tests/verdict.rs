@@ -1,0 +1,74 @@
+//! A short, bounded flash sale against a real in-process server: the verdict passes, and a
+//! deliberately wrong expectation (less stock than there is) fails it.
+
+use std::time::Duration;
+
+use stockd::config::Config;
+use stockd::server::Server;
+use stockd_loadtest::scenario::Mix;
+use stockd_loadtest::{run, RunConfig, Scenario};
+
+async fn start_server(
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.storage.segment_bytes = 1024 * 1024;
+    let server = Server::bind(config).await.expect("server starts");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, dir)
+}
+
+fn flash_sale(server: String, assume_stock: Option<u64>) -> RunConfig {
+    RunConfig {
+        server,
+        scenario: Scenario::FlashSale,
+        connections: 8,
+        in_flight: 2,
+        batch: 1,
+        rate: None,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_millis(1_500),
+        requests_max: Some(40_000),
+        skus: 2,
+        stock: 300,
+        ttl_ms: 500,
+        confirm_share: 0.5,
+        release_share: 0.3,
+        lines_max: 1,
+        mix: Mix { reserve: 1, confirm: 0, release: 0, query: 0 },
+        prefix: format!("test{}", assume_stock.unwrap_or(0)),
+        assume_stock,
+        progress: false,
+        seed: 7,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_flash_sale_passes_and_a_wrong_expectation_fails() {
+    let (addr, stop, _dir) = start_server().await;
+    let result = run(flash_sale(addr.to_string(), None)).await.expect("run");
+    assert!(result.verdict.passed, "{}", result.summary());
+    assert!(result.ops > 1_000, "the run did real work: {}", result.summary());
+    let granted = result.codes.iter().any(|c| c.op == "reserve" && c.code == "ok");
+    let sold_out = result.codes.iter().any(|c| c.op == "reserve" && c.code == "insufficient_stock");
+    assert!(granted && sold_out, "the sale sold out: {}", result.summary());
+    // The report renders, with the verdict and both charts.
+    let html = result.to_html();
+    assert!(html.contains("Verdict: PASS") && html.matches("<svg").count() == 2);
+    let json: serde_json::Value = serde_json::from_str(&result.to_json()).expect("valid JSON");
+    assert_eq!(json["verdict"]["passed"], true);
+
+    // The same sale judged against a smaller stock than the server really had must fail.
+    let wrong = run(flash_sale(addr.to_string(), Some(10))).await.expect("run");
+    assert!(!wrong.verdict.passed, "{}", wrong.summary());
+    let failed: Vec<&str> =
+        wrong.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, vec!["units granted within stock"], "{}", wrong.summary());
+    let _ = stop.send(());
+}
