@@ -4,8 +4,9 @@
 # load test 3 times, and prints the median throughput and p99. Bounded: each run lasts
 # warm-up + duration seconds; every process it starts is stopped by PID.
 #
-#   loadtest/targets.sh            # all configurations, ~6 minutes
-#   DURATION=10 loadtest/targets.sh
+#   loadtest/targets.sh                          # all configurations, ~6 minutes
+#   loadtest/targets.sh sold-out-50x1 checkout-50x1   # only these
+#   DURATION=10 RUNS=5 loadtest/targets.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
@@ -17,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 
 measure() {
     local name=$1; shift
+    selected "$name" || return 0
     local results=()
     for run in $(seq "$RUNS"); do
         local data="$work/data-$name-$run"
@@ -42,6 +44,13 @@ measure() {
         { ops[NR]=$1; p99[NR]=$2; v[NR]=$3; all=all $1 "/" $2 "ms/" $3 " " }
         END { m=int((n+1)/2); printf "%-28s median %8d ops/s  p99 %6s ms  %s  (runs: %s)\n", name, ops[m], p99[m], v[m], all }'
 }
+
+if [ "$#" -gt 0 ]; then
+    only="$*"
+else
+    only=""
+fi
+selected() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 
 echo "stockd targets on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), fsync always, $DURATION s per run, median of $RUNS"
 measure hot-sku-reserve-50x1 flash-sale --stock 1000000000 --confirm-share 0 --release-share 0 --ttl-ms 600000
