@@ -214,11 +214,11 @@ impl Config {
         if self.storage.fsync_interval_ms == 0 {
             return Err(invalid("storage.fsync_interval_ms", "must be at least 1"));
         }
-        if self.storage.snapshot_every_records == 0 || self.storage.snapshot_interval_ms == 0 {
-            return Err(invalid(
-                "storage.snapshot_every_records",
-                "snapshot triggers must be at least 1",
-            ));
+        if self.storage.snapshot_every_records == 0 {
+            return Err(invalid("storage.snapshot_every_records", "must be at least 1"));
+        }
+        if self.storage.snapshot_interval_ms == 0 {
+            return Err(invalid("storage.snapshot_interval_ms", "must be at least 1"));
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
@@ -288,6 +288,7 @@ mod tests {
             ("[server]\nconnections_max = 0\n", "server.connections_max"),
             ("[storage]\nsegment_bytes = 4096\n", "storage.segment_bytes"),
             ("[storage]\nfsync_interval_ms = 0\n", "storage.fsync_interval_ms"),
+            ("[storage]\nsnapshot_interval_ms = 0\n", "storage.snapshot_interval_ms"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text, "t").expect_err(text);
