@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub listen: String,
     pub connections_max: usize,
     pub frame_body_bytes_max: u32,
+    pub frame_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
 }
 
@@ -116,6 +119,9 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7878".into(),
             connections_max: 10_000,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX,
+            frame_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            idle_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
         }
     }
@@ -187,6 +193,12 @@ impl Config {
                 "server.frame_body_bytes_max",
                 format!("{frame} is outside {FRAME_BODY_BYTES_MIN}..={FRAME_BODY_BYTES_MAX}"),
             ));
+        }
+        if self.server.frame_timeout_ms == 0 {
+            return Err(invalid("server.frame_timeout_ms", "must be at least 1"));
+        }
+        if self.server.write_timeout_ms == 0 {
+            return Err(invalid("server.write_timeout_ms", "must be at least 1"));
         }
         let shards = self.engine.shards;
         if !shards.is_power_of_two() || shards > SHARDS_MAX {
@@ -287,6 +299,8 @@ mod tests {
             ("[auth]\naccept_any_key = false\n", "auth.accept_any_key"),
             ("[server]\nconnections_max = 0\n", "server.connections_max"),
             ("[storage]\nsegment_bytes = 4096\n", "storage.segment_bytes"),
+            ("[server]\nframe_timeout_ms = 0\n", "server.frame_timeout_ms"),
+            ("[server]\nwrite_timeout_ms = 0\n", "server.write_timeout_ms"),
             ("[storage]\nfsync_interval_ms = 0\n", "storage.fsync_interval_ms"),
             ("[storage]\nsnapshot_interval_ms = 0\n", "storage.snapshot_interval_ms"),
         ];

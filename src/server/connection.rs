@@ -10,6 +10,11 @@
 //! change answered `read_only` may still become durable once space returns; retrying it with
 //! the same reservation id is idempotent either way.
 //!
+//! Hostile or broken clients are bounded in time as well as memory: a frame must complete
+//! within `frame_timeout_ms` of its first byte (slow-loris), replies must be accepted within
+//! `write_timeout_ms` (a client that never reads), and an optional `idle_timeout_ms` closes
+//! connections that send nothing.
+//!
 //! Frame errors that leave the stream in sync (bad body checksum, undecodable body, unknown
 //! opcode) are answered with an `ERROR` frame carrying the request id, and the connection goes
 //! on. Errors in a header (magic, version, checksum, size) or a missing handshake are answered
@@ -17,11 +22,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 use tracing::debug;
 
@@ -64,13 +71,24 @@ pub(super) async fn serve(
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let progress = shared.wal.subscribe();
+    let server = &shared.config.server;
+    let frame_timeout = Duration::from_millis(server.frame_timeout_ms);
+    let write_timeout = Duration::from_millis(server.write_timeout_ms);
+    let idle_timeout =
+        (server.idle_timeout_ms > 0).then(|| Duration::from_millis(server.idle_timeout_ms));
     let mut conn = Connection { shared, peer, handshaken: false, replies: Vec::new(), progress };
+    // When the frame now being received started arriving (or the connection went idle).
+    let mut waiting_since = Instant::now();
     debug!(%peer, "connection opened");
     let why = loop {
         let mut flow = Flow::Continue;
         while flow == Flow::Continue && conn.replies.len() < CONNECTION_REPLIES_PER_ROUND_MAX {
             match decoder.decode(&mut input) {
-                Ok(Some(frame)) => flow = conn.frame(frame),
+                Ok(Some(frame)) => {
+                    // A frame completed: the frame timer restarts for whatever follows it.
+                    waiting_since = Instant::now();
+                    flow = conn.frame(frame);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     debug!(%peer, error = %e, "bad frame");
@@ -88,8 +106,10 @@ pub(super) async fn serve(
             for (request_id, reply) in conn.replies.drain(..) {
                 reply.encode(request_id, &mut out);
             }
-            if let Err(e) = stream.write_all(&out).await {
-                break format!("write failed: {e}");
+            match tokio::time::timeout(write_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break format!("write failed: {e}"),
+                Err(_) => break "the client did not read its replies in time".to_string(),
             }
             out.clear();
         }
@@ -102,12 +122,31 @@ pub(super) async fn serve(
         if input.capacity() - input.len() < 4096 {
             input.reserve(READ_BUFFER_BYTES);
         }
+        let mid_frame = decoder.is_mid_frame(&input);
+        let deadline = if mid_frame {
+            Some(waiting_since + frame_timeout)
+        } else {
+            waiting_since = Instant::now();
+            idle_timeout.map(|idle| waiting_since + idle)
+        };
+        let timer = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             read = stream.read_buf(&mut input) => match read {
                 Ok(0) if decoder.is_mid_frame(&input) => break "peer closed mid-frame".to_string(),
                 Ok(0) => break "peer closed".to_string(),
+                Ok(_) if !mid_frame => waiting_since = Instant::now(),
                 Ok(_) => {}
                 Err(e) => break format!("read failed: {e}"),
+            },
+            () = timer => break if mid_frame {
+                "a frame did not arrive in time".to_string()
+            } else {
+                "idle for too long".to_string()
             },
             _ = stop.changed() => break "server shutting down".to_string(),
         }

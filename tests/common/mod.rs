@@ -150,11 +150,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(data_dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(data_dir, &[])
+    }
+
+    /// Starts the daemon with extra `serve` arguments.
+    pub fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Daemon {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_stockd"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env_remove("STOCKD_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
