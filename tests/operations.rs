@@ -206,3 +206,18 @@ async fn shutdown_closes_idle_clients_and_finishes() {
     let err = client.ping().await.expect_err("server is gone");
     assert!(err.is_retryable(), "{err}");
 }
+
+#[tokio::test]
+async fn oversized_requests_are_refused_by_the_client_with_a_clear_error() {
+    let server = TestServer::start(test_config()).await;
+    let client = server.client().await;
+    let long_id = "x".repeat(300);
+    let err = client.reserve(reserve(&long_id, &[("a", 1)], 0)).await.expect_err("refused");
+    assert!(matches!(err, stockd_protocol::ClientError::Invalid(_)), "{err}");
+    assert!(err.to_string().contains("reservation id of 300 bytes exceeds 64"), "{err}");
+    let err = client.release("y".repeat(65)).await.expect_err("refused");
+    assert!(err.to_string().contains("exceeds 64"), "{err}");
+    // Nothing was sent; the connection is fine.
+    assert_eq!(client.ping().await.unwrap(), ResultCode::Ok);
+    server.stop().await;
+}

@@ -44,6 +44,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    #[error("request not sent: {0}")]
+    Invalid(crate::message::DecodeError),
 }
 
 impl ClientError {
@@ -289,6 +291,7 @@ fn unexpected_op(reply: &OpReply) -> ClientError {
 }
 
 async fn send(inner: &Inner, request: Request) -> Result<Reply, ClientError> {
+    request.check_limits().map_err(ClientError::Invalid)?;
     let _permit = inner.in_flight.acquire().await.map_err(|_| closed("client dropped"))?;
     let request_id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
     let (reply_tx, reply_rx) = oneshot::channel();

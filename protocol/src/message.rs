@@ -564,7 +564,75 @@ fn decode_batch<T>(
     r.finish(items)
 }
 
+fn check_len(value: &[u8], max: usize, what: &str) -> Result<(), DecodeError> {
+    if value.len() > max {
+        return Err(DecodeError::too_large(format!(
+            "{what} of {} bytes exceeds {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_lines(lines: &[Line]) -> Result<(), DecodeError> {
+    if lines.len() > usize::from(LINES_PER_RESERVATION_MAX) {
+        let count = lines.len();
+        return Err(DecodeError::too_large(format!(
+            "{count} lines exceed {LINES_PER_RESERVATION_MAX}"
+        )));
+    }
+    lines.iter().try_for_each(|line| check_len(&line.sku, SKU_BYTES_MAX, "sku"))
+}
+
+impl Op {
+    /// Checks the protocol limits a receiver enforces, so a sender can refuse an oversized
+    /// request with a clear error instead of sending it (or failing to encode it).
+    pub fn check_limits(&self) -> Result<(), DecodeError> {
+        match self {
+            Op::Ping => Ok(()),
+            Op::Reserve(r) => {
+                check_len(&r.id, ID_BYTES_MAX, "reservation id")?;
+                check_len(&r.channel, TAG_BYTES_MAX, "channel")?;
+                check_len(&r.customer, TAG_BYTES_MAX, "customer")?;
+                check_lines(&r.lines)
+            }
+            Op::Confirm(c) => {
+                check_len(&c.id, ID_BYTES_MAX, "reservation id")?;
+                check_lines(&c.lines)
+            }
+            Op::Release { id }
+            | Op::Extend { id, .. }
+            | Op::Ship { id }
+            | Op::QueryReservation { id } => check_len(id, ID_BYTES_MAX, "reservation id"),
+            Op::SetStock { sku, .. }
+            | Op::AdjustStock { sku, .. }
+            | Op::SetSafetyStock { sku, .. }
+            | Op::QuerySku { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
+        }
+    }
+}
+
 impl Request {
+    /// Checks every protocol limit of the request (see [`Op::check_limits`]).
+    pub fn check_limits(&self) -> Result<(), DecodeError> {
+        match self {
+            Request::Hello(h) => {
+                check_len(&h.api_key, API_KEY_BYTES_MAX, "api key")?;
+                check_len(&h.client_name, TAG_BYTES_MAX, "client name")
+            }
+            Request::Op(op) => op.check_limits(),
+            Request::Batch(ops) => {
+                if ops.len() > BATCH_OPS_MAX as usize {
+                    let count = ops.len();
+                    return Err(DecodeError::too_large(format!(
+                        "{count} batch ops exceed {BATCH_OPS_MAX}"
+                    )));
+                }
+                ops.iter().try_for_each(Op::check_limits)
+            }
+        }
+    }
+
     pub fn opcode(&self) -> Opcode {
         match self {
             Request::Hello(_) => Opcode::Hello,
