@@ -105,13 +105,22 @@ async fn batches_at_and_just_over_the_limit() {
     let client = server.client().await;
     let replies = client.batch(vec![Op::Ping; BATCH_OPS_MAX as usize]).await.expect("at the limit");
     assert_eq!(replies.len(), BATCH_OPS_MAX as usize);
-    let over = client.batch(vec![Op::Ping; BATCH_OPS_MAX as usize + 1]).await;
-    match over {
-        Err(stockd_protocol::ClientError::Server { code, .. }) => {
-            assert_eq!(code, ResultCode::TooLarge)
-        }
-        other => panic!("expected too_large, got {other:?}"),
+    // One over: the client refuses to send it, and the server refuses it when sent anyway.
+    let over = vec![Op::Ping; BATCH_OPS_MAX as usize + 1];
+    match client.batch(over.clone()).await {
+        Err(stockd_protocol::ClientError::Invalid(e)) => assert_eq!(e.code, ResultCode::TooLarge),
+        other => panic!("expected the client to refuse, got {other:?}"),
     }
+    let mut raw = Raw::handshaken(server.addr).await;
+    raw.send_request(5, &Request::Batch(over)).await;
+    match raw.recv().await {
+        Some((header, Reply::Error(e))) => {
+            assert_eq!((header.request_id, e.code), (5, ResultCode::TooLarge))
+        }
+        other => panic!("expected too_large from the server, got {other:?}"),
+    }
+    raw.send(&ping_frame(6)).await;
+    assert!(matches!(raw.recv().await, Some((_, Reply::Op(OpReply::Ping(ResultCode::Ok))))));
     assert_eq!(client.ping().await.unwrap(), ResultCode::Ok, "the connection survives");
     server.stop().await;
 }

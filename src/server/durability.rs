@@ -1,10 +1,11 @@
 //! The server's durability duties: opening the data directory with recovery, the background
 //! snapshotter, and the final snapshot on clean shutdown.
 //!
-//! Snapshots are built without touching the live engine: the snapshotter recovers a private
-//! copy of the state from the latest snapshot and the durable part of the log (the same code
-//! as crash recovery), writes it, prunes old snapshots, and hands log segments that no kept
-//! snapshot needs to the WAL for reuse. Traffic never pauses for a snapshot.
+//! Snapshots are built without touching the live engine: the snapshotter keeps a private copy
+//! of the state, built once by crash recovery (the same code) and then brought up to date by
+//! replaying only the durable log records written since, writes it, prunes old snapshots, and
+//! hands log segments that no kept snapshot needs to the WAL for reuse. Traffic never pauses
+//! for a snapshot; the price is a second copy of the state in memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,28 +16,55 @@ use tracing::{info, warn};
 
 use super::Shared;
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::limits::SNAPSHOT_CHECK_MS;
 use crate::snapshot;
-use crate::wal::recovery::SegmentInfo;
+use crate::wal::recovery::{replay, SegmentInfo};
 use crate::wal::segment::recycle_name;
 use crate::wal::{recover, Health, RecoverOptions, Storage, Wal};
 
-/// Builds a snapshot at `up_to` (a durable LSN) from disk alone and recycles log segments no
-/// longer needed. Returns the snapshot's LSN.
+/// The snapshotter's private copy of the state and the log position it reflects.
+pub struct Shadow {
+    engine: Engine,
+    last_lsn: u64,
+    max_now_ms: u64,
+}
+
+/// Brings `shadow` up to `up_to` (a durable LSN): recovered from disk the first time, then by
+/// replaying only the records after it. Writes a snapshot if that added anything, and recycles
+/// log segments no longer needed. Returns the snapshot's LSN. On error the shadow is dropped,
+/// to be rebuilt from disk next time.
 pub fn build_snapshot(
+    shadow: &mut Option<Shadow>,
     storage: &dyn Storage,
     config: &Config,
     wal: &Wal,
     up_to: u64,
 ) -> anyhow::Result<u64> {
     let options = RecoverOptions { up_to: Some(up_to), read_only: true };
-    let recovered = recover(storage, &config.engine_config(), options)?;
-    if recovered.last_lsn == recovered.snapshot_lsn {
-        return Ok(recovered.last_lsn); // nothing new
+    let result = match shadow.take() {
+        None => recover(storage, &config.engine_config(), options).map(|r| {
+            let unchanged = r.last_lsn == r.snapshot_lsn;
+            (
+                Shadow { engine: r.engine, last_lsn: r.last_lsn, max_now_ms: r.max_now_ms },
+                r.segments,
+                unchanged,
+            )
+        }),
+        Some(mut s) => replay(storage, &s.engine, s.last_lsn, s.max_now_ms, options).map(|r| {
+            let unchanged = r.records == 0;
+            (s.last_lsn, s.max_now_ms) = (r.last_lsn, r.max_now_ms);
+            (s, r.segments, unchanged)
+        }),
+    };
+    let (built, segments, unchanged) = result?;
+    let lsn = built.last_lsn;
+    if !unchanged {
+        snapshot::write(storage, lsn, built.max_now_ms, &built.engine.image())?;
+        finish_snapshot(storage, wal, &segments)?;
     }
-    snapshot::write(storage, recovered.last_lsn, recovered.max_now_ms, &recovered.engine.image())?;
-    finish_snapshot(storage, wal, &recovered.segments)?;
-    Ok(recovered.last_lsn)
+    *shadow = Some(built);
+    Ok(lsn)
 }
 
 /// Prunes old snapshots and recycles every segment whose records are all covered by the
@@ -70,6 +98,7 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, last_lsn: Arc<AtomicU64>, stop:
     let every_records = shared.config.storage.snapshot_every_records;
     let interval = Duration::from_millis(shared.config.storage.snapshot_interval_ms);
     let mut last_time = Instant::now();
+    let mut shadow = None;
     loop {
         match stop.recv_timeout(Duration::from_millis(SNAPSHOT_CHECK_MS)) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -82,7 +111,8 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, last_lsn: Arc<AtomicU64>, stop:
             continue;
         }
         let started = Instant::now();
-        match build_snapshot(storage, &shared.config, &shared.wal, progress.durable_lsn) {
+        let up_to = progress.durable_lsn;
+        match build_snapshot(&mut shadow, storage, &shared.config, &shared.wal, up_to) {
             Ok(lsn) => {
                 last_lsn.store(lsn, Ordering::Release);
                 last_time = Instant::now();

@@ -124,7 +124,7 @@ fn valid_data_after(
     })
 }
 
-/// Recovers the state from `storage`.
+/// Recovers the state from `storage`: the newest valid snapshot, then the log after it.
 pub fn recover(
     storage: &dyn Storage,
     config: &EngineConfig,
@@ -136,10 +136,50 @@ pub fn recover(
         Some(s) => (s.engine, s.lsn, s.now_ms),
         None => (Engine::new(config.clone()), 0, 0),
     };
+    let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, options)?;
+    info!(
+        snapshot_lsn,
+        records = replayed.records,
+        last_lsn = replayed.last_lsn,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    Ok(Recovered {
+        engine,
+        last_lsn: replayed.last_lsn,
+        max_now_ms: replayed.max_now_ms,
+        snapshot_lsn,
+        records_replayed: replayed.records,
+        segments: replayed.segments,
+        tail_segment: replayed.tail_segment,
+        truncated: replayed.truncated,
+    })
+}
+
+/// Where a replay of the log ended.
+pub struct Replayed {
+    pub last_lsn: u64,
+    pub max_now_ms: u64,
+    pub records: u64,
+    pub segments: Vec<SegmentInfo>,
+    pub tail_segment: Option<(u64, String, u64)>,
+    pub truncated: Option<String>,
+}
+
+/// Applies to `engine` every log record after `from_lsn` (the last record `engine` already
+/// contains; `from_now_ms` is the latest time it has seen). Segments whose records are all at
+/// or before `from_lsn` are not scanned.
+pub fn replay(
+    storage: &dyn Storage,
+    engine: &Engine,
+    from_lsn: u64,
+    from_now_ms: u64,
+    options: RecoverOptions,
+) -> Result<Replayed, RecoveryError> {
     let segments = list_segments(storage)?;
     let mut infos = Vec::with_capacity(segments.len());
-    let mut last_lsn = snapshot_lsn;
-    let mut max_now_ms = snapshot_now;
+    let mut last_lsn = from_lsn;
+    let mut max_now_ms = from_now_ms;
     let mut replayed = 0u64;
     let mut tail_segment = None;
     let mut truncated = None;
@@ -160,6 +200,17 @@ pub fn recover(
             )));
         }
         infos.push(SegmentInfo { index: *index, first_lsn: header.first_lsn, name: name.clone() });
+        let next = segments.get(at + 1).map(|(_, next)| {
+            let data = storage.read(next).map_err(io_error(next))?;
+            SegmentHeader::decode(&data)
+                .map(|h| h.first_lsn)
+                .map_err(|reason| RecoveryError::Invalid { file: next.clone(), reason })
+        });
+        // The next segment starts at or before the first record not yet applied: every record
+        // in this one is already applied.
+        if next.transpose()?.is_some_and(|first| first <= from_lsn + 1) {
+            continue;
+        }
         let mut offset = SEGMENT_HEADER_BYTES;
         loop {
             let scanned = scan(&data, offset).map_err(|e| {
@@ -168,8 +219,8 @@ pub fn recover(
             match scanned {
                 Scan::Record { record, next } => {
                     let Record { lsn, now_ms, command } = record;
-                    if lsn <= snapshot_lsn && lsn <= last_lsn {
-                        offset = next; // already in the snapshot
+                    if lsn <= from_lsn {
+                        offset = next; // already applied
                         continue;
                     }
                     if lsn != last_lsn + 1 {
@@ -232,19 +283,10 @@ pub fn recover(
             }
         }
     }
-    info!(
-        snapshot_lsn,
-        records = replayed,
-        last_lsn,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "recovered"
-    );
-    Ok(Recovered {
-        engine,
+    Ok(Replayed {
         last_lsn,
         max_now_ms,
-        snapshot_lsn,
-        records_replayed: replayed,
+        records: replayed,
         segments: infos,
         tail_segment,
         truncated,
