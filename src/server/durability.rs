@@ -7,7 +7,6 @@
 //! hands log segments that no kept snapshot needs to the WAL for reuse. Traffic never pauses
 //! for a snapshot; the price is a second copy of the state in memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,7 +92,7 @@ pub fn finish_snapshot(
 }
 
 /// Takes a snapshot when enough records or time have accumulated, until `stop` fires.
-pub(super) fn snapshot_loop(shared: Arc<Shared>, last_lsn: Arc<AtomicU64>, stop: Receiver<()>) {
+pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
     let storage = &*shared.storage;
     let every_records = shared.config.storage.snapshot_every_records;
     let interval = Duration::from_millis(shared.config.storage.snapshot_interval_ms);
@@ -105,7 +104,7 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, last_lsn: Arc<AtomicU64>, stop:
             _ => return,
         }
         let progress = shared.wal.progress();
-        let since = progress.durable_lsn.saturating_sub(last_lsn.load(Ordering::Acquire));
+        let since = progress.durable_lsn.saturating_sub(*shared.snapshot_lsn.borrow());
         let due = since >= every_records || (since > 0 && last_time.elapsed() >= interval);
         if !due || progress.health == Health::Failed {
             continue;
@@ -114,7 +113,7 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, last_lsn: Arc<AtomicU64>, stop:
         let up_to = progress.durable_lsn;
         match build_snapshot(&mut shadow, storage, &shared.config, &shared.wal, up_to) {
             Ok(lsn) => {
-                last_lsn.store(lsn, Ordering::Release);
+                shared.snapshot_lsn.send_replace(lsn);
                 last_time = Instant::now();
                 info!(lsn, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
             }

@@ -11,7 +11,6 @@ mod sweeper;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +38,8 @@ pub struct Shared {
     pub config: Config,
     pub wal: Wal,
     pub storage: Arc<dyn Storage>,
-    /// LSN of the newest snapshot.
-    pub snapshot_lsn: Arc<AtomicU64>,
+    /// LSN of the newest snapshot, updated by the snapshotter (subscribe to wait for one).
+    pub snapshot_lsn: watch::Sender<u64>,
 }
 
 /// Why the server could not start.
@@ -108,7 +107,7 @@ impl Server {
             config,
             wal,
             storage,
-            snapshot_lsn: Arc::new(AtomicU64::new(recovered.snapshot_lsn)),
+            snapshot_lsn: watch::Sender::new(recovered.snapshot_lsn),
         };
         Ok(Server { listener, shared: Arc::new(shared) })
     }
@@ -131,10 +130,10 @@ impl Server {
         let sweeper = tokio::spawn(sweeper::run(shared.clone(), stop_rx.clone()));
         let (stop_snapshots, snapshot_stop_rx) = crossbeam_channel::bounded::<()>(1);
         let snapshotter = {
-            let (shared, last_lsn) = (shared.clone(), shared.snapshot_lsn.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("stockd-snapshot".into())
-                .spawn(move || durability::snapshot_loop(shared, last_lsn, snapshot_stop_rx))?
+                .spawn(move || durability::snapshot_loop(shared, snapshot_stop_rx))?
         };
         info!(addr = %listener.local_addr()?, "stockd listening");
         tokio::pin!(shutdown);
@@ -180,7 +179,7 @@ impl Server {
         drop(stop_snapshots);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = snapshotter.join();
-            let last_lsn = shared.snapshot_lsn.load(std::sync::atomic::Ordering::Acquire);
+            let last_lsn = *shared.snapshot_lsn.borrow();
             durability::final_snapshot(&shared, last_lsn);
         })
         .await;

@@ -25,6 +25,14 @@ struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
+/// Resident memory of this process, in bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let temp = tempfile::tempdir()?;
@@ -59,8 +67,17 @@ fn main() -> anyhow::Result<()> {
     );
 
     let storage = Arc::new(DirStorage::open(&dir)?);
+    let rss_before = rss_bytes();
     let started = Instant::now();
     let recovered = recover(&*storage, &config, RecoverOptions::default())?;
+    if let (Some(before), Some(after)) = (rss_before, rss_bytes()) {
+        let grown = after.saturating_sub(before);
+        println!(
+            "memory of the recovered state: {:.0} MiB, {:.0} bytes per (SKU + hold)",
+            grown as f64 / (1024.0 * 1024.0),
+            grown as f64 / args.skus.max(args.holds).max(1) as f64
+        );
+    }
     let log_only = started.elapsed();
     println!(
         "recovery from the log alone: {} records in {:.2} s",
