@@ -153,6 +153,9 @@ struct ServeArgs {
     /// Data directory (log and snapshots), overriding the configuration.
     #[arg(long, env = "STOCKD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the HTTP endpoints (/healthz, /readyz, /metrics), overriding the configuration.
+    #[arg(long, env = "STOCKD_HTTP_LISTEN")]
+    http_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +213,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.storage.data_dir = dir;
+    }
+    if let Some(http) = args.http_listen {
+        config.http.listen = http;
     }
     config.validate()?;
     init_logging(&config);

@@ -13,6 +13,7 @@ async fn start_server(
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     config.storage.data_dir = dir.path().to_path_buf();
     config.storage.segment_bytes = 1024 * 1024;
     let server = Server::bind(config).await.expect("server starts");

@@ -33,6 +33,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub http: HttpConfig,
     pub engine: EngineSection,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
@@ -49,6 +50,18 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig { listen: "127.0.0.1:7879".into() }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -184,6 +197,10 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("server.listen", format!("{:?}: {e}", self.server.listen)))?;
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
         if self.server.connections_max == 0 {
             return Err(invalid("server.connections_max", "must be at least 1"));
         }
@@ -251,6 +268,11 @@ impl Config {
         self.server.listen.parse().expect("validated listen address")
     }
 
+    /// The address of the HTTP endpoints (validated).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.listen.parse().expect("validated http listen address")
+    }
+
     pub fn wal_config(&self) -> WalConfig {
         let fsync = match self.storage.fsync {
             FsyncPolicy::Always => FsyncMode::Always,
@@ -294,6 +316,7 @@ mod tests {
         let cases = [
             ("[engine]\nshards = 3\n", "engine.shards"),
             ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+            ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
             ("[server]\nframe_body_bytes_max = 10\n", "server.frame_body_bytes_max"),
             ("[engine]\nttl_ms_default = 5000\nhold_ms_max = 10\n", "engine.ttl_ms_default"),
             ("[auth]\naccept_any_key = false\n", "auth.accept_any_key"),

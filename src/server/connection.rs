@@ -80,7 +80,9 @@ pub(super) async fn serve(
     // When the frame now being received started arriving (or the connection went idle).
     let mut waiting_since = Instant::now();
     debug!(%peer, "connection opened");
+    conn.shared.metrics.connection_opened();
     let why = loop {
+        let round_started = std::time::Instant::now();
         let mut flow = Flow::Continue;
         while flow == Flow::Continue && conn.replies.len() < CONNECTION_REPLIES_PER_ROUND_MAX {
             match decoder.decode(&mut input) {
@@ -102,9 +104,13 @@ pub(super) async fn serve(
         // Stopped at the per-round cap: more complete frames may be buffered already.
         let capped = conn.replies.len() >= CONNECTION_REPLIES_PER_ROUND_MAX;
         if !conn.replies.is_empty() {
+            let waiting = std::time::Instant::now();
             conn.await_durability().await;
+            let metrics = &conn.shared.metrics;
+            metrics.commit_wait(waiting.elapsed());
             for (request_id, reply) in conn.replies.drain(..) {
                 reply.encode(request_id, &mut out);
+                metrics.request_latency(round_started.elapsed());
             }
             match tokio::time::timeout(write_timeout, stream.write_all(&out)).await {
                 Ok(Ok(())) => {}
@@ -152,6 +158,7 @@ pub(super) async fn serve(
         }
     };
     let _ = stream.shutdown().await;
+    conn.shared.metrics.connection_closed();
     debug!(peer = %conn.peer, why, "connection closed");
 }
 

@@ -13,6 +13,13 @@ use crate::wal::Health;
 /// Executes one operation at `now_ms` and returns its reply. The reply may only be sent once
 /// the log is durable up to `wal.last_lsn()` as read after this call.
 pub fn execute(shared: &Shared, op: Op, now_ms: u64) -> OpReply {
+    let opcode = op.opcode();
+    let reply = apply(shared, op, now_ms);
+    shared.metrics.operation(opcode.name(), reply.code().name());
+    reply
+}
+
+fn apply(shared: &Shared, op: Op, now_ms: u64) -> OpReply {
     let engine = &shared.engine;
     match op {
         Op::Ping => OpReply::Ping(ResultCode::Ok),

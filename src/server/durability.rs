@@ -114,6 +114,9 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
         match build_snapshot(&mut shadow, storage, &shared.config, &shared.wal, up_to) {
             Ok(lsn) => {
                 shared.snapshot_lsn.send_replace(lsn);
+                shared
+                    .snapshot_at_ms
+                    .store(shared.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
                 last_time = Instant::now();
                 info!(lsn, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
             }

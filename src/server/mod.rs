@@ -40,6 +40,9 @@ pub struct Shared {
     pub storage: Arc<dyn Storage>,
     /// LSN of the newest snapshot, updated by the snapshotter (subscribe to wait for one).
     pub snapshot_lsn: watch::Sender<u64>,
+    /// When this process last wrote a snapshot (its start time before the first one).
+    pub snapshot_at_ms: std::sync::atomic::AtomicU64,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Why the server could not start.
@@ -59,6 +62,7 @@ pub enum StartError {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
+    http_listener: TcpListener,
     shared: Arc<Shared>,
 }
 
@@ -101,6 +105,11 @@ impl Server {
         let addr = config.listen_addr();
         let listener =
             TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let http_addr = config.http_addr();
+        let http_listener = TcpListener::bind(http_addr)
+            .await
+            .map_err(|source| StartError::Listen { addr: http_addr, source })?;
+        let started_ms = clock.now_ms();
         let shared = Shared {
             engine: recovered.engine,
             clock,
@@ -108,12 +117,19 @@ impl Server {
             wal,
             storage,
             snapshot_lsn: watch::Sender::new(recovered.snapshot_lsn),
+            snapshot_at_ms: std::sync::atomic::AtomicU64::new(started_ms),
+            metrics: crate::metrics::Metrics::new(),
         };
-        Ok(Server { listener, shared: Arc::new(shared) })
+        Ok(Server { listener, http_listener, shared: Arc::new(shared) })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the HTTP endpoints.
+    pub fn http_addr(&self) -> io::Result<SocketAddr> {
+        self.http_listener.local_addr()
     }
 
     /// The shared state, for in-process inspection (tests, embedding).
@@ -123,7 +139,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Server { listener, shared } = self;
+        let Server { listener, http_listener, shared } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(shared.config.server.connections_max));
         let mut connections = JoinSet::new();
@@ -134,6 +150,15 @@ impl Server {
             std::thread::Builder::new()
                 .name("stockd-snapshot".into())
                 .spawn(move || durability::snapshot_loop(shared, snapshot_stop_rx))?
+        };
+        info!(endpoint = %http_listener.local_addr()?, "http endpoints (/healthz, /readyz, /metrics)");
+        let http = {
+            let mut stop = stop_rx.clone();
+            let router = crate::http::router(shared.clone());
+            let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            });
+            tokio::spawn(async move { serve.await })
         };
         info!(addr = %listener.local_addr()?, "stockd listening");
         tokio::pin!(shutdown);
@@ -176,6 +201,7 @@ impl Server {
             connections.abort_all();
         }
         let _ = sweeper.await;
+        let _ = http.await;
         drop(stop_snapshots);
         let _ = tokio::task::spawn_blocking(move || {
             let _ = snapshotter.join();

@@ -32,6 +32,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
     config.engine.shards = 16;
     config.storage.segment_bytes = 1024 * 1024;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir").keep();
@@ -41,6 +42,7 @@ pub fn test_config() -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
@@ -59,12 +61,13 @@ impl TestServer {
 
     pub fn run(server: Server, config: Config) -> TestServer {
         let addr = server.local_addr().expect("local addr");
+        let http_addr = server.http_addr().expect("http addr");
         let shared = server.shared();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, shared, config, stop: Some(stop), task }
+        TestServer { addr, http_addr, shared, config, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {
@@ -133,6 +136,28 @@ impl Raw {
     }
 }
 
+/// A minimal HTTP/1.1 GET over a real TCP connection: (status, content type, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect http");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("http response in time")
+        .expect("read response");
+    let response = String::from_utf8(response).expect("utf-8 response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
+    let status = head.split_whitespace().nth(1).expect("status").parse().expect("numeric status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
 pub fn hello() -> Request {
     Request::Hello(Hello {
         min_version: PROTOCOL_VERSION,
@@ -158,7 +183,14 @@ impl Daemon {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_stockd"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .env_remove("STOCKD_CONFIG")

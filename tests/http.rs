@@ -1,0 +1,122 @@
+//! The HTTP operations endpoints: health, readiness, Prometheus metrics, JSON errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{http_get, test_config, TestServer, T0};
+use stockd::clock::Clock;
+use stockd::server::Server;
+use stockd::wal::MemStorage;
+use stockd_protocol::{Line, Reserve, ResultCode};
+
+fn reserve(id: &str, qty: u32) -> Reserve {
+    Reserve {
+        id: Bytes::copy_from_slice(id.as_bytes()),
+        ttl_ms: 0,
+        channel: Bytes::new(),
+        customer: Bytes::new(),
+        lines: vec![Line::new("sku", qty)],
+    }
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start(test_config()).await;
+    assert_eq!(http_get(server.http_addr, "/healthz").await.0, 200);
+    let (status, _, body) = http_get(server.http_addr, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"));
+    let (status, content_type, body) = http_get(server.http_addr, "/nope").await;
+    assert_eq!(status, 404);
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+    assert_eq!(error["code"], "not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn not_ready_while_read_only() {
+    let storage = MemStorage::new();
+    let config = test_config();
+    let server = Server::bind_with(config.clone(), Clock::manual(T0), Arc::new(storage.clone()))
+        .await
+        .expect("server starts");
+    let server = TestServer::run(server, config);
+    let client = server.client().await;
+    client.set_stock("sku", 5, None).await.unwrap();
+    storage.fail_syncs(true);
+    assert_eq!(client.reserve(reserve("r", 1)).await.unwrap().code, ResultCode::ReadOnly);
+    let (status, _, body) = http_get(server.http_addr, "/readyz").await;
+    assert_eq!(status, 503);
+    let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+    assert_eq!(error["code"], "read_only");
+    assert!(error["message"].as_str().unwrap().contains("log failed"), "{body}");
+    assert_eq!(http_get(server.http_addr, "/healthz").await.0, 200, "alive though not ready");
+    let (_, _, metrics) = http_get(server.http_addr, "/metrics").await;
+    assert!(metrics.lines().any(|l| l == "stockd_read_only 1"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_with_every_family() {
+    let server = TestServer::start(test_config()).await;
+    let client = server.client().await;
+    client.set_stock("sku", 3, None).await.unwrap();
+    for i in 0..5 {
+        client.reserve(reserve(&format!("r{i}"), 1)).await.unwrap();
+    }
+    let (status, content_type, text) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.contains("openmetrics-text") || content_type.contains("text/plain"));
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
+    let mut samples: HashMap<String, Vec<&prometheus_parse::Sample>> = HashMap::new();
+    for sample in &scrape.samples {
+        samples.entry(sample.metric.clone()).or_default().push(sample);
+    }
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let found = samples.get(name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        let sample = found
+            .iter()
+            .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{text}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a plain value"),
+        }
+    };
+    assert_eq!(value("stockd_operations_total", &[("op", "reserve"), ("code", "ok")]), 3.0);
+    assert_eq!(
+        value("stockd_operations_total", &[("op", "reserve"), ("code", "insufficient_stock")]),
+        2.0
+    );
+    assert_eq!(value("stockd_operations_total", &[("op", "set_stock"), ("code", "ok")]), 1.0);
+    assert_eq!(value("stockd_connections", &[]), 1.0);
+    assert_eq!(value("stockd_skus", &[]), 1.0);
+    assert_eq!(value("stockd_reservations", &[]), 3.0);
+    assert_eq!(value("stockd_read_only", &[]), 0.0);
+    assert!(value("stockd_wal_records_total", &[]) >= 4.0);
+    assert!(value("stockd_wal_fsyncs_total", &[]) >= 1.0);
+    assert!(value("stockd_wal_bytes_total", &[]) > 0.0);
+    assert!(value("stockd_wal_durable_lsn", &[]) >= 4.0);
+    for family in [
+        "stockd_wal_segments_total",
+        "stockd_wal_fsync_seconds_total",
+        "stockd_snapshot_lsn",
+        "stockd_snapshot_age_seconds",
+    ] {
+        assert!(samples.contains_key(family), "{family} missing in\n{text}");
+    }
+    for histogram in ["stockd_request_seconds", "stockd_commit_wait_seconds"] {
+        let count = samples.get(&format!("{histogram}_count")).map(|s| s.len()).unwrap_or(0);
+        let is_histogram = scrape.samples.iter().any(|s| {
+            s.metric == histogram && matches!(s.value, prometheus_parse::Value::Histogram(_))
+        });
+        assert!(count > 0 || is_histogram, "{histogram} missing in\n{text}");
+    }
+    server.stop().await;
+}
