@@ -79,7 +79,12 @@ pub fn spare_name(serial: u64) -> String {
 }
 
 pub fn is_spare(name: &str) -> bool {
-    name.starts_with("wal-spare-") && name.ends_with(".tmp")
+    parse_spare_name(name).is_some()
+}
+
+/// The serial of a spare segment file name.
+pub fn parse_spare_name(name: &str) -> Option<u64> {
+    name.strip_prefix("wal-spare-")?.strip_suffix(".tmp")?.parse().ok()
 }
 
 pub fn recycle_name(index: u64) -> String {
@@ -113,6 +118,7 @@ mod tests {
         assert!(segment_name(9) < segment_name(10));
         assert_eq!(parse_segment_name(&spare_name(1)), None);
         assert!(is_spare(&spare_name(1)) && !is_spare(&recycle_name(1)));
+        assert_eq!(parse_spare_name(&spare_name(77)), Some(77));
         assert!(is_recycled(&recycle_name(3)));
     }
 }

@@ -27,7 +27,8 @@ use tracing::{error, info, warn};
 
 use super::record::{encode_record, record_bytes, RECORD_HEADER_BYTES};
 use super::segment::{
-    is_recycled, is_spare, segment_name, spare_name, SegmentHeader, SEGMENT_HEADER_BYTES,
+    is_recycled, is_spare, parse_spare_name, segment_name, spare_name, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
 };
 use super::storage::{Storage, StorageFile};
 use crate::engine::Command;
@@ -185,14 +186,19 @@ impl Wal {
             prepare_error: Mutex::new(None),
             stats: WalStats::default(),
         });
-        let (spare_tx, spare_rx) = bounded::<Spare>(1);
+        // A rendezvous channel: the preparer holds one ready spare until the writer takes it,
+        // so exactly one spare segment sits on disk.
+        let (spare_tx, spare_rx) = bounded::<Spare>(0);
         let (recycle_tx, recycle_rx) = bounded::<String>(1024);
+        // New spares are numbered after every spare already on disk, so no rename can land on
+        // a file that is still queued for reuse.
+        let mut spare_serial = 0;
         for name in storage.list()? {
-            if is_recycled(&name) {
+            spare_serial = spare_serial.max(parse_spare_name(&name).unwrap_or(0));
+            // Spares prepared before a restart carry no data but may be partly zeroed: they are
+            // zeroed again and reused, like recycled segments.
+            if is_recycled(&name) || is_spare(&name) {
                 let _ = recycle_tx.try_send(name);
-            } else if is_spare(&name) {
-                // A spare prepared before a restart carries no data; prepare a fresh one.
-                storage.remove(&name)?;
             }
         }
         let stop_preparer = Arc::new(AtomicBool::new(false));
@@ -200,7 +206,7 @@ impl Wal {
             let (storage, inner, stop) = (storage.clone(), inner.clone(), stop_preparer.clone());
             let bytes = config.segment_bytes;
             std::thread::Builder::new().name("stockd-wal-prepare".into()).spawn(move || {
-                prepare_loop(&*storage, bytes, &inner, &spare_tx, &recycle_rx, &stop)
+                prepare_loop(&*storage, bytes, &inner, &spare_tx, &recycle_rx, &stop, spare_serial)
             })?
         };
         let writer = {
@@ -528,9 +534,9 @@ fn prepare_loop(
     spares: &Sender<Spare>,
     recycled: &Receiver<String>,
     stop: &AtomicBool,
+    mut serial: u64,
 ) {
     let mut reuse: Option<String> = None;
-    let mut serial = 0u64;
     while !stop.load(Ordering::Acquire) {
         if reuse.is_none() {
             reuse = recycled.try_recv().ok();
@@ -621,6 +627,28 @@ mod tests {
         assert_eq!(wal.append(2, &command(2)), Err(WalError::Closed));
         assert_eq!(wal.health(), Health::Failed, "memory is ahead of the log: read-only");
         assert!(matches!(wal.append(3, &command(3)), Err(WalError::Failed(_))));
+    }
+
+    #[test]
+    fn stale_spares_are_zeroed_and_reused_and_one_spare_at_most_remains() {
+        let storage = MemStorage::new();
+        // A spare left by a crash in the middle of its zeroing.
+        storage.put(&spare_name(7), vec![0xaa; 1024 * 1024]);
+        let wal = start(&storage, FsyncMode::Always);
+        wal.append(1, &command(1)).expect("append");
+        let mut progress = wal.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(Wal::wait_durable(&mut progress, 1)).expect("durable");
+        wal.close();
+        let files = storage.files();
+        let segments: Vec<&(String, Vec<u8>)> =
+            files.iter().filter(|(n, _)| n.ends_with(".seg")).collect();
+        let spares: Vec<&String> = files.iter().map(|(n, _)| n).filter(|n| is_spare(n)).collect();
+        assert_eq!(segments.len(), 1, "{files:?}");
+        assert!(spares.len() <= 1, "at most one spare: {spares:?}");
+        assert!(spares.iter().all(|n| parse_spare_name(n) > Some(8)), "numbered after: {spares:?}");
+        let data = &segments[0].1;
+        assert!(!data.contains(&0xaa), "the reused spare was zeroed before use");
     }
 
     #[test]
