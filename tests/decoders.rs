@@ -2,9 +2,12 @@
 //! clear error, never panic, never loop, never allocate beyond its limits. (Coverage-guided
 //! fuzzing belongs in a cargo-fuzz crate; these run in every CI run.)
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use common::crc32c_reference;
 use proptest::prelude::*;
 use stockd::config::Config;
 use stockd::engine::{Command, Engine, EngineConfig};
@@ -144,22 +147,11 @@ fn an_archive_that_passes_the_checksums_but_lies_is_refused() {
     for byte in &mut bytes[body..] {
         *byte = 0xff;
     }
-    let crc = crc32c_of(&bytes[body..]);
+    let crc = crc32c_reference(&bytes[body..]);
     bytes[40..44].copy_from_slice(&crc.to_le_bytes());
-    let header_crc = crc32c_of(&bytes[..60]);
+    let header_crc = crc32c_reference(&bytes[..60]);
     bytes[60..64].copy_from_slice(&header_crc.to_le_bytes());
     storage.put(&name, bytes);
     let err = snapshot::load(&*storage, &name, EngineConfig::default()).err().expect("refused");
     assert!(err.contains("invalid archive") || err.contains("inconsistent"), "{err}");
-}
-
-fn crc32c_of(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for byte in bytes {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
-        }
-    }
-    !crc
 }

@@ -7,16 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{test_config, Daemon, Raw, TestServer, WAIT};
+use common::{ping_frame, test_config, Daemon, Raw, TestServer, WAIT};
 use stockd_protocol::limits::BATCH_OPS_MAX;
 use stockd_protocol::{Client, ClientOptions, Op, OpReply, Reply, Request, ResultCode};
 use tokio::io::AsyncWriteExt;
-
-fn ping_frame(request_id: u64) -> BytesMut {
-    let mut buf = BytesMut::new();
-    Request::Op(Op::Ping).encode(request_id, &mut buf);
-    buf
-}
 
 #[tokio::test]
 async fn a_slow_loris_client_is_disconnected_before_its_frame_completes() {

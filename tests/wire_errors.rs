@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::{hello, test_config, Raw, TestServer};
+use common::{crc32c_reference, hello, ping_frame, test_config, Raw, TestServer};
 use stockd_protocol::frame::{encode_frame, HEADER_BYTES};
 use stockd_protocol::limits::{ID_BYTES_MAX, LINES_PER_RESERVATION_MAX};
 use stockd_protocol::{
@@ -18,28 +18,9 @@ fn error_code(reply: Option<(stockd_protocol::Header, Reply)>) -> (u64, ResultCo
     }
 }
 
-fn ping_frame(request_id: u64) -> BytesMut {
-    let mut buf = BytesMut::new();
-    Request::Op(Op::Ping).encode(request_id, &mut buf);
-    buf
-}
-
 fn refix_header_crc(buf: &mut BytesMut) {
-    let crc = crc32c(&buf[..28]);
+    let crc = crc32c_reference(&buf[..28]);
     buf[28..32].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn crc32c(bytes: &[u8]) -> u32 {
-    // The same checksum the protocol uses, from an independent table-free implementation, so
-    // the tests do not trust the code under test to build their broken frames.
-    let mut crc = !0u32;
-    for byte in bytes {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 async fn expect_closed(raw: &mut Raw) {

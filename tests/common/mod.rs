@@ -158,6 +158,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     (status, content_type, body.to_string())
 }
 
+/// A whole `PING` frame.
+pub fn ping_frame(request_id: u64) -> BytesMut {
+    let mut buf = BytesMut::new();
+    Request::Op(stockd_protocol::Op::Ping).encode(request_id, &mut buf);
+    buf
+}
+
+/// CRC32C from an independent, table-free implementation, so tests do not trust the code under
+/// test to build the broken frames and files they feed it.
+pub fn crc32c_reference(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
 pub fn hello() -> Request {
     Request::Hello(Hello {
         min_version: PROTOCOL_VERSION,
