@@ -56,6 +56,11 @@ impl Opcode {
         })
     }
 
+    /// True for operations that never change state (their replies are reads too).
+    pub fn is_read_only(self) -> bool {
+        matches!(self, Opcode::Ping | Opcode::QuerySku | Opcode::QueryReservation)
+    }
+
     /// The snake_case name used in logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -436,7 +441,7 @@ impl Op {
 
     /// True for operations that never change state.
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. })
+        self.opcode().is_read_only()
     }
 
     /// Appends the body of this operation.

@@ -201,8 +201,18 @@ impl Config {
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
-        if self.server.connections_max == 0 {
-            return Err(invalid("server.connections_max", "must be at least 1"));
+        let at_least_one = [
+            ("server.connections_max", self.server.connections_max as u64),
+            ("server.frame_timeout_ms", self.server.frame_timeout_ms),
+            ("server.write_timeout_ms", self.server.write_timeout_ms),
+            ("engine.ttl_ms_default", u64::from(self.engine.ttl_ms_default)),
+            ("engine.sweep_interval_ms", self.engine.sweep_interval_ms),
+            ("storage.fsync_interval_ms", self.storage.fsync_interval_ms),
+            ("storage.snapshot_every_records", self.storage.snapshot_every_records),
+            ("storage.snapshot_interval_ms", self.storage.snapshot_interval_ms),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(key, "must be at least 1"));
         }
         let frame = self.server.frame_body_bytes_max;
         if !(FRAME_BODY_BYTES_MIN..=FRAME_BODY_BYTES_MAX).contains(&frame) {
@@ -211,12 +221,6 @@ impl Config {
                 format!("{frame} is outside {FRAME_BODY_BYTES_MIN}..={FRAME_BODY_BYTES_MAX}"),
             ));
         }
-        if self.server.frame_timeout_ms == 0 {
-            return Err(invalid("server.frame_timeout_ms", "must be at least 1"));
-        }
-        if self.server.write_timeout_ms == 0 {
-            return Err(invalid("server.write_timeout_ms", "must be at least 1"));
-        }
         let shards = self.engine.shards;
         if !shards.is_power_of_two() || shards > SHARDS_MAX {
             return Err(invalid(
@@ -224,14 +228,8 @@ impl Config {
                 format!("{shards} is not a power of two in 1..={SHARDS_MAX}"),
             ));
         }
-        if self.engine.ttl_ms_default == 0 {
-            return Err(invalid("engine.ttl_ms_default", "must be at least 1"));
-        }
         if u64::from(self.engine.ttl_ms_default) > self.engine.hold_ms_max {
             return Err(invalid("engine.ttl_ms_default", "exceeds engine.hold_ms_max"));
-        }
-        if self.engine.sweep_interval_ms == 0 {
-            return Err(invalid("engine.sweep_interval_ms", "must be at least 1"));
         }
         let segment = self.storage.segment_bytes;
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&segment) {
@@ -239,15 +237,6 @@ impl Config {
                 "storage.segment_bytes",
                 format!("{segment} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}"),
             ));
-        }
-        if self.storage.fsync_interval_ms == 0 {
-            return Err(invalid("storage.fsync_interval_ms", "must be at least 1"));
-        }
-        if self.storage.snapshot_every_records == 0 {
-            return Err(invalid("storage.snapshot_every_records", "must be at least 1"));
-        }
-        if self.storage.snapshot_interval_ms == 0 {
-            return Err(invalid("storage.snapshot_interval_ms", "must be at least 1"));
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));

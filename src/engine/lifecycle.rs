@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use stockd_protocol::{Confirm, ExtendReply, Line, ReservationState, ResultCode};
 
 use super::reserve::normalize;
-use super::shard::{Key, Locked, Reservation};
+use super::shard::{Key, Locked, Reservation, Sku};
 use super::Engine;
 
 /// Confirmed quantity per stored line for a confirm request (no lines = everything).
@@ -75,6 +75,12 @@ impl Engine {
         }
     }
 
+    /// The counters of a SKU a reservation holds or committed (such a SKU is never removed).
+    fn reserved_sku<'l>(&self, locked: &'l mut Locked<'_>, sku: &[u8]) -> &'l mut Sku {
+        let shard = locked.shard(self.shard_of(sku));
+        shard.skus.get_mut(sku).expect("a reserved SKU is never removed")
+    }
+
     /// Ends the hold of reservation `id` in state `to`: held units go back to stock, except the
     /// `confirmed` ones, which become committed.
     fn end_hold(
@@ -92,8 +98,7 @@ impl Engine {
             (key.clone(), r.lines.clone(), r.expires_at_ms)
         };
         for (index, line) in lines.iter().enumerate() {
-            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
-            let sku = sku.expect("a reserved SKU is never removed");
+            let sku = self.reserved_sku(locked, &line.sku);
             sku.unhold(u64::from(line.qty), expires_at_ms);
             if let Some(confirmed) = &confirmed {
                 sku.committed += u64::from(confirmed[index]);
@@ -222,8 +227,7 @@ impl Engine {
         }
         let (key, lines) = (key.clone(), reservation.lines.clone());
         for line in lines.iter() {
-            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
-            let sku = sku.expect("a reserved SKU is never removed");
+            let sku = self.reserved_sku(&mut locked, &line.sku);
             sku.unhold(u64::from(line.qty), old_ms);
             sku.hold(u64::from(line.qty), new_ms);
         }
@@ -255,8 +259,7 @@ impl Engine {
         let (key, lines, confirmed) =
             (key.clone(), reservation.lines.clone(), reservation.confirmed.clone());
         for (line, qty) in lines.iter().zip(confirmed.iter()) {
-            let sku = locked.shard(self.shard_of(&line.sku)).skus.get_mut(&line.sku);
-            let sku = sku.expect("a reserved SKU is never removed");
+            let sku = self.reserved_sku(&mut locked, &line.sku);
             let qty = u64::from(*qty);
             assert!(sku.committed >= qty, "committed units are accounted for");
             sku.committed -= qty;

@@ -108,9 +108,11 @@ pub(super) async fn serve(
             conn.await_durability().await;
             let metrics = &conn.shared.metrics;
             metrics.commit_wait(waiting.elapsed());
+            // Every request of the round waited from the round's start until now.
+            let latency = round_started.elapsed();
             for (request_id, reply) in conn.replies.drain(..) {
                 reply.encode(request_id, &mut out);
-                metrics.request_latency(round_started.elapsed());
+                metrics.request_latency(latency);
             }
             match tokio::time::timeout(write_timeout, stream.write_all(&out)).await {
                 Ok(Ok(())) => {}
@@ -247,7 +249,7 @@ impl Connection {
 /// Turns the reply of a state-changing operation into `read_only`.
 fn refuse_write(reply: &mut OpReply) {
     let opcode = reply.opcode();
-    if !matches!(reply, OpReply::Ping(_) | OpReply::QuerySku(_) | OpReply::QueryReservation(_)) {
+    if !opcode.is_read_only() {
         *reply = OpReply::refused(opcode, ResultCode::ReadOnly);
     }
 }
