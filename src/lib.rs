@@ -4,6 +4,7 @@
 //! [`engine`] (the pure state machine), [`server`] (TCP, connections, sweeper), [`config`],
 //! [`clock`], [`limits`] and [`cli`] (the `stockd` command: server and client subcommands).
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

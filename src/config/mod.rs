@@ -56,11 +56,19 @@ pub struct ServerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    pub sample_interval_ms: u64,
+    pub trend_samples: usize,
+    pub activity_skus_max: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
-        HttpConfig { listen: "127.0.0.1:7879".into() }
+        HttpConfig {
+            listen: "127.0.0.1:7879".into(),
+            sample_interval_ms: 1000,
+            trend_samples: 60,
+            activity_skus_max: 10_000,
+        }
     }
 }
 
@@ -210,9 +218,14 @@ impl Config {
             ("storage.fsync_interval_ms", self.storage.fsync_interval_ms),
             ("storage.snapshot_every_records", self.storage.snapshot_every_records),
             ("storage.snapshot_interval_ms", self.storage.snapshot_interval_ms),
+            ("http.sample_interval_ms", self.http.sample_interval_ms),
+            ("http.activity_skus_max", self.http.activity_skus_max as u64),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be at least 1"));
+        }
+        if !(2..=3600).contains(&self.http.trend_samples) {
+            return Err(invalid("http.trend_samples", "must be in 2..=3600"));
         }
         let frame = self.server.frame_body_bytes_max;
         if !(FRAME_BODY_BYTES_MIN..=FRAME_BODY_BYTES_MAX).contains(&frame) {

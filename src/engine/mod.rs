@@ -22,6 +22,7 @@ mod lifecycle;
 mod reserve;
 mod shard;
 mod stock;
+mod view;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
@@ -31,6 +32,7 @@ use stockd_protocol::{OpReply, ReservationReply, ResultCode, SkuInfo, SkuReply};
 pub use command::Command;
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use shard::{Locked, Shard};
+pub use view::{HoldRow, SkuFilter, SkuHolds, SkuPage, SkuRow, Summary};
 
 /// Engine settings (the `[engine]` section of the configuration).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,17 +111,42 @@ impl Engine {
                 OpReply::Extend(self.extend(id, *ttl_ms, now_ms, on_change))
             }
             Command::Ship { id } => OpReply::Ship(self.ship(id, now_ms, on_change)),
-            Command::SetStock { sku, on_hand, expected } => {
-                OpReply::SetStock(self.set_stock(sku, *on_hand, *expected, now_ms, on_change))
+            Command::SetStock { .. } => {
+                OpReply::SetStock(self.change_stock(command, now_ms, on_change).0)
             }
-            Command::AdjustStock { sku, delta, expected } => {
-                OpReply::AdjustStock(self.adjust_stock(sku, *delta, *expected, now_ms, on_change))
+            Command::AdjustStock { .. } => {
+                OpReply::AdjustStock(self.change_stock(command, now_ms, on_change).0)
             }
-            Command::SetSafetyStock { sku, safety_stock } => OpReply::SetSafetyStock(
-                self.set_safety_stock(sku, *safety_stock, now_ms, on_change),
-            ),
+            Command::SetSafetyStock { .. } => {
+                OpReply::SetSafetyStock(self.change_stock(command, now_ms, on_change).0)
+            }
             Command::Expire { id } => OpReply::Release(self.expire(id, now_ms, on_change)),
             Command::Forget { id } => OpReply::Release(self.forget(id, now_ms, on_change)),
+        }
+    }
+
+    /// Applies a stock command (`SetStock`, `AdjustStock`, `SetSafetyStock`) like [`apply`],
+    /// and also returns the SKU's counters from just before the change (`None` if nothing
+    /// changed). Panics on any other command.
+    ///
+    /// [`apply`]: Engine::apply
+    pub fn change_stock(
+        &self,
+        command: &Command,
+        now_ms: u64,
+        on_change: impl FnOnce(),
+    ) -> (SkuReply, Option<SkuInfo>) {
+        match command {
+            Command::SetStock { sku, on_hand, expected } => {
+                self.set_stock(sku, *on_hand, *expected, now_ms, on_change)
+            }
+            Command::AdjustStock { sku, delta, expected } => {
+                self.adjust_stock(sku, *delta, *expected, now_ms, on_change)
+            }
+            Command::SetSafetyStock { sku, safety_stock } => {
+                self.set_safety_stock(sku, *safety_stock, now_ms, on_change)
+            }
+            other => panic!("not a stock command: {other:?}"),
         }
     }
 

@@ -26,6 +26,10 @@ pub(super) struct Sku {
     /// Held units by deadline. Reads subtract the units whose deadline has passed, which makes
     /// expiry exact without waiting for the sweep; the sweep keeps this range short.
     pub holds: BTreeMap<u64, u64>,
+    /// Units ever held (monotonic, not persisted): the dashboard's sell rate is its slope.
+    pub taken_total: u64,
+    /// `taken_total` when the activity sampler last looked (see `Engine::sample_activity`).
+    pub sampled_taken: u64,
 }
 
 impl Sku {
@@ -75,6 +79,7 @@ impl Sku {
 
     pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
         self.reserved += qty;
+        self.taken_total += qty;
         *self.holds.entry(expires_at_ms).or_default() += qty;
     }
 

@@ -1,14 +1,20 @@
 //! Stock administration: set and adjust the physical count (with an optional check of the
 //! expected current value, for read-modify-write without races) and set the safety stock.
 //! Setting a value it already has is not a change: nothing is logged for it.
+//!
+//! Each function also returns the SKU's counters from just before a change (`None` when
+//! nothing changed), read under the same lock, for the audit log's before/after.
 
 use stockd_protocol::{ResultCode, SkuInfo, SkuReply};
 
 use super::shard::Key;
 use super::Engine;
 
-fn refused(code: ResultCode) -> SkuReply {
-    SkuReply { code, info: SkuInfo::default() }
+/// A reply and the counters before the change, if there was one.
+pub(super) type Changed = (SkuReply, Option<SkuInfo>);
+
+fn refused(code: ResultCode) -> Changed {
+    (SkuReply { code, info: SkuInfo::default() }, None)
 }
 
 impl Engine {
@@ -21,7 +27,7 @@ impl Engine {
         expected: Option<u64>,
         now_ms: u64,
         on_change: impl FnOnce(),
-    ) -> SkuReply {
+    ) -> Changed {
         if sku.is_empty() {
             return refused(ResultCode::InvalidArgument);
         }
@@ -29,19 +35,16 @@ impl Engine {
         let current = shard.skus.get(sku).map_or(0, |state| state.on_hand);
         if expected.is_some_and(|expected| expected != current) {
             let info = shard.skus.get(sku).map(|state| state.info(now_ms)).unwrap_or_default();
-            return SkuReply { code: ResultCode::ExpectedMismatch, info };
+            return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
         }
         let (state, created) = match shard.skus.get_mut(sku) {
             Some(state) => (state, false),
             None => (shard.skus.entry(Key::from(sku)).or_default(), true),
         };
+        let before = state.info(now_ms);
         let changed = created || state.on_hand != on_hand;
         state.on_hand = on_hand;
-        let info = state.info(now_ms);
-        if changed {
-            on_change();
-        }
-        SkuReply { code: ResultCode::Ok, info }
+        finish(state.info(now_ms), changed.then_some(before), on_change)
     }
 
     /// Adds `delta` to `on_hand`; refused if the SKU is unknown or the count would go negative.
@@ -52,24 +55,25 @@ impl Engine {
         expected: Option<u64>,
         now_ms: u64,
         on_change: impl FnOnce(),
-    ) -> SkuReply {
+    ) -> Changed {
         let mut shard = self.shards[self.shard_of(sku)].lock();
         let Some(state) = shard.skus.get_mut(sku) else {
             return refused(ResultCode::UnknownSku);
         };
         if expected.is_some_and(|expected| expected != state.on_hand) {
-            return SkuReply { code: ResultCode::ExpectedMismatch, info: state.info(now_ms) };
+            let info = state.info(now_ms);
+            return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
         }
         let Some(on_hand) = state.on_hand.checked_add_signed(delta) else {
-            return SkuReply { code: ResultCode::InvalidArgument, info: state.info(now_ms) };
+            return (
+                SkuReply { code: ResultCode::InvalidArgument, info: state.info(now_ms) },
+                None,
+            );
         };
+        let before = state.info(now_ms);
         let changed = state.on_hand != on_hand;
         state.on_hand = on_hand;
-        let info = state.info(now_ms);
-        if changed {
-            on_change();
-        }
-        SkuReply { code: ResultCode::Ok, info }
+        finish(state.info(now_ms), changed.then_some(before), on_change)
     }
 
     pub(super) fn set_safety_stock(
@@ -78,17 +82,21 @@ impl Engine {
         safety_stock: u64,
         now_ms: u64,
         on_change: impl FnOnce(),
-    ) -> SkuReply {
+    ) -> Changed {
         let mut shard = self.shards[self.shard_of(sku)].lock();
         let Some(state) = shard.skus.get_mut(sku) else {
             return refused(ResultCode::UnknownSku);
         };
+        let before = state.info(now_ms);
         let changed = state.safety_stock != safety_stock;
         state.safety_stock = safety_stock;
-        let info = state.info(now_ms);
-        if changed {
-            on_change();
-        }
-        SkuReply { code: ResultCode::Ok, info }
+        finish(state.info(now_ms), changed.then_some(before), on_change)
     }
+}
+
+fn finish(info: SkuInfo, before: Option<SkuInfo>, on_change: impl FnOnce()) -> Changed {
+    if before.is_some() {
+        on_change();
+    }
+    (SkuReply { code: ResultCode::Ok, info }, before)
 }

@@ -1,53 +1,90 @@
-//! The HTTP operations endpoints, on their own port (`http.listen`): `/healthz` (the process
-//! answers), `/readyz` (recovered and accepting writes; 503 while read-only) and `/metrics`
-//! (Prometheus / OpenMetrics text). Errors are JSON with a code and a message.
+//! The HTTP side, on its own port (`http.listen`): the operations dashboard (`/`), the JSON
+//! admin API (`/api/v1/...`, see `docs/API.md`), `/healthz` (the process answers), `/readyz`
+//! (recovered and accepting writes; 503 while read-only) and `/metrics` (Prometheus /
+//! OpenMetrics text). Errors are JSON with a code and a message.
+
+pub mod api;
+pub mod dashboard;
+pub mod sampler;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::server::Shared;
 use crate::wal::Health;
+use api::ApiError;
+use sampler::Sample;
 
-#[derive(Serialize)]
-struct ErrorBody {
-    code: &'static str,
-    message: String,
+/// Largest request body the API accepts.
+const BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    /// The newest dashboard sample.
+    pub samples: watch::Receiver<Arc<Sample>>,
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Router {
+    let api = Router::new()
+        .route("/status", get(api::status))
+        .route("/skus", get(api::list_skus))
+        .route("/skus/{sku}", get(api::get_sku))
+        .route("/skus/{sku}/stock", put(api::set_stock))
+        .route("/skus/{sku}/adjustments", post(api::adjust_stock))
+        .route("/skus/{sku}/safety-stock", put(api::set_safety_stock))
+        .route("/reservations/{id}", get(api::get_reservation))
+        .route("/audit", get(api::audit))
+        .route("/events", get(dashboard::events))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX));
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::script))
+        .route("/assets/style.css", get(dashboard::style))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
         .fallback(|| async {
-            let body = ErrorBody { code: "not_found", message: "no such endpoint".into() };
-            (StatusCode::NOT_FOUND, Json(body))
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(shared)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .with_state(AppState { shared, samples })
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.wal.health() {
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.shared.wal.health() {
         Health::Ok => "ready\n".into_response(),
         health => {
             let message = match health {
                 Health::NoSpace => "the disk is full: writes are refused until space is freed",
                 _ => "the write-ahead log failed: writes are refused until restart",
             };
-            let body = ErrorBody { code: "read_only", message: message.into() };
+            let body = serde_json::json!({ "code": "read_only", "message": message });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = shared.metrics.render(&shared);
+async fn metrics(State(app): State<AppState>) -> Response {
+    let shared = app.shared.clone();
+    // The scrape reads totals over every shard: off the async workers.
+    let text = tokio::task::spawn_blocking(move || shared.metrics.render(&shared))
+        .await
+        .expect("rendering metrics does not panic");
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

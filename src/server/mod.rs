@@ -43,6 +43,10 @@ pub struct Shared {
     /// When this process last wrote a snapshot (its start time before the first one).
     pub snapshot_at_ms: std::sync::atomic::AtomicU64,
     pub metrics: crate::metrics::Metrics,
+    /// When this process started serving (UTC milliseconds).
+    pub started_ms: u64,
+    /// The audit log of administrative changes.
+    pub audit: crate::audit::AuditLog,
 }
 
 /// Why the server could not start.
@@ -53,6 +57,8 @@ pub enum StartError {
     DataDir { path: String, source: io::Error },
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("cannot start the log writer: {0}")]
     Wal(io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -99,6 +105,7 @@ impl Server {
             warn!(%truncated, "the log ended with a torn write, which was never acknowledged");
         }
         clock.not_before(recovered.max_now_ms);
+        let audit = crate::audit::AuditLog::open(&*storage)?;
         let tail = recovered.tail(&*storage)?;
         let wal =
             Wal::start(storage.clone(), config.wal_config(), tail).map_err(StartError::Wal)?;
@@ -119,6 +126,8 @@ impl Server {
             snapshot_lsn: watch::Sender::new(recovered.snapshot_lsn),
             snapshot_at_ms: std::sync::atomic::AtomicU64::new(started_ms),
             metrics: crate::metrics::Metrics::new(),
+            started_ms,
+            audit,
         };
         Ok(Server { listener, http_listener, shared: Arc::new(shared) })
     }
@@ -151,10 +160,19 @@ impl Server {
                 .name("stockd-snapshot".into())
                 .spawn(move || durability::snapshot_loop(shared, snapshot_stop_rx))?
         };
-        info!(endpoint = %http_listener.local_addr()?, "http endpoints (/healthz, /readyz, /metrics)");
+        let http_addr = http_listener.local_addr()?;
+        info!(dashboard = %format!("http://{http_addr}/"), "http: dashboard, /api/v1, /metrics");
+        let (sampler, first) = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || crate::http::sampler::Sampler::start(&shared))
+                .await
+                .expect("the first sample does not panic")
+        };
+        let (samples_tx, samples_rx) = watch::channel(Arc::new(first));
+        let sampler = tokio::spawn(sampler.run(shared.clone(), samples_tx, stop_rx.clone()));
         let http = {
             let mut stop = stop_rx.clone();
-            let router = crate::http::router(shared.clone());
+            let router = crate::http::router(shared.clone(), samples_rx);
             let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
                 let _ = stop.changed().await;
             });
@@ -201,6 +219,8 @@ impl Server {
             connections.abort_all();
         }
         let _ = sweeper.await;
+        // The sampler's end closes the dashboards' event streams, so the HTTP server can finish.
+        let _ = sampler.await;
         let _ = http.await;
         drop(stop_snapshots);
         let _ = tokio::task::spawn_blocking(move || {

@@ -12,6 +12,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
 use super::Shared;
+use crate::engine::Command;
 use crate::limits::SWEEP_BATCH_MAX;
 use crate::wal::Health;
 
@@ -29,15 +30,17 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         while shared.wal.health() == Health::Ok {
             let now_ms = shared.clock.now_ms();
             let due = shared.engine.due(now_ms, SWEEP_BATCH_MAX);
-            let mut applied = 0usize;
+            let (mut applied, mut expired) = (0usize, 0u64);
             for command in &due {
                 shared.engine.apply(command, now_ms, || {
                     applied += 1;
+                    expired += u64::from(matches!(command, Command::Expire { .. }));
                     let _ = shared.wal.append(now_ms, command);
                 });
             }
             if applied > 0 {
-                debug!(applied, "sweep");
+                shared.metrics.expired(expired);
+                debug!(applied, expired, "sweep");
             }
             if due.len() < SWEEP_BATCH_MAX {
                 break;

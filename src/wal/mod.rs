@@ -18,5 +18,5 @@ pub mod storage;
 pub mod writer;
 
 pub use recovery::{recover, repair, RecoverOptions, Recovered, RecoveryError};
-pub use storage::{DirStorage, MemStorage, Storage};
+pub use storage::{DirStorage, MemStorage, Storage, StorageFile};
 pub use writer::{FsyncMode, Health, Progress, Wal, WalConfig, WalError};

@@ -33,6 +33,8 @@ pub trait StorageFile: Send {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Makes written data durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes (used to drop a torn tail).
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// A directory of files.
@@ -97,6 +99,9 @@ impl StorageFile for DirFile {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 
@@ -299,6 +304,11 @@ impl StorageFile for MemFile {
         }
         let mut file = lock_inode(&self.inode);
         file.durable = file.live.clone();
+        Ok(())
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        lock_inode(&self.inode).live.resize(len as usize, 0);
         Ok(())
     }
 }

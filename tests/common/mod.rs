@@ -138,8 +138,26 @@ impl Raw {
 
 /// A minimal HTTP/1.1 GET over a real TCP connection: (status, content type, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(addr, "GET", path, None).await
+}
+
+/// A minimal HTTP/1.1 request over a real TCP connection, with an optional JSON body:
+/// (status, content type, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect http");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(body) = json {
+        request.push_str("Content-Type: application/json\r\n");
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    } else {
+        request.push_str("\r\n");
+    }
     stream.write_all(request.as_bytes()).await.expect("send request");
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
@@ -149,13 +167,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let response = String::from_utf8(response).expect("utf-8 response");
     let (head, body) = response.split_once("\r\n\r\n").expect("headers end");
     let status = head.split_whitespace().nth(1).expect("status").parse().expect("numeric status");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let lower = l.to_ascii_lowercase();
+                lower.strip_prefix(name).map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let body =
+        if header("transfer-encoding:") == "chunked" { dechunk(body) } else { body.to_string() };
+    (status, header("content-type:"), body)
+}
+
+/// The payload of a chunked HTTP body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
 }
 
 /// A whole `PING` frame.

@@ -1,0 +1,292 @@
+//! The audit log: an append-only journal of administrative changes (who, when, what, why,
+//! before and after), kept next to the write-ahead log and never rewritten.
+//!
+//! # File format (version 1)
+//!
+//! `audit.jsonl` in the data directory: UTF-8 text, one JSON object per line, each line ending
+//! with `\n`. Fields: `v` (format version, 1), `seq` (1, 2, 3, ... without gaps), `at_ms` (UTC
+//! milliseconds), `actor`, `action` (`set_stock`, `adjust_stock`, `set_safety_stock`),
+//! `target` (the SKU), `reason`, `before` and `after` (objects with the changed figures), `lsn`
+//! (the write-ahead-log record of the change). Unknown fields are ignored by readers of the
+//! same major version.
+//!
+//! An entry is appended and `fdatasync`ed after the change's log record is durable and before
+//! the change is acknowledged. A line cut short by a crash (no final `\n`) was never
+//! acknowledged: it is dropped when the file is opened. A complete line that does not parse, or
+//! a gap in `seq`, is damage: the server refuses to start and names the line, rather than
+//! appending after it. (Moving the file aside starts a new journal; nothing in it is needed to
+//! recover the stock state.)
+//!
+//! One window is not closed: a crash after the change's log record is durable and before its
+//! audit line is, leaves a durable change without its entry (it was never acknowledged to the
+//! caller, who will see a connection error and may retry).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::wal::{Storage, StorageFile};
+
+/// The journal's file name in the data directory.
+pub const AUDIT_FILE: &str = "audit.jsonl";
+/// The format version written in every entry.
+pub const AUDIT_VERSION: u32 = 1;
+/// Entries kept in memory for the API (the file keeps all of them).
+const RECENT_MAX: usize = 10_000;
+
+/// One administrative change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub v: u32,
+    pub seq: u64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub reason: String,
+    pub before: Value,
+    pub after: Value,
+    pub lsn: u64,
+}
+
+/// What an append records; the journal adds the version and sequence number.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub at_ms: u64,
+    pub actor: String,
+    pub action: &'static str,
+    pub target: String,
+    pub reason: String,
+    pub before: Value,
+    pub after: Value,
+    pub lsn: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("{file}: {source}")]
+    Io { file: &'static str, source: io::Error },
+    #[error(
+        "{file} line {line} is damaged ({problem}); move the file aside to start a new audit \
+         journal"
+    )]
+    Corrupt { file: &'static str, line: usize, problem: String },
+    #[error("the audit journal failed earlier ({0}); administrative changes are refused")]
+    Failed(String),
+}
+
+struct Journal {
+    file: Box<dyn StorageFile>,
+    end: u64,
+    next_seq: u64,
+    recent: VecDeque<Arc<AuditEntry>>,
+    /// Set for good after a failed write: no change may go unaudited.
+    failed: Option<String>,
+}
+
+/// The open journal. Appends are serialised; each one is durable when `append` returns.
+pub struct AuditLog {
+    journal: Mutex<Journal>,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the journal, checks every line and drops a torn last line.
+    pub fn open(storage: &dyn Storage) -> Result<AuditLog, AuditError> {
+        let io = |source| AuditError::Io { file: AUDIT_FILE, source };
+        let exists = storage.list().map_err(io)?.iter().any(|name| name == AUDIT_FILE);
+        if !exists {
+            let file = storage.create(AUDIT_FILE).map_err(io)?;
+            storage.sync_dir().map_err(io)?;
+            return Ok(AuditLog::with(file, 0, Vec::new()));
+        }
+        let contents = storage.read(AUDIT_FILE).map_err(io)?;
+        let (entries, complete) = parse(&contents)?;
+        let torn = contents.len() as u64 > complete;
+        drop(contents);
+        let mut file = storage.open(AUDIT_FILE).map_err(io)?;
+        if torn {
+            file.set_len(complete).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        Ok(AuditLog::with(file, complete, entries))
+    }
+
+    fn with(file: Box<dyn StorageFile>, end: u64, entries: Vec<AuditEntry>) -> AuditLog {
+        let next_seq = entries.last().map_or(1, |entry| entry.seq + 1);
+        let skip = entries.len().saturating_sub(RECENT_MAX);
+        let recent = entries.into_iter().skip(skip).map(Arc::new).collect();
+        AuditLog { journal: Mutex::new(Journal { file, end, next_seq, recent, failed: None }) }
+    }
+
+    /// Refuses if an earlier append failed (checked before making a change).
+    pub fn check(&self) -> Result<(), AuditError> {
+        match &self.journal.lock().failed {
+            Some(why) => Err(AuditError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one entry and makes it durable. Blocking (a write and an `fdatasync`): call it
+    /// off the async runtime's worker threads.
+    pub fn append(&self, entry: NewEntry) -> Result<Arc<AuditEntry>, AuditError> {
+        let mut journal = self.journal.lock();
+        if let Some(why) = &journal.failed {
+            return Err(AuditError::Failed(why.clone()));
+        }
+        let entry = AuditEntry {
+            v: AUDIT_VERSION,
+            seq: journal.next_seq,
+            at_ms: entry.at_ms,
+            actor: entry.actor,
+            action: entry.action.to_string(),
+            target: entry.target,
+            reason: entry.reason,
+            before: entry.before,
+            after: entry.after,
+            lsn: entry.lsn,
+        };
+        let mut line = serde_json::to_vec(&entry).expect("an audit entry serialises");
+        line.push(b'\n');
+        let end = journal.end;
+        let written = journal.file.write_at(end, &line).and_then(|()| journal.file.sync_data());
+        if let Err(e) = written {
+            journal.failed = Some(e.to_string());
+            return Err(AuditError::Io { file: AUDIT_FILE, source: e });
+        }
+        journal.end += line.len() as u64;
+        journal.next_seq += 1;
+        let entry = Arc::new(entry);
+        if journal.recent.len() == RECENT_MAX {
+            journal.recent.pop_front();
+        }
+        journal.recent.push_back(entry.clone());
+        Ok(entry)
+    }
+
+    /// The newest entries (up to `limit`) with `seq < before_seq` that concern `target` (all
+    /// targets if `None`), newest first. Only the last 10 000 entries are kept in memory.
+    pub fn recent(
+        &self,
+        target: Option<&str>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Vec<Arc<AuditEntry>> {
+        let journal = self.journal.lock();
+        journal
+            .recent
+            .iter()
+            .rev()
+            .filter(|entry| before_seq.is_none_or(|before| entry.seq < before))
+            .filter(|entry| target.is_none_or(|target| entry.target == target))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Parses every complete line; returns the entries and the length of the complete lines.
+fn parse(contents: &[u8]) -> Result<(Vec<AuditEntry>, u64), AuditError> {
+    let mut entries: Vec<AuditEntry> = Vec::new();
+    let mut offset = 0usize;
+    for (index, line) in contents.split_inclusive(|b| *b == b'\n').enumerate() {
+        if line.last() != Some(&b'\n') {
+            break; // torn: never acknowledged
+        }
+        let corrupt =
+            |problem: String| AuditError::Corrupt { file: AUDIT_FILE, line: index + 1, problem };
+        let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+        if entry.v != AUDIT_VERSION {
+            return Err(corrupt(format!("format version {} is not {AUDIT_VERSION}", entry.v)));
+        }
+        let expected = entries.last().map_or(1, |last| last.seq + 1);
+        if entry.seq != expected {
+            return Err(corrupt(format!("sequence {} where {expected} was due", entry.seq)));
+        }
+        offset += line.len();
+        entries.push(entry);
+    }
+    Ok((entries, offset as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wal::MemStorage;
+
+    fn change(n: u64) -> NewEntry {
+        NewEntry {
+            at_ms: 1_000 + n,
+            actor: "alice".into(),
+            action: "adjust_stock",
+            target: format!("SKU-{}", n % 2),
+            reason: "cycle count".into(),
+            before: json!({ "on_hand": n }),
+            after: json!({ "on_hand": n + 1 }),
+            lsn: n,
+        }
+    }
+
+    #[test]
+    fn entries_survive_a_crash_and_continue_their_sequence() {
+        let storage = MemStorage::new();
+        let log = AuditLog::open(&storage).unwrap();
+        for n in 0..3 {
+            assert_eq!(log.append(change(n)).unwrap().seq, n + 1);
+        }
+        storage.crash();
+        let log = AuditLog::open(&storage).unwrap();
+        let all = log.recent(None, None, 10);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(log.recent(Some("SKU-1"), None, 10).len(), 1);
+        assert_eq!(log.recent(None, Some(3), 1)[0].seq, 2);
+        assert_eq!(log.append(change(3)).unwrap().seq, 4);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_overwritten() {
+        let storage = MemStorage::new();
+        let log = AuditLog::open(&storage).unwrap();
+        log.append(change(0)).unwrap();
+        drop(log);
+        storage.with_file(AUDIT_FILE, |bytes| bytes.extend_from_slice(b"{\"v\":1,\"seq\":2,\"at"));
+        let log = AuditLog::open(&storage).unwrap();
+        assert_eq!(log.append(change(1)).unwrap().seq, 2);
+        drop(log);
+        let reopened = AuditLog::open(&storage).unwrap();
+        assert_eq!(reopened.recent(None, None, 10).len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_line_refuses_to_open_and_names_the_line() {
+        let storage = MemStorage::new();
+        let log = AuditLog::open(&storage).unwrap();
+        for n in 0..3 {
+            log.append(change(n)).unwrap();
+        }
+        drop(log);
+        storage.with_file(AUDIT_FILE, |bytes| {
+            let second = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+            bytes[second + 2] = b'#';
+        });
+        let error = AuditLog::open(&storage).err().expect("damage is refused").to_string();
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn a_failed_sync_refuses_every_later_change() {
+        let storage = MemStorage::new();
+        let log = AuditLog::open(&storage).unwrap();
+        storage.fail_syncs(true);
+        assert!(matches!(log.append(change(0)), Err(AuditError::Io { .. })));
+        storage.fail_syncs(false);
+        assert!(matches!(log.check(), Err(AuditError::Failed(_))));
+        assert!(matches!(log.append(change(1)), Err(AuditError::Failed(_))));
+    }
+}

@@ -1,0 +1,558 @@
+//! The JSON admin API, `/api/v1/...` (reference: `docs/API.md`).
+//!
+//! Reads come straight from the engine (exact as of the request) or from the newest sample
+//! (status, sell rates). Stock changes go through the same path as the binary protocol's: the
+//! engine applies them, the write-ahead log records them, and the reply waits until the record
+//! is durable; then the audit log records who made the change and why, with the counters
+//! before and after, and only then is the change acknowledged.
+//!
+//! Every error is JSON `{"code": ..., "message": ...}` with a fitting HTTP status; the codes
+//! are the protocol's result-code names where one applies (`unknown_sku`, `read_only`,
+//! `expected_mismatch`, `invalid_argument`) plus `malformed` (a body that is not the JSON
+//! asked for), `not_found` and `audit_unavailable`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stockd_protocol::limits::{ID_BYTES_MAX, SKU_BYTES_MAX};
+use stockd_protocol::{ReservationState, ResultCode, SkuInfo};
+
+use super::sampler::{Sample, Trend};
+use super::AppState;
+use crate::audit::{AuditEntry, AuditError, NewEntry};
+use crate::engine::{Command, SkuFilter};
+use crate::wal::{Health, Wal};
+
+/// Most rows one listing returns.
+pub const PAGE_MAX: usize = 1000;
+const PAGE_DEFAULT: usize = 50;
+const HOLDS_DEFAULT: usize = 100;
+const ACTOR_BYTES_MAX: usize = 128;
+const REASON_BYTES_MAX: usize = 512;
+
+/// An error reply.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    fn unknown_sku(sku: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_sku", format!("no SKU {sku:?}"))
+    }
+
+    fn read_only(health: Health) -> ApiError {
+        let message = match health {
+            Health::NoSpace => "the disk is full: changes are refused until space is freed",
+            _ => "the write-ahead log failed: changes are refused until restart",
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "read_only", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "code": self.code, "message": self.message });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        let status = match rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        // Type errors (a negative quantity, a missing field) are bad arguments; anything that
+        // is not JSON at all is malformed.
+        let code = match rejection {
+            JsonRejection::JsonDataError(_) => "invalid_argument",
+            _ => "malformed",
+        };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::invalid(rejection.body_text())
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(error: AuditError) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", error.to_string())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// A SKU's counters as the API shows them.
+#[derive(Clone, Debug, Serialize)]
+pub struct Counters {
+    pub on_hand: u64,
+    pub available: u64,
+    /// Units held by open reservations.
+    pub held: u64,
+    /// Units confirmed, not yet shipped.
+    pub committed: u64,
+    /// Reserved but not shipped: held + committed.
+    pub unshipped: u64,
+    pub safety_stock: u64,
+    pub paused: bool,
+}
+
+impl From<SkuInfo> for Counters {
+    fn from(info: SkuInfo) -> Counters {
+        Counters {
+            on_hand: info.on_hand,
+            available: info.available,
+            held: info.reserved,
+            committed: info.committed,
+            unshipped: info.reserved + info.committed,
+            safety_stock: info.safety_stock,
+            paused: info.paused,
+        }
+    }
+}
+
+/// One row of the stock board.
+#[derive(Clone, Debug, Serialize)]
+pub struct SkuRow {
+    pub sku: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// Sell rate, when the SKU took holds recently.
+    pub activity: Option<Trend>,
+}
+
+/// A page of the stock board.
+#[derive(Clone, Debug, Serialize)]
+pub struct Board {
+    pub sort: &'static str,
+    pub rows: Vec<SkuRow>,
+    pub matched: usize,
+    pub next_after: Option<String>,
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Query of `GET /api/v1/skus` and of the dashboard's event stream.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardQuery {
+    /// Ids containing this text.
+    pub q: Option<String>,
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub paused: bool,
+    pub available_max: Option<u64>,
+    /// `activity` (the most active first; the default) or `id` (paged in id order).
+    pub sort: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// The stock board for a query, as of now.
+pub fn board(app: &AppState, query: &BoardQuery, sample: &Sample) -> Result<Board, ApiError> {
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be in 1..={PAGE_MAX}")));
+    }
+    let non_empty = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).cloned();
+    let filter = SkuFilter {
+        contains: non_empty(&query.q).map(String::into_bytes),
+        prefix: non_empty(&query.prefix).map(String::into_bytes),
+        paused_only: query.paused,
+        available_max: query.available_max,
+    };
+    let engine = &app.shared.engine;
+    let now_ms = app.shared.clock.now_ms();
+    let row = |sku: &[u8], info: SkuInfo| SkuRow {
+        sku: text(sku),
+        counters: info.into(),
+        activity: sample.activity.get(sku).cloned(),
+    };
+    match query.sort.as_deref().unwrap_or("activity") {
+        "activity" => {
+            if query.after.is_some() {
+                return Err(ApiError::invalid("`after` pages the `id` order only"));
+            }
+            let mut matched = 0;
+            let mut rows = Vec::new();
+            for sku in &sample.top {
+                let Some((info, _)) = engine.sku_activity(sku, now_ms) else { continue };
+                if filter.matches(sku, &info) {
+                    matched += 1;
+                    if rows.len() < limit {
+                        rows.push(row(sku, info));
+                    }
+                }
+            }
+            Ok(Board { sort: "activity", rows, matched, next_after: None })
+        }
+        "id" => {
+            let after = query.after.as_deref().map(str::as_bytes);
+            let page = engine.list_skus(&filter, after, limit, now_ms);
+            Ok(Board {
+                sort: "id",
+                rows: page.rows.into_iter().map(|r| row(&r.sku, r.info)).collect(),
+                matched: page.matched,
+                next_after: page.next_after.map(|sku| text(&sku)),
+            })
+        }
+        other => Err(ApiError::invalid(format!("sort {other:?} is not `activity` or `id`"))),
+    }
+}
+
+pub async fn status(State(app): State<AppState>) -> Json<Value> {
+    let sample = app.samples.borrow().clone();
+    Json(serde_json::to_value(&sample.status).expect("status serialises"))
+}
+
+pub async fn list_skus(
+    State(app): State<AppState>,
+    query: Result<Query<BoardQuery>, QueryRejection>,
+) -> ApiResult<Board> {
+    let Query(query) = query?;
+    let sample = app.samples.borrow().clone();
+    let task = tokio::task::spawn_blocking(move || board(&app, &query, &sample));
+    Ok(Json(task.await.expect("listing does not panic")?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldsQuery {
+    pub holds_limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Hold {
+    pub reservation: String,
+    pub qty: u32,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub channel: String,
+    pub customer: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SkuDetail {
+    pub sku: String,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub activity: Option<Trend>,
+    /// Open holds, soonest deadline first (cut at `holds_limit`).
+    pub holds: Vec<Hold>,
+    pub holds_count: usize,
+    /// The newest administrative changes of this SKU.
+    pub changes: Vec<Arc<AuditEntry>>,
+}
+
+fn check_sku(sku: &str) -> Result<(), ApiError> {
+    if sku.is_empty() || sku.len() > SKU_BYTES_MAX {
+        return Err(ApiError::invalid(format!("a SKU id has 1..={SKU_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+pub async fn get_sku(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    query: Result<Query<HoldsQuery>, QueryRejection>,
+) -> ApiResult<SkuDetail> {
+    let Query(query) = query?;
+    check_sku(&sku)?;
+    let limit = query.holds_limit.unwrap_or(HOLDS_DEFAULT);
+    if limit > PAGE_MAX {
+        return Err(ApiError::invalid(format!("holds_limit must be at most {PAGE_MAX}")));
+    }
+    let sample = app.samples.borrow().clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let now_ms = app.shared.clock.now_ms();
+        let found = app.shared.engine.sku_holds(sku.as_bytes(), limit, now_ms);
+        let found = found.ok_or_else(|| ApiError::unknown_sku(&sku))?;
+        let holds = found.holds.into_iter().map(|h| Hold {
+            reservation: text(&h.reservation),
+            qty: h.qty,
+            created_at_ms: h.created_at_ms,
+            expires_at_ms: h.expires_at_ms,
+            channel: text(&h.channel),
+            customer: text(&h.customer),
+        });
+        Ok::<_, ApiError>(SkuDetail {
+            activity: sample.activity.get(sku.as_bytes()).cloned(),
+            counters: found.info.into(),
+            holds: holds.collect(),
+            holds_count: found.count,
+            changes: app.shared.audit.recent(Some(&sku), None, 20),
+            sku,
+        })
+    });
+    Ok(Json(task.await.expect("a SKU view does not panic")?))
+}
+
+fn state_name(state: ReservationState) -> &'static str {
+    match state {
+        ReservationState::Held => "held",
+        ReservationState::Confirmed => "confirmed",
+        ReservationState::Released => "released",
+        ReservationState::Expired => "expired",
+        ReservationState::Shipped => "shipped",
+    }
+}
+
+pub async fn get_reservation(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Value> {
+    if id.is_empty() || id.len() > ID_BYTES_MAX {
+        return Err(ApiError::invalid(format!("a reservation id has 1..={ID_BYTES_MAX} bytes")));
+    }
+    let now_ms = app.shared.clock.now_ms();
+    let reply = app.shared.engine.query_reservation(id.as_bytes(), now_ms);
+    let info = reply.info.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no reservation {id:?}"))
+    })?;
+    let lines: Vec<Value> = info
+        .lines
+        .iter()
+        .map(|l| json!({ "sku": text(&l.sku), "qty": l.qty_held, "confirmed": l.qty_confirmed }))
+        .collect();
+    Ok(Json(json!({
+        "id": id,
+        "state": state_name(info.state),
+        "created_at_ms": info.created_at_ms,
+        "expires_at_ms": info.expires_at_ms,
+        "channel": text(&info.channel),
+        "customer": text(&info.customer),
+        "lines": lines,
+    })))
+}
+
+/// Who makes a change and why: required on every change.
+#[derive(Debug, Deserialize)]
+pub struct Attribution {
+    pub actor: String,
+    pub reason: String,
+}
+
+impl Attribution {
+    fn check(&self) -> Result<(), ApiError> {
+        for (name, value, max) in
+            [("actor", &self.actor, ACTOR_BYTES_MAX), ("reason", &self.reason, REASON_BYTES_MAX)]
+        {
+            if value.trim().is_empty() || value.len() > max {
+                return Err(ApiError::invalid(format!("{name} must have 1..={max} bytes")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStockBody {
+    pub on_hand: u64,
+    pub expected: Option<u64>,
+    pub actor: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustBody {
+    pub delta: i64,
+    pub expected: Option<u64>,
+    pub actor: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyStockBody {
+    pub safety_stock: u64,
+    pub actor: String,
+    pub reason: String,
+}
+
+/// The reply to a stock change.
+#[derive(Debug, Serialize)]
+pub struct Changed {
+    pub sku: String,
+    /// False when the value was already what was asked (nothing logged or audited).
+    pub changed: bool,
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// The audit entry of the change.
+    pub audit_seq: Option<u64>,
+}
+
+pub async fn set_stock(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    body: Result<Json<SetStockBody>, JsonRejection>,
+) -> ApiResult<Changed> {
+    let Json(body) = body?;
+    let command = Command::SetStock {
+        sku: Bytes::from(sku.clone()),
+        on_hand: body.on_hand,
+        expected: body.expected,
+    };
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    change(app, sku, command, "set_stock", who).await
+}
+
+pub async fn adjust_stock(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    body: Result<Json<AdjustBody>, JsonRejection>,
+) -> ApiResult<Changed> {
+    let Json(body) = body?;
+    if body.delta == 0 {
+        return Err(ApiError::invalid("delta must not be 0"));
+    }
+    let command = Command::AdjustStock {
+        sku: Bytes::from(sku.clone()),
+        delta: body.delta,
+        expected: body.expected,
+    };
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    change(app, sku, command, "adjust_stock", who).await
+}
+
+pub async fn set_safety_stock(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    body: Result<Json<SafetyStockBody>, JsonRejection>,
+) -> ApiResult<Changed> {
+    let Json(body) = body?;
+    let command =
+        Command::SetSafetyStock { sku: Bytes::from(sku.clone()), safety_stock: body.safety_stock };
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    change(app, sku, command, "set_safety_stock", who).await
+}
+
+/// Applies a stock command, waits for its log record to be durable, audits it, and replies.
+async fn change(
+    app: AppState,
+    sku: String,
+    command: Command,
+    action: &'static str,
+    who: Attribution,
+) -> ApiResult<Changed> {
+    check_sku(&sku)?;
+    who.check()?;
+    let shared = app.shared.clone();
+    shared.audit.check()?;
+    let health = shared.wal.health();
+    if health != Health::Ok {
+        return Err(ApiError::read_only(health));
+    }
+    let now_ms = shared.clock.now_ms();
+    let mut logged = None;
+    let (reply, before) = shared.engine.change_stock(&command, now_ms, || {
+        logged = Some(shared.wal.append(now_ms, &command));
+    });
+    match reply.code {
+        ResultCode::Ok => {}
+        ResultCode::UnknownSku => return Err(ApiError::unknown_sku(&sku)),
+        ResultCode::ExpectedMismatch => {
+            let message = format!(
+                "the SKU's on-hand count is {}, not the expected value",
+                reply.info.on_hand
+            );
+            return Err(ApiError::new(StatusCode::CONFLICT, "expected_mismatch", message));
+        }
+        ResultCode::InvalidArgument => {
+            return Err(ApiError::invalid("the change would take the on-hand count below zero"))
+        }
+        other => {
+            let message = format!("the change was refused: {}", other.name());
+            return Err(ApiError::new(StatusCode::CONFLICT, other.name(), message));
+        }
+    }
+    let Some(before) = before else {
+        return Ok(Json(Changed {
+            sku,
+            changed: false,
+            counters: reply.info.into(),
+            audit_seq: None,
+        }));
+    };
+    let lsn = match logged {
+        Some(Ok(lsn)) => lsn,
+        _ => return Err(ApiError::read_only(shared.wal.health())),
+    };
+    if Wal::wait_durable(&mut shared.wal.subscribe(), lsn).await.is_err() {
+        return Err(ApiError::read_only(shared.wal.health()));
+    }
+    let entry = NewEntry {
+        at_ms: now_ms,
+        actor: who.actor,
+        action,
+        target: sku.clone(),
+        reason: who.reason,
+        before: serde_json::to_value(Counters::from(before)).expect("counters serialise"),
+        after: serde_json::to_value(Counters::from(reply.info)).expect("counters serialise"),
+        lsn,
+    };
+    let audit = tokio::task::spawn_blocking(move || shared.audit.append(entry));
+    let entry = audit.await.expect("an audit append does not panic").map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit_unavailable",
+            format!(
+                "the change is durable but its audit entry could not be written ({e}); \
+                 further changes are refused"
+            ),
+        )
+    })?;
+    Ok(Json(Changed {
+        sku,
+        changed: true,
+        counters: reply.info.into(),
+        audit_seq: Some(entry.seq),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub target: Option<String>,
+    pub before_seq: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+pub async fn audit(
+    State(app): State<AppState>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Value> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be in 1..={PAGE_MAX}")));
+    }
+    let entries = app.shared.audit.recent(query.target.as_deref(), query.before_seq, limit);
+    Ok(Json(json!({ "entries": entries })))
+}

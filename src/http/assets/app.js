@@ -1,0 +1,289 @@
+// stockd dashboard: one EventSource on /api/v1/events (Server-Sent Events) keeps the health
+// panel, the stock board and the change list live; the SKU detail is fetched on demand. Every
+// value is written with textContent (never as HTML). No dependencies, works offline.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const view = { q: "", sort: "activity", paused: false, availableMax: "", after: "", pages: [] };
+const opsHistory = [];
+let stream = null;
+let detailSku = null;
+
+function fmtInt(n) {
+  return n == null ? "-" : Number(n).toLocaleString("en-US");
+}
+
+function fmtBytes(n) {
+  if (n == null) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+function fmtDuration(s) {
+  if (s == null) return "-";
+  if (s < 1) return "now";
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d`;
+}
+
+function fmtMs(v) {
+  return v == null ? "-" : v < 1 ? v.toFixed(2) : v.toFixed(1);
+}
+
+function fmtTime(ms) {
+  return new Date(ms).toLocaleTimeString("en-GB");
+}
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text != null) node.textContent = text;
+  if (cls) node.className = cls;
+  return node;
+}
+
+// A small line chart of values, scaled to its own maximum.
+function sparkline(svg, values) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  if (!values || values.length < 2) return;
+  const max = Math.max(...values, 1e-9);
+  const step = 120 / (values.length - 1);
+  const points = values.map((v, i) => `${(i * step).toFixed(1)},${(23 - (v / max) * 22).toFixed(1)}`);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.join(" "));
+  svg.appendChild(line);
+}
+
+function trendSvg(values) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 120 24");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "trend");
+  sparkline(svg, values);
+  return svg;
+}
+
+function renderStatus(s) {
+  const state = $("state");
+  state.textContent = s.state === "ok" ? "accepting writes" : `read-only: ${s.state_detail || ""}`;
+  state.className = `badge ${s.state === "ok" ? "ok" : "bad"}`;
+  $("version").textContent = `v${s.version}`;
+  $("uptime").textContent = `up ${fmtDuration(s.uptime_s)}`;
+  $("ops").textContent = fmtInt(Math.round(s.ops_per_s));
+  opsHistory.push(s.ops_per_s);
+  if (opsHistory.length > 60) opsHistory.shift();
+  sparkline($("ops-trend"), opsHistory);
+  $("p50").textContent = fmtMs(s.latency_p50_ms);
+  $("p99").textContent = fmtMs(s.latency_p99_ms);
+  $("connections").textContent = fmtInt(s.connections);
+  $("holds-open").textContent = fmtInt(s.holds_open);
+  $("held-units").textContent = fmtInt(s.held_units);
+  $("skus").textContent = fmtInt(s.skus);
+  $("paused-skus").textContent = fmtInt(s.paused_skus);
+  $("active-skus").textContent = fmtInt(s.active_skus);
+  $("lsn").textContent = fmtInt(s.wal.durable_lsn);
+  $("wal-rate").textContent = `${fmtBytes(s.wal.bytes_per_s)}/s`;
+  $("fsyncs").textContent = fmtInt(Math.round(s.wal.fsyncs_per_s));
+  $("fsync-avg").textContent = s.wal.fsync_avg_ms == null ? "-" : `${fmtMs(s.wal.fsync_avg_ms)} ms`;
+  $("fsync-mode").textContent = s.wal.fsync;
+  $("disk").textContent = fmtBytes(s.disk_free_bytes);
+  $("snapshot-age").textContent = fmtDuration(s.snapshot_age_s);
+  $("snapshot-lsn").textContent = fmtInt(s.snapshot_lsn);
+}
+
+function stateOf(row) {
+  if (row.paused) return ["paused", "bad"];
+  if (row.available === 0) return ["sold out", "bad"];
+  if (row.activity && row.activity.sells_out_in_s != null && row.activity.sells_out_in_s < 600) {
+    return ["selling fast", "warn"];
+  }
+  return ["on sale", "ok"];
+}
+
+function renderBoard(board) {
+  const body = $("rows");
+  const rows = board ? board.rows : [];
+  const fragment = document.createDocumentFragment();
+  for (const row of rows) {
+    const tr = el("tr");
+    tr.dataset.sku = row.sku;
+    tr.tabIndex = 0;
+    const cell = (field, text, cls) => {
+      const td = el("td", text, cls);
+      td.dataset.field = field;
+      tr.appendChild(td);
+      return td;
+    };
+    cell("sku", row.sku, "sku");
+    cell("on_hand", fmtInt(row.on_hand), "num");
+    cell("available", fmtInt(row.available), "num");
+    const unshipped = cell("unshipped", fmtInt(row.unshipped), "num");
+    unshipped.title = `${fmtInt(row.held)} held + ${fmtInt(row.committed)} committed`;
+    cell("safety_stock", fmtInt(row.safety_stock), "num");
+    const [label, tone] = stateOf(row);
+    cell("state", null).appendChild(el("span", label, `badge ${tone}`));
+    const a = row.activity;
+    cell("rate", a ? `${fmtInt(Math.round(a.rate_per_min))}/min` : "-", "num");
+    cell("trend", null).appendChild(trendSvg(a ? a.trend : []));
+    const out = a && a.sells_out_in_s != null
+      ? (a.sells_out_in_s === 0 ? "sold out" : `in ${fmtDuration(a.sells_out_in_s)}`)
+      : "-";
+    cell("sells_out", out);
+    tr.addEventListener("click", () => openDetail(row.sku));
+    tr.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(row.sku); });
+    fragment.appendChild(tr);
+  }
+  body.replaceChildren(fragment);
+  $("empty").hidden = rows.length > 0;
+  $("matched").textContent = board ? `${fmtInt(board.matched)} matching` : "";
+  view.nextAfter = board ? board.next_after : null;
+  $("next").disabled = !view.nextAfter;
+  $("first").disabled = view.after === "";
+  $("next").hidden = $("first").hidden = view.sort !== "id";
+}
+
+function renderChanges(list, changes) {
+  const fragment = document.createDocumentFragment();
+  for (const c of changes || []) {
+    const li = el("li");
+    li.appendChild(el("time", fmtTime(c.at_ms)));
+    const what = c.action === "set_safety_stock"
+      ? `safety stock ${c.before.safety_stock} → ${c.after.safety_stock}`
+      : `on hand ${c.before.on_hand} → ${c.after.on_hand}`;
+    li.appendChild(el("span", ` ${c.target}: ${what} by ${c.actor} (${c.reason})`));
+    fragment.appendChild(li);
+  }
+  list.replaceChildren(fragment);
+}
+
+function query() {
+  const params = new URLSearchParams({ sort: view.sort, limit: "50" });
+  if (view.q) params.set("q", view.q);
+  if (view.paused) params.set("paused", "true");
+  if (view.availableMax !== "") params.set("available_max", view.availableMax);
+  if (view.sort === "id" && view.after) params.set("after", view.after);
+  return params.toString();
+}
+
+function openStream() {
+  if (stream) stream.close();
+  stream = new EventSource(`/api/v1/events?${query()}`);
+  stream.addEventListener("update", (event) => {
+    const data = JSON.parse(event.data);
+    $("live").classList.add("on");
+    $("live-text").textContent = "live";
+    renderStatus(data.status);
+    renderBoard(data.board);
+    renderChanges($("changes"), data.changes);
+    if (detailSku) refreshDetail();
+  });
+  stream.addEventListener("error", () => {
+    $("live").classList.remove("on");
+    $("live-text").textContent = "reconnecting";
+  });
+}
+
+async function refreshDetail() {
+  const sku = detailSku;
+  const response = await fetch(`/api/v1/skus/${encodeURIComponent(sku)}?holds_limit=50`);
+  const data = await response.json();
+  if (sku !== detailSku) return;
+  if (!response.ok) {
+    $("detail-counters").textContent = data.message;
+    return;
+  }
+  const counters = $("detail-counters");
+  const fragment = document.createDocumentFragment();
+  for (const [name, key] of [["On hand", "on_hand"], ["Available", "available"], ["Held", "held"],
+    ["Committed", "committed"], ["Safety stock", "safety_stock"]]) {
+    const box = el("div", null, "counter");
+    box.appendChild(el("span", name, "muted"));
+    const value = el("strong", fmtInt(data[key]));
+    value.dataset.field = key;
+    box.appendChild(value);
+    fragment.appendChild(box);
+  }
+  counters.replaceChildren(fragment);
+  $("detail-holds-count").textContent = fmtInt(data.holds_count);
+  const holds = document.createDocumentFragment();
+  for (const h of data.holds) {
+    const tr = el("tr");
+    tr.append(el("td", h.reservation), el("td", fmtInt(h.qty), "num"), el("td", h.channel || "-"),
+      el("td", h.customer || "-"), el("td", fmtTime(h.expires_at_ms)));
+    holds.appendChild(tr);
+  }
+  $("detail-holds").replaceChildren(holds);
+  renderChanges($("detail-changes"), data.changes);
+}
+
+function openDetail(sku) {
+  detailSku = sku;
+  $("detail-sku").textContent = sku;
+  $("adjust-result").textContent = "";
+  $("detail").hidden = false;
+  refreshDetail();
+}
+
+$("detail-close").addEventListener("click", () => {
+  detailSku = null;
+  $("detail").hidden = true;
+});
+
+$("adjust").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const body = { delta: Number(form.get("delta")), reason: form.get("reason"), actor: form.get("actor") };
+  const response = await fetch(`/api/v1/skus/${encodeURIComponent(detailSku)}/adjustments`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  $("adjust-result").textContent = response.ok
+    ? `done: on hand now ${fmtInt(data.on_hand)} (audit #${data.audit_seq})`
+    : `refused: ${data.message}`;
+  refreshDetail();
+});
+
+let searchTimer = null;
+$("search").addEventListener("input", (event) => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    view.q = event.target.value.trim();
+    view.after = "";
+    view.pages = [];
+    openStream();
+  }, 250);
+});
+$("sort").addEventListener("change", (event) => {
+  view.sort = event.target.value;
+  view.after = "";
+  view.pages = [];
+  openStream();
+});
+$("paused").addEventListener("change", (event) => {
+  view.paused = event.target.checked;
+  view.after = "";
+  openStream();
+});
+$("available-max").addEventListener("change", (event) => {
+  view.availableMax = event.target.value;
+  view.after = "";
+  openStream();
+});
+$("next").addEventListener("click", () => {
+  if (!view.nextAfter) return;
+  view.pages.push(view.after);
+  view.after = view.nextAfter;
+  openStream();
+});
+$("first").addEventListener("click", () => {
+  view.after = "";
+  view.pages = [];
+  openStream();
+});
+
+openStream();

@@ -1,0 +1,409 @@
+//! The dashboard's sampler: every `http.sample_interval_ms` it reads the server's counters
+//! (throughput, latency over the last interval, WAL, disk, snapshot, state totals) and the
+//! SKUs that took holds since the last sample, and publishes an immutable [`Sample`] on a watch
+//! channel. The admin API and every open dashboard read the newest sample; nobody waits for it.
+//!
+//! Sell rates: each active SKU keeps a short history (`http.trend_samples` samples) of its
+//! units-ever-held count and of its available units, drawn as its trend. Over the last 10
+//! samples, the slope of the first is the current sell rate (units held per minute) and the
+//! slope of the second, when falling, projects the sell-out time ("at the current rate, sells
+//! out in 4 min"). A SKU with no new holds for a whole history
+//! drops out; at most `http.activity_skus_max` SKUs are followed (the least recently active
+//! drop out first).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+
+use crate::engine::Engine;
+use crate::metrics::WindowSnapshot;
+use crate::server::Shared;
+use crate::wal::Health;
+
+/// The sell rate of one active SKU.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trend {
+    /// Units held per minute, over the last 10 samples (the current rate).
+    pub rate_per_min: f64,
+    /// Units held per minute in each sampling interval, oldest first.
+    pub trend: Vec<f64>,
+    /// At the current net rate (availability over the last 10 samples), seconds until nothing
+    /// is available (0 when sold out); `None` when availability is not falling.
+    pub sells_out_in_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WalStatus {
+    pub durable_lsn: u64,
+    pub fsync: String,
+    pub bytes_per_s: f64,
+    pub fsyncs_per_s: f64,
+    /// Mean fdatasync time over the last interval, when there was one.
+    pub fsync_avg_ms: Option<f64>,
+    pub segments_created: u64,
+}
+
+/// The server's health figures at one moment (`GET /api/v1/status`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    /// `ok`, or `read_only` while writes are refused.
+    pub state: &'static str,
+    /// Why the server is read-only.
+    pub state_detail: Option<&'static str>,
+    pub now_ms: u64,
+    pub uptime_s: u64,
+    /// Length of the interval the rates below cover.
+    pub interval_s: f64,
+    pub ops_per_s: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub connections: i64,
+    pub skus: usize,
+    pub reservations: usize,
+    pub holds_open: usize,
+    pub paused_skus: usize,
+    pub on_hand_units: u64,
+    pub held_units: u64,
+    pub committed_units: u64,
+    pub wal: WalStatus,
+    pub disk_free_bytes: Option<u64>,
+    pub snapshot_lsn: u64,
+    pub snapshot_age_s: f64,
+    pub active_skus: usize,
+}
+
+/// One published sample.
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub status: Status,
+    /// Sell rates of the SKUs followed.
+    pub activity: HashMap<Bytes, Trend>,
+    /// The followed SKUs, highest sell rate first.
+    pub top: Vec<Bytes>,
+}
+
+struct Track {
+    /// (time, units ever held, available), oldest first.
+    history: VecDeque<(u64, u64, u64)>,
+    last_change_ms: u64,
+}
+
+/// Follows the active SKUs between samples.
+struct Tracker {
+    tracks: HashMap<Bytes, Track>,
+    primed: bool,
+    samples: usize,
+    max: usize,
+}
+
+impl Tracker {
+    fn new(samples: usize, max: usize) -> Tracker {
+        Tracker { tracks: HashMap::new(), primed: false, samples, max }
+    }
+
+    /// Takes one sample of the engine at `now_ms`.
+    fn sample(&mut self, engine: &Engine, now_ms: u64) -> HashMap<Bytes, Trend> {
+        let mut changed: HashMap<Bytes, (u64, u64)> = HashMap::new();
+        engine.sample_activity(now_ms, |sku, info, taken| {
+            changed.insert(Bytes::copy_from_slice(sku), (taken, info.available));
+        });
+        if !self.primed {
+            // The first pass sees everything replayed at startup: a baseline, not activity.
+            self.primed = true;
+            return HashMap::new();
+        }
+        let mut idle = Vec::new();
+        for (sku, track) in &mut self.tracks {
+            if changed.contains_key(sku) {
+                continue;
+            }
+            match engine.sku_activity(sku, now_ms) {
+                Some((info, taken)) => track.history.push_back((now_ms, taken, info.available)),
+                None => idle.push(sku.clone()),
+            }
+        }
+        let window_ms = self.window_ms(now_ms);
+        for (sku, (taken, available)) in changed {
+            let track = self.tracks.entry(sku).or_insert_with(|| Track {
+                // A SKU seen for the first time: its previous sample is unknown, so its history
+                // starts now and its rate shows from the next sample on.
+                history: VecDeque::new(),
+                last_change_ms: now_ms,
+            });
+            track.history.push_back((now_ms, taken, available));
+            track.last_change_ms = now_ms;
+        }
+        for (sku, track) in &mut self.tracks {
+            while track.history.len() > self.samples + 1 {
+                track.history.pop_front();
+            }
+            if now_ms.saturating_sub(track.last_change_ms) > window_ms {
+                idle.push(sku.clone());
+            }
+        }
+        for sku in idle {
+            self.tracks.remove(&sku);
+        }
+        if self.tracks.len() > self.max {
+            let mut by_recency: Vec<(u64, Bytes)> =
+                self.tracks.iter().map(|(sku, t)| (t.last_change_ms, sku.clone())).collect();
+            by_recency.sort_unstable();
+            let excess = self.tracks.len() - self.max;
+            for (_, sku) in by_recency.into_iter().take(excess) {
+                self.tracks.remove(&sku);
+            }
+        }
+        self.tracks.iter().map(|(sku, track)| (sku.clone(), trend(track))).collect()
+    }
+
+    /// How long a SKU stays followed without new holds: its whole history.
+    fn window_ms(&self, now_ms: u64) -> u64 {
+        let span = self.tracks.values().filter_map(|t| {
+            let first = t.history.front()?.0;
+            (t.history.len() > 1).then(|| (now_ms - first) / (t.history.len() as u64 - 1))
+        });
+        span.max().unwrap_or(1000).max(1) * self.samples as u64
+    }
+}
+
+fn per_min(units: u64, ms: u64) -> f64 {
+    if ms == 0 {
+        0.0
+    } else {
+        units as f64 * 60_000.0 / ms as f64
+    }
+}
+
+/// Sampling intervals the current rate is measured over (10 s at the default interval): long
+/// enough to smooth bursts, short enough that a SKU that stopped selling shows it soon.
+const RECENT_STEPS: usize = 10;
+
+fn trend(track: &Track) -> Trend {
+    let history = &track.history;
+    let recent = history.len().saturating_sub(RECENT_STEPS + 1);
+    let (first, last) = (history.get(recent), history.back());
+    let (Some(&(t0, taken0, avail0)), Some(&(t1, taken1, avail1))) = (first, last) else {
+        return Trend { rate_per_min: 0.0, trend: Vec::new(), sells_out_in_s: None };
+    };
+    let steps = history.iter().zip(history.iter().skip(1));
+    let trend = steps.map(|(a, b)| per_min(b.1 - a.1, b.0 - a.0)).collect();
+    let span_ms = t1 - t0;
+    let sells_out_in_s = if avail1 == 0 {
+        Some(0.0)
+    } else if avail0 > avail1 && span_ms > 0 {
+        let falling_per_s = (avail0 - avail1) as f64 * 1000.0 / span_ms as f64;
+        Some(avail1 as f64 / falling_per_s)
+    } else {
+        None
+    };
+    Trend { rate_per_min: per_min(taken1 - taken0, span_ms), trend, sells_out_in_s }
+}
+
+/// Counter readings kept between samples to turn totals into rates.
+#[derive(Default)]
+struct Previous {
+    at_ms: u64,
+    operations: u64,
+    wal_bytes: u64,
+    fsyncs: u64,
+    fsync_nanos: u64,
+    latency: Option<WindowSnapshot>,
+}
+
+fn status(shared: &Shared, now_ms: u64, previous: &mut Previous) -> Status {
+    let metrics = &shared.metrics;
+    let stats = shared.wal.stats();
+    let progress = shared.wal.progress();
+    let operations = metrics.operations_total.load(Ordering::Relaxed);
+    let wal_bytes = stats.bytes_written.load(Ordering::Relaxed);
+    let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
+    let fsync_nanos = stats.fsync_nanos_total.load(Ordering::Relaxed);
+    let latency = metrics.request_window.snapshot();
+    let interval_ms = now_ms.saturating_sub(previous.at_ms).max(1);
+    let rate = |now: u64, before: u64| (now - before) as f64 * 1000.0 / interval_ms as f64;
+    let window = previous.latency.as_ref().map(|earlier| latency.since(earlier));
+    let quantile = |q| {
+        let value = window.as_ref()?.quantile(q)?;
+        Some(value.as_secs_f64() * 1000.0)
+    };
+    let new_fsyncs = fsyncs - previous.fsyncs;
+    let summary = shared.engine.summary(now_ms);
+    let (state, state_detail) = match progress.health {
+        Health::Ok => ("ok", None),
+        Health::NoSpace => ("read_only", Some("the disk is full")),
+        _ => ("read_only", Some("the write-ahead log failed")),
+    };
+    let status = Status {
+        version: env!("CARGO_PKG_VERSION"),
+        state,
+        state_detail,
+        now_ms,
+        uptime_s: now_ms.saturating_sub(shared.started_ms) / 1000,
+        interval_s: interval_ms as f64 / 1000.0,
+        ops_per_s: rate(operations, previous.operations),
+        latency_p50_ms: quantile(0.5),
+        latency_p99_ms: quantile(0.99),
+        connections: metrics.connections(),
+        skus: summary.skus,
+        reservations: summary.reservations,
+        holds_open: summary.holds_open,
+        paused_skus: summary.paused_skus,
+        on_hand_units: summary.on_hand_units,
+        held_units: summary.held_units,
+        committed_units: summary.committed_units,
+        wal: WalStatus {
+            durable_lsn: progress.durable_lsn,
+            fsync: format!("{:?}", shared.config.storage.fsync).to_lowercase(),
+            bytes_per_s: rate(wal_bytes, previous.wal_bytes),
+            fsyncs_per_s: rate(fsyncs, previous.fsyncs),
+            fsync_avg_ms: (new_fsyncs > 0)
+                .then(|| (fsync_nanos - previous.fsync_nanos) as f64 / new_fsyncs as f64 / 1e6),
+            segments_created: stats.segments_created.load(Ordering::Relaxed),
+        },
+        disk_free_bytes: shared.storage.free_bytes(),
+        snapshot_lsn: *shared.snapshot_lsn.borrow(),
+        snapshot_age_s: now_ms.saturating_sub(shared.snapshot_at_ms.load(Ordering::Relaxed)) as f64
+            / 1000.0,
+        active_skus: 0,
+    };
+    *previous = Previous {
+        at_ms: now_ms,
+        operations,
+        wal_bytes,
+        fsyncs,
+        fsync_nanos,
+        latency: Some(latency),
+    };
+    status
+}
+
+/// The sampler between two samples.
+pub struct Sampler {
+    tracker: Tracker,
+    previous: Previous,
+}
+
+impl Sampler {
+    /// A sampler and its first sample, taken now (blocking: a scan of the state). Taking it
+    /// before the HTTP side starts means nobody ever sees an empty sample.
+    pub fn start(shared: &Shared) -> (Sampler, Sample) {
+        let http = &shared.config.http;
+        let previous = Previous { at_ms: shared.started_ms, ..Previous::default() };
+        let mut sampler =
+            Sampler { tracker: Tracker::new(http.trend_samples, http.activity_skus_max), previous };
+        let sample = sampler.sample(shared);
+        (sampler, sample)
+    }
+
+    fn sample(&mut self, shared: &Shared) -> Sample {
+        let now_ms = shared.clock.now_ms();
+        let mut status = status(shared, now_ms, &mut self.previous);
+        let activity = self.tracker.sample(&shared.engine, now_ms);
+        let mut top: Vec<(f64, Bytes)> =
+            activity.iter().map(|(sku, t)| (t.rate_per_min, sku.clone())).collect();
+        top.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        status.active_skus = top.len();
+        let top = top.into_iter().map(|(_, sku)| sku).collect();
+        Sample { status, activity, top }
+    }
+
+    /// Samples every `http.sample_interval_ms` until `stop` changes, publishing on `out`.
+    /// Dropping `out` at the end closes every live dashboard stream, which lets the HTTP
+    /// server finish its graceful shutdown.
+    pub async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        out: watch::Sender<Arc<Sample>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let period = Duration::from_millis(shared.config.http.sample_interval_ms);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let shared = shared.clone();
+            // The scans take milliseconds at large sizes: off the async workers.
+            let taken = tokio::task::spawn_blocking(move || {
+                let sample = self.sample(&shared);
+                (self, sample)
+            })
+            .await;
+            let Ok((sampler, sample)) = taken else { return };
+            self = sampler;
+            out.send_replace(Arc::new(sample));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stockd_protocol::{Line, Reserve};
+
+    use super::*;
+    use crate::engine::{Command, EngineConfig};
+
+    fn reserve(engine: &Engine, id: &str, sku: &str, qty: u32, now_ms: u64) {
+        let reserve = Reserve {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            ttl_ms: 0,
+            channel: Bytes::new(),
+            customer: Bytes::new(),
+            lines: vec![Line { sku: Bytes::copy_from_slice(sku.as_bytes()), qty }],
+        };
+        engine.apply(&Command::Reserve(reserve), now_ms, || {});
+    }
+
+    #[test]
+    fn sell_rate_and_sell_out_projection_follow_the_holds() {
+        let engine = Engine::new(EngineConfig::default());
+        for sku in ["hot", "cold"] {
+            let set = Command::SetStock { sku: Bytes::from(sku), on_hand: 1000, expected: None };
+            engine.apply(&set, 0, || {});
+        }
+        reserve(&engine, "before-start", "hot", 5, 0);
+        let mut tracker = Tracker::new(10, 100);
+        assert!(tracker.sample(&engine, 0).is_empty(), "the first pass is a baseline");
+        // 10 units per second on "hot" for 4 seconds.
+        let mut rates = HashMap::new();
+        for second in 1..=4u64 {
+            reserve(&engine, &format!("r{second}"), "hot", 10, second * 1000);
+            rates = tracker.sample(&engine, second * 1000);
+        }
+        let hot = &rates[&Bytes::from("hot")];
+        assert_eq!(hot.rate_per_min, 600.0);
+        assert_eq!(hot.trend, vec![600.0; 3]);
+        // 955 available, falling 10 per second.
+        assert_eq!(hot.sells_out_in_s, Some(95.5));
+        assert!(!rates.contains_key(&Bytes::from("cold")), "no holds, not followed");
+        // Quiet for longer than the history: it drops out.
+        let quiet = (5..=20).map(|second| tracker.sample(&engine, second * 1000)).last();
+        assert!(quiet.expect("sampled").is_empty());
+    }
+
+    #[test]
+    fn the_number_of_followed_skus_is_bounded() {
+        let engine = Engine::new(EngineConfig::default());
+        let mut tracker = Tracker::new(10, 3);
+        tracker.sample(&engine, 0);
+        for n in 0..6u64 {
+            let sku = format!("sku-{n}");
+            let set =
+                Command::SetStock { sku: Bytes::from(sku.clone()), on_hand: 10, expected: None };
+            engine.apply(&set, 0, || {});
+            reserve(&engine, &format!("r{n}"), &sku, 1, n * 100);
+            let followed = tracker.sample(&engine, n * 100);
+            assert!(followed.len() <= 3);
+            assert!(followed.contains_key(&Bytes::from(sku)), "the newest is kept");
+        }
+    }
+}
