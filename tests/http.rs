@@ -99,6 +99,9 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
     assert_eq!(value("stockd_skus", &[]), 1.0);
     assert_eq!(value("stockd_reservations", &[]), 3.0);
     assert_eq!(value("stockd_read_only", &[]), 0.0);
+    assert_eq!(value("stockd_holds_open", &[]), 3.0);
+    assert_eq!(value("stockd_skus_paused", &[]), 0.0);
+    assert!(value("stockd_disk_free_bytes", &[]) > 0.0);
     assert!(value("stockd_wal_records_total", &[]) >= 4.0);
     assert!(value("stockd_wal_fsyncs_total", &[]) >= 1.0);
     assert!(value("stockd_wal_bytes_total", &[]) > 0.0);
@@ -108,6 +111,7 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
         "stockd_wal_fsync_seconds_total",
         "stockd_snapshot_lsn",
         "stockd_snapshot_age_seconds",
+        "stockd_holds_expired_total",
     ] {
         assert!(samples.contains_key(family), "{family} missing in\n{text}");
     }
@@ -118,5 +122,38 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
         });
         assert!(count > 0 || is_histogram, "{histogram} missing in\n{text}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hold_gauges_and_expiries_follow_the_state() {
+    let mut config = test_config();
+    config.engine.sweep_interval_ms = 10;
+    let server = TestServer::start(config).await;
+    let client = server.client().await;
+    client.set_stock("sku", 10, None).await.unwrap();
+    client.set_stock("guarded", 5, None).await.unwrap();
+    client.set_safety_stock("guarded", 5).await.unwrap();
+    let mut short = reserve("short", 2);
+    short.ttl_ms = 1_000;
+    client.reserve(short).await.unwrap();
+    client.reserve(reserve("long", 1)).await.unwrap();
+    let gauge = |text: &str, name: &str| -> String {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        line.unwrap_or_else(|| panic!("no {name} in\n{text}")).split(' ').nth(1).unwrap().into()
+    };
+    let (_, _, text) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(gauge(&text, "stockd_holds_open"), "2");
+    assert_eq!(gauge(&text, "stockd_skus_paused"), "1");
+    assert_eq!(gauge(&text, "stockd_holds_expired_total"), "0");
+    // Past the short hold's deadline, and once the sweep has logged its expiry.
+    let mut progress = server.shared.wal.subscribe();
+    let logged = server.shared.wal.last_lsn();
+    server.shared.clock.advance_ms(1_000);
+    let swept = progress.wait_for(|p| p.durable_lsn > logged);
+    tokio::time::timeout(common::WAIT, swept).await.expect("swept in time").expect("log open");
+    let (_, _, text) = http_get(server.http_addr, "/metrics").await;
+    assert_eq!(gauge(&text, "stockd_holds_open"), "1");
+    assert_eq!(gauge(&text, "stockd_holds_expired_total"), "1");
     server.stop().await;
 }

@@ -286,3 +286,51 @@ fn invalid_reserves_are_refused() {
     assert_eq!(apply(&e, long, T0).0.code(), ResultCode::InvalidArgument);
     assert_eq!(e.counts(), (1, 0));
 }
+
+#[test]
+fn listing_pages_through_every_sku_once_in_id_order() {
+    let e = engine();
+    let mut all: Vec<String> = (0..257).map(|n| format!("sku-{:03x}", n * 7919 % 4096)).collect();
+    for sku in &all {
+        stock(&e, sku, 1);
+    }
+    all.sort();
+    let filter = super::SkuFilter::default();
+    let mut seen = Vec::new();
+    let mut after: Option<Bytes> = None;
+    loop {
+        let page = e.list_skus(&filter, after.as_deref(), 10, T0);
+        assert_eq!(page.matched, all.len());
+        assert!(page.rows.len() <= 10);
+        seen.extend(page.rows.iter().map(|row| String::from_utf8(row.sku.to_vec()).unwrap()));
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all);
+}
+
+#[test]
+fn holds_of_a_sku_and_the_summary_count_only_live_holds() {
+    let e = engine();
+    stock(&e, "a", 10);
+    stock(&e, "b", 10);
+    apply(&e, reserve("r1", &[("a", 2), ("b", 1)]), T0);
+    apply(&e, reserve("r2", &[("a", 3)]), T0 + 100);
+    apply(&e, reserve("r3", &[("b", 4)]), T0 + 200);
+    apply(&e, Command::Release { id: id("r3") }, T0 + 300);
+    let holds = e.sku_holds(b"a", 10, T0 + 300).expect("known SKU");
+    assert_eq!(holds.count, 2);
+    let ids: Vec<&[u8]> = holds.holds.iter().map(|h| &h.reservation[..]).collect();
+    assert_eq!(ids, [&b"r1"[..], b"r2"], "soonest deadline first");
+    assert_eq!(holds.holds[1].qty, 3);
+    assert!(e.sku_holds(b"nope", 10, T0).is_none());
+    let summary = e.summary(T0 + 300);
+    assert_eq!((summary.skus, summary.reservations, summary.holds_open), (2, 3, 2));
+    assert_eq!((summary.held_units, summary.on_hand_units), (6, 20));
+    // r1 lapses at T0 + 1000 (default TTL): no longer open, though not swept yet.
+    let lapsed = e.summary(T0 + 1_000);
+    assert_eq!((lapsed.holds_open, lapsed.held_units), (1, 3));
+    assert_eq!(e.sku_holds(b"b", 10, T0 + 1_000).expect("known").count, 0);
+}

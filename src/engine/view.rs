@@ -217,17 +217,17 @@ impl Engine {
         total
     }
 
-    /// Calls `visit(sku, counters, taken_total)` for every SKU that took holds since the
-    /// previous call (or ever, on the first call), and marks them as seen. `taken_total` is
-    /// the SKU's count of units ever held by this process (replay included); its slope over
-    /// time is the sell rate.
-    pub fn sample_activity(&self, now_ms: u64, mut visit: impl FnMut(&[u8], SkuInfo, u64)) {
+    /// Calls `visit(sku, counters, previous, taken_total)` for every SKU that took holds since
+    /// the previous call (or ever, on the first call), and marks them as seen. `taken_total`
+    /// is the SKU's count of units ever held by this process (replay included), `previous` its
+    /// value at the previous call; its slope over time is the sell rate.
+    pub fn sample_activity(&self, now_ms: u64, mut visit: impl FnMut(&[u8], SkuInfo, u64, u64)) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             for (key, sku) in shard.skus.iter_mut() {
                 if sku.taken_total != sku.sampled_taken {
-                    sku.sampled_taken = sku.taken_total;
-                    visit(key, sku.info(now_ms), sku.taken_total);
+                    let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
+                    visit(key, sku.info(now_ms), previous, sku.taken_total);
                 }
             }
         }

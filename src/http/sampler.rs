@@ -4,10 +4,9 @@
 //! channel. The admin API and every open dashboard read the newest sample; nobody waits for it.
 //!
 //! Sell rates: each active SKU keeps a short history (`http.trend_samples` samples) of its
-//! units-ever-held count and of its available units, drawn as its trend. Over the last 10
-//! samples, the slope of the first is the current sell rate (units held per minute) and the
-//! slope of the second, when falling, projects the sell-out time ("at the current rate, sells
-//! out in 4 min"). A SKU with no new holds for a whole history
+//! units-ever-held count, drawn as its trend. Its slope over the last 10 samples is the current
+//! sell rate (units held per minute), which projects the sell-out time from the units
+//! available ("at the current rate, sells out in 4 min"). A SKU with no new holds for a whole history
 //! drops out; at most `http.activity_skus_max` SKUs are followed (the least recently active
 //! drop out first).
 
@@ -33,8 +32,9 @@ pub struct Trend {
     pub rate_per_min: f64,
     /// Units held per minute in each sampling interval, oldest first.
     pub trend: Vec<f64>,
-    /// At the current net rate (availability over the last 10 samples), seconds until nothing
-    /// is available (0 when sold out); `None` when availability is not falling.
+    /// At the current sell rate, seconds until nothing is available (0 when sold out; `None`
+    /// when not selling). Pessimistic: units that come back (releases, expiries) are not
+    /// counted against it.
     pub sells_out_in_s: Option<f64>,
 }
 
@@ -90,55 +90,61 @@ pub struct Sample {
 }
 
 struct Track {
-    /// (time, units ever held, available), oldest first.
-    history: VecDeque<(u64, u64, u64)>,
+    /// (time, units ever held), oldest first.
+    history: VecDeque<(u64, u64)>,
     last_change_ms: u64,
+    available: u64,
 }
 
 /// Follows the active SKUs between samples.
 struct Tracker {
     tracks: HashMap<Bytes, Track>,
-    primed: bool,
+    /// When the previous sample was taken (`None` before the first).
+    last_ms: Option<u64>,
     samples: usize,
     max: usize,
 }
 
 impl Tracker {
     fn new(samples: usize, max: usize) -> Tracker {
-        Tracker { tracks: HashMap::new(), primed: false, samples, max }
+        Tracker { tracks: HashMap::new(), last_ms: None, samples, max }
     }
 
     /// Takes one sample of the engine at `now_ms`.
     fn sample(&mut self, engine: &Engine, now_ms: u64) -> HashMap<Bytes, Trend> {
-        let mut changed: HashMap<Bytes, (u64, u64)> = HashMap::new();
-        engine.sample_activity(now_ms, |sku, info, taken| {
-            changed.insert(Bytes::copy_from_slice(sku), (taken, info.available));
+        let mut changed: HashMap<Bytes, (u64, u64, u64)> = HashMap::new();
+        engine.sample_activity(now_ms, |sku, info, previous, taken| {
+            changed.insert(Bytes::copy_from_slice(sku), (previous, taken, info.available));
         });
-        if !self.primed {
+        let Some(last_ms) = self.last_ms.replace(now_ms) else {
             // The first pass sees everything replayed at startup: a baseline, not activity.
-            self.primed = true;
             return HashMap::new();
-        }
+        };
         let mut idle = Vec::new();
         for (sku, track) in &mut self.tracks {
             if changed.contains_key(sku) {
                 continue;
             }
             match engine.sku_activity(sku, now_ms) {
-                Some((info, taken)) => track.history.push_back((now_ms, taken, info.available)),
+                Some((info, taken)) => {
+                    track.history.push_back((now_ms, taken));
+                    track.available = info.available;
+                }
                 None => idle.push(sku.clone()),
             }
         }
-        let window_ms = self.window_ms(now_ms);
-        for (sku, (taken, available)) in changed {
+        // A SKU stays followed without new holds for as long as its history reaches back.
+        let window_ms = (now_ms - last_ms).max(1) * self.samples as u64;
+        for (sku, (previous, taken, available)) in changed {
             let track = self.tracks.entry(sku).or_insert_with(|| Track {
-                // A SKU seen for the first time: its previous sample is unknown, so its history
-                // starts now and its rate shows from the next sample on.
-                history: VecDeque::new(),
+                // A SKU newly active: its count at the previous sample starts the history.
+                history: VecDeque::from([(last_ms, previous)]),
                 last_change_ms: now_ms,
+                available,
             });
-            track.history.push_back((now_ms, taken, available));
+            track.history.push_back((now_ms, taken));
             track.last_change_ms = now_ms;
+            track.available = available;
         }
         for (sku, track) in &mut self.tracks {
             while track.history.len() > self.samples + 1 {
@@ -162,15 +168,6 @@ impl Tracker {
         }
         self.tracks.iter().map(|(sku, track)| (sku.clone(), trend(track))).collect()
     }
-
-    /// How long a SKU stays followed without new holds: its whole history.
-    fn window_ms(&self, now_ms: u64) -> u64 {
-        let span = self.tracks.values().filter_map(|t| {
-            let first = t.history.front()?.0;
-            (t.history.len() > 1).then(|| (now_ms - first) / (t.history.len() as u64 - 1))
-        });
-        span.max().unwrap_or(1000).max(1) * self.samples as u64
-    }
 }
 
 fn per_min(units: u64, ms: u64) -> f64 {
@@ -189,21 +186,20 @@ fn trend(track: &Track) -> Trend {
     let history = &track.history;
     let recent = history.len().saturating_sub(RECENT_STEPS + 1);
     let (first, last) = (history.get(recent), history.back());
-    let (Some(&(t0, taken0, avail0)), Some(&(t1, taken1, avail1))) = (first, last) else {
+    let (Some(&(t0, taken0)), Some(&(t1, taken1))) = (first, last) else {
         return Trend { rate_per_min: 0.0, trend: Vec::new(), sells_out_in_s: None };
     };
     let steps = history.iter().zip(history.iter().skip(1));
     let trend = steps.map(|(a, b)| per_min(b.1 - a.1, b.0 - a.0)).collect();
-    let span_ms = t1 - t0;
-    let sells_out_in_s = if avail1 == 0 {
+    let rate_per_min = per_min(taken1 - taken0, t1 - t0);
+    let sells_out_in_s = if track.available == 0 {
         Some(0.0)
-    } else if avail0 > avail1 && span_ms > 0 {
-        let falling_per_s = (avail0 - avail1) as f64 * 1000.0 / span_ms as f64;
-        Some(avail1 as f64 / falling_per_s)
+    } else if rate_per_min > 0.0 {
+        Some(track.available as f64 * 60.0 / rate_per_min)
     } else {
         None
     };
-    Trend { rate_per_min: per_min(taken1 - taken0, span_ms), trend, sells_out_in_s }
+    Trend { rate_per_min, trend, sells_out_in_s }
 }
 
 /// Counter readings kept between samples to turn totals into rates.
@@ -380,9 +376,10 @@ mod tests {
             rates = tracker.sample(&engine, second * 1000);
         }
         let hot = &rates[&Bytes::from("hot")];
+        // The first second counts too: the baseline sample starts the history.
         assert_eq!(hot.rate_per_min, 600.0);
-        assert_eq!(hot.trend, vec![600.0; 3]);
-        // 955 available, falling 10 per second.
+        assert_eq!(hot.trend, vec![600.0; 4]);
+        // 955 available, 10 taken per second.
         assert_eq!(hot.sells_out_in_s, Some(95.5));
         assert!(!rates.contains_key(&Bytes::from("cold")), "no holds, not followed");
         // Quiet for longer than the history: it drops out.

@@ -103,40 +103,61 @@ function stateOf(row) {
   return ["on sale", "ok"];
 }
 
+const FIELDS = ["sku", "on_hand", "available", "unshipped", "safety_stock", "state", "rate", "trend", "sells_out"];
+const NUMERIC = new Set(["on_hand", "available", "unshipped", "safety_stock", "rate"]);
+
+// A board row for a SKU, created once and then updated in place, so that rows keep their
+// identity (focus, hover, a pending click) across live updates.
+function boardRow(sku) {
+  const tr = el("tr");
+  tr.dataset.sku = sku;
+  tr.tabIndex = 0;
+  for (const field of FIELDS) {
+    const td = el("td", null, field === "sku" ? "sku" : NUMERIC.has(field) ? "num" : null);
+    td.dataset.field = field;
+    tr.appendChild(td);
+  }
+  tr.addEventListener("click", () => openDetail(sku));
+  tr.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(sku); });
+  return tr;
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function renderBoard(board) {
   const body = $("rows");
   const rows = board ? board.rows : [];
-  const fragment = document.createDocumentFragment();
+  const existing = new Map([...body.children].map((tr) => [tr.dataset.sku, tr]));
+  const ordered = [];
   for (const row of rows) {
-    const tr = el("tr");
-    tr.dataset.sku = row.sku;
-    tr.tabIndex = 0;
-    const cell = (field, text, cls) => {
-      const td = el("td", text, cls);
-      td.dataset.field = field;
-      tr.appendChild(td);
-      return td;
-    };
-    cell("sku", row.sku, "sku");
-    cell("on_hand", fmtInt(row.on_hand), "num");
-    cell("available", fmtInt(row.available), "num");
-    const unshipped = cell("unshipped", fmtInt(row.unshipped), "num");
-    unshipped.title = `${fmtInt(row.held)} held + ${fmtInt(row.committed)} committed`;
-    cell("safety_stock", fmtInt(row.safety_stock), "num");
+    const tr = existing.get(row.sku) || boardRow(row.sku);
+    existing.delete(row.sku);
+    const cells = Object.fromEntries([...tr.children].map((td) => [td.dataset.field, td]));
+    setText(cells.sku, row.sku);
+    setText(cells.on_hand, fmtInt(row.on_hand));
+    setText(cells.available, fmtInt(row.available));
+    setText(cells.unshipped, fmtInt(row.unshipped));
+    cells.unshipped.title = `${fmtInt(row.held)} held + ${fmtInt(row.committed)} committed`;
+    setText(cells.safety_stock, fmtInt(row.safety_stock));
     const [label, tone] = stateOf(row);
-    cell("state", null).appendChild(el("span", label, `badge ${tone}`));
+    if (cells.state.textContent !== label) cells.state.replaceChildren(el("span", label, `badge ${tone}`));
     const a = row.activity;
-    cell("rate", a ? `${fmtInt(Math.round(a.rate_per_min))}/min` : "-", "num");
-    cell("trend", null).appendChild(trendSvg(a ? a.trend : []));
+    setText(cells.rate, a ? `${fmtInt(Math.round(a.rate_per_min))}/min` : "-");
+    cells.trend.replaceChildren(trendSvg(a ? a.trend : []));
     const out = a && a.sells_out_in_s != null
       ? (a.sells_out_in_s === 0 ? "sold out" : `in ${fmtDuration(a.sells_out_in_s)}`)
       : "-";
-    cell("sells_out", out);
-    tr.addEventListener("click", () => openDetail(row.sku));
-    tr.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(row.sku); });
-    fragment.appendChild(tr);
+    setText(cells.sells_out, out);
+    ordered.push(tr);
   }
-  body.replaceChildren(fragment);
+  for (const gone of existing.values()) gone.remove();
+  // Re-append only when the order changed.
+  const current = [...body.children];
+  if (current.length !== ordered.length || ordered.some((tr, i) => current[i] !== tr)) {
+    body.replaceChildren(...ordered);
+  }
   $("empty").hidden = rows.length > 0;
   $("matched").textContent = board ? `${fmtInt(board.matched)} matching` : "";
   view.nextAfter = board ? board.next_after : null;

@@ -1,0 +1,217 @@
+//! End-to-end test of the dashboard in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver` packages, driven over WebDriver with fantoccini): the page loads from a
+//! real server, shows the seeded SKUs' counters, updates live after a reserve made through the
+//! TCP client, searches, and applies an adjustment through its form. A screenshot is saved as
+//! `target/tmp/dashboard.png` (and to `$STOCKD_SCREENSHOT` when set).
+//!
+//! Without chromedriver the test says so and passes, unless `STOCKD_REQUIRE_BROWSER=1` (set by
+//! `.ci/run`, which installs the browser), where a missing browser fails it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{test_config, TestServer};
+use fantoccini::wd::TimeoutConfiguration;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use stockd::clock::Clock;
+use stockd_protocol::{Line, Reserve};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Bound on each wait for the page to show something.
+const PAGE_WAIT: Duration = Duration::from_secs(20);
+
+fn chromedriver() -> Option<PathBuf> {
+    let path = std::env::var_os("CHROMEDRIVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromedriver"));
+    path.exists().then_some(path)
+}
+
+/// Starts chromedriver on a free loopback port; returns the process and its URL.
+async fn start_chromedriver(path: &PathBuf) -> (Child, String) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("port").port()
+    };
+    let mut child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = async {
+        while let Some(line) = lines.next_line().await.expect("read chromedriver output") {
+            if line.contains("started successfully") {
+                return;
+            }
+        }
+        panic!("chromedriver exited before it was ready");
+    };
+    tokio::time::timeout(PAGE_WAIT, ready).await.expect("chromedriver ready in time");
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+async fn open_browser(webdriver: &str, profile: &std::path::Path) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    let args = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    capabilities.insert("goog:chromeOptions".into(), json!({ "binary": binary, "args": args }));
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(capabilities)
+        .connect(webdriver)
+        .await
+        .expect("a browser session");
+    let timeouts = TimeoutConfiguration::new(Some(PAGE_WAIT), Some(PAGE_WAIT), None);
+    client.update_timeouts(timeouts).await.expect("timeouts set");
+    client
+}
+
+/// Waits, without polling, until the element matching `css` has exactly the text `expected`:
+/// a MutationObserver in the page answers as soon as the DOM shows it. Fails with what the
+/// page showed instead when the script timeout passes.
+async fn wait_text(browser: &Client, css: &str, expected: &str) {
+    let script = r#"
+        const [css, expected, done] = arguments;
+        const text = () => { const e = document.querySelector(css); return e ? e.textContent : null; };
+        if (text() === expected) { done(true); return; }
+        const observer = new MutationObserver(() => {
+            if (text() === expected) { observer.disconnect(); done(true); }
+        });
+        observer.observe(document.body, { subtree: true, childList: true, characterData: true });
+    "#;
+    let waited = browser.execute_async(script, vec![json!(css), json!(expected)]).await;
+    if let Err(e) = waited {
+        let shown = browser
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e && e.textContent;",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap_or(Value::Null);
+        panic!("{css} never showed {expected:?} (it shows {shown}): {e}");
+    }
+}
+
+fn cell(sku: &str, field: &str) -> String {
+    format!("tr[data-sku=\"{sku}\"] td[data-field=\"{field}\"]")
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_stock_and_updates_live() {
+    let Some(driver) = chromedriver() else {
+        let required = std::env::var("STOCKD_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+        assert!(!required, "STOCKD_REQUIRE_BROWSER=1 but chromedriver is not installed");
+        eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let mut config = test_config();
+    config.http.sample_interval_ms = 100;
+    let server = TestServer::start_with_clock(config, Clock::system()).await;
+    let client = server.client().await;
+    client.set_stock("BOARD-A", 100, None).await.unwrap();
+    client.set_stock("BOARD-B", 50, None).await.unwrap();
+    client.set_safety_stock("BOARD-B", 50).await.unwrap();
+    for n in 0..30 {
+        client.set_stock(format!("FILLER-{n:02}"), 10, None).await.unwrap();
+    }
+
+    let (mut chromedriver, webdriver) = start_chromedriver(&driver).await;
+    let profile = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("profile dir");
+    let browser = open_browser(&webdriver, profile.path()).await;
+    let page = format!("http://{}/", server.http_addr);
+    browser.goto(&page).await.expect("the dashboard loads");
+    assert_eq!(browser.title().await.unwrap(), "stockd");
+    wait_text(&browser, "#state", "accepting writes").await;
+    wait_text(&browser, "#live-text", "live").await;
+    wait_text(&browser, "#skus", "32").await;
+
+    // The whole board, in id order.
+    let sort = browser.find(Locator::Css("#sort")).await.unwrap();
+    sort.select_by_value("id").await.unwrap();
+    wait_text(&browser, &cell("BOARD-A", "available"), "100").await;
+    wait_text(&browser, &cell("BOARD-A", "on_hand"), "100").await;
+    wait_text(&browser, &cell("BOARD-B", "state"), "paused").await;
+    wait_text(&browser, &cell("BOARD-B", "safety_stock"), "50").await;
+    wait_text(&browser, "#paused-skus", "1").await;
+
+    // A reserve through the binary protocol shows up without reloading the page.
+    let reserve = Reserve {
+        id: Bytes::from_static(b"order-1"),
+        ttl_ms: 0,
+        channel: Bytes::from_static(b"live"),
+        customer: Bytes::from_static(b"buyer-1"),
+        lines: vec![Line::new(Bytes::from_static(b"BOARD-A"), 7)],
+    };
+    assert!(client.reserve(reserve).await.unwrap().code.is_ok());
+    wait_text(&browser, &cell("BOARD-A", "available"), "93").await;
+    wait_text(&browser, &cell("BOARD-A", "unshipped"), "7").await;
+    wait_text(&browser, "#holds-open", "1").await;
+
+    // Search narrows the board.
+    let search = browser.find(Locator::Css("#search")).await.unwrap();
+    search.send_keys("BOARD-B").await.unwrap();
+    wait_text(&browser, "#rows tr:first-child td[data-field=\"sku\"]", "BOARD-B").await;
+    wait_text(&browser, "#matched", "1 matching").await;
+    search.clear().await.unwrap();
+    search.send_keys("BOARD-A").await.unwrap();
+    wait_text(&browser, "#rows tr:first-child td[data-field=\"sku\"]", "BOARD-A").await;
+    wait_text(&browser, "#matched", "1 matching").await;
+
+    // The SKU detail lists the hold, and its form adjusts the stock (audited).
+    browser.find(Locator::Css(&cell("BOARD-A", "sku"))).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "#detail-holds-count", "1").await;
+    wait_text(&browser, "#detail-holds tr:first-child td:first-child", "order-1").await;
+    let form = browser.find(Locator::Css("#adjust")).await.unwrap();
+    for (name, value) in [("delta", "-3"), ("reason", "damaged"), ("actor", "browser-test")] {
+        let input = form.find(Locator::Css(&format!("input[name=\"{name}\"]"))).await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    form.find(Locator::Css("button[type=\"submit\"]")).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "#adjust-result", "done: on hand now 97 (audit #1)").await;
+    wait_text(&browser, &cell("BOARD-A", "available"), "90").await;
+    assert_eq!(client.query_sku("BOARD-A").await.unwrap().info.on_hand, 97);
+
+    // Most active first: BOARD-A is the only SKU that took holds.
+    search.clear().await.unwrap();
+    sort.select_by_value("activity").await.unwrap();
+    wait_text(&browser, "#rows tr:first-child td[data-field=\"sku\"]", "BOARD-A").await;
+
+    let png = browser.screenshot().await.expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
+    let artifact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&artifact, &png).expect("screenshot saved");
+    if let Some(path) = std::env::var_os("STOCKD_SCREENSHOT") {
+        std::fs::write(path, &png).expect("screenshot copied");
+    }
+    eprintln!("screenshot: {}", artifact.display());
+
+    browser.close().await.expect("browser closed");
+    chromedriver.kill().await.expect("chromedriver stopped");
+    drop(client);
+    server.stop().await;
+}
