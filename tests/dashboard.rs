@@ -33,14 +33,31 @@ fn chromedriver() -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// The chromedriver this test started, in a process group of its own with the browser it
+/// launches: dropping it (also when the test fails) kills that group, so no browser outlives
+/// the test.
+struct Driver {
+    child: Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = self.child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// Starts chromedriver on a free loopback port; returns the process and its URL.
-async fn start_chromedriver(path: &PathBuf) -> (Child, String) {
+async fn start_chromedriver(path: &PathBuf) -> (Driver, String) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         probe.local_addr().expect("port").port()
     };
     let mut child = Command::new(path)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -59,7 +76,7 @@ async fn start_chromedriver(path: &PathBuf) -> (Child, String) {
     tokio::time::timeout(PAGE_WAIT, ready).await.expect("chromedriver ready in time");
     // Keep draining its output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://127.0.0.1:{port}"))
+    (Driver { child }, format!("http://127.0.0.1:{port}"))
 }
 
 async fn open_browser(webdriver: &str, profile: &std::path::Path) -> Client {
@@ -140,7 +157,7 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
         client.set_stock(format!("FILLER-{n:02}"), 10, None).await.unwrap();
     }
 
-    let (mut chromedriver, webdriver) = start_chromedriver(&driver).await;
+    let (chromedriver, webdriver) = start_chromedriver(&driver).await;
     let profile = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("profile dir");
     let browser = open_browser(&webdriver, profile.path()).await;
     let page = format!("http://{}/", server.http_addr);
@@ -211,7 +228,7 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     eprintln!("screenshot: {}", artifact.display());
 
     browser.close().await.expect("browser closed");
-    chromedriver.kill().await.expect("chromedriver stopped");
+    drop(chromedriver);
     drop(client);
     server.stop().await;
 }

@@ -1,10 +1,11 @@
 //! The engine alone (no I/O): reserve on one hot SKU, on 1M uniform SKUs, a 4-line reserve,
-//! a sold-out rejection, and a reserve + confirm + release cycle.
+//! a sold-out rejection, and a reserve + confirm + release cycle; and the operations views
+//! at 100 000 SKUs (a dashboard page, the totals, an activity sample).
 //! Run: `cargo bench -p stockd-bench --bench engine`.
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use stockd::engine::{Command, Engine, EngineConfig};
+use stockd::engine::{Command, Engine, EngineConfig, SkuFilter};
 use stockd_bench::reserve;
 use stockd_protocol::{Confirm, Line, Reserve};
 
@@ -81,5 +82,32 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine);
+/// What the dashboard and `/metrics` cost: each is a full scan, one shard lock at a time.
+fn views(c: &mut Criterion) {
+    let mut group = c.benchmark_group("views_100k_skus");
+    group.sample_size(20);
+    let engine = stocked(100_000, 1_000);
+    for n in 0..10_000u64 {
+        engine.apply(
+            &reserve(&format!("v-{n}"), &format!("sku-{:07}", n * 7 % 100_000), 1),
+            1,
+            || {},
+        );
+    }
+    let all = SkuFilter::default();
+    group.bench_function("list_page_of_50", |b| {
+        b.iter(|| black_box(engine.list_skus(&all, Some(b"sku-0050000"), 50, 2)))
+    });
+    let search = SkuFilter { contains: Some(b"99".to_vec()), ..SkuFilter::default() };
+    group.bench_function("search_contains", |b| {
+        b.iter(|| black_box(engine.list_skus(&search, None, 50, 2)))
+    });
+    group.bench_function("summary", |b| b.iter(|| black_box(engine.summary(2))));
+    group.bench_function("sample_activity_idle", |b| {
+        b.iter(|| engine.sample_activity(2, |_, _, _, _| {}))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, engine, views);
 criterion_main!(benches);
