@@ -4,7 +4,8 @@
 //! live reservations at every read), so it shares none of the engine's indexes. Random operation
 //! sequences with time jumps are applied to both; after every step the replies, every SKU's
 //! counters, every reservation and the due sweep commands must agree, and the invariants
-//! (no oversell on a new hold, conservation of units, idempotent retries, exact expiry) are
+//! (no oversell on a new hold, conservation of units, idempotent retries, exact expiry, no
+//! buyer over the per-buyer limit and no channel over its quota because of a reserve) are
 //! checked directly.
 
 use std::collections::BTreeMap;
@@ -13,8 +14,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use stockd::engine::{Command, Engine, EngineConfig};
 use stockd_protocol::{
-    Confirm, ExtendReply, Line, OpReply, ReservationInfo, ReservationLine, ReservationReply,
-    ReservationState, Reserve, ReserveReply, ResultCode, SkuInfo, SkuReply,
+    ChannelQuota, ChannelUse, Confirm, ExtendReply, LimitsReply, Line, OpReply, QuotaLimit,
+    ReservationInfo, ReservationLine, ReservationReply, ReservationState, Reserve, ReserveReply,
+    ResultCode, SkuInfo, SkuLimits, SkuReply,
 };
 
 const CONFIG: EngineConfig =
@@ -22,12 +24,24 @@ const CONFIG: EngineConfig =
 const SKUS: [&str; 4] = ["a", "b", "c", "unknown"];
 const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 const TTLS: [u32; 4] = [0, 50, 200, 600];
+const CHANNELS: [&str; 3] = ["", "live", "web"];
+const CUSTOMERS: [&str; 3] = ["", "c1", "c2"];
 
 #[derive(Clone, Debug)]
 struct MSku {
     on_hand: u64,
     committed: u64,
     safety: u64,
+    /// Quotas sorted by channel; `None` for no limits.
+    limits: Option<SkuLimits>,
+}
+
+/// A quota's allocation and use, the pool and its use: the rules of `src/engine/limits.rs`,
+/// computed from scratch.
+struct Split {
+    quotas: Vec<(u64, u64)>,
+    pool: u64,
+    pool_used: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -69,6 +83,124 @@ fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<(Vec<u8>, u32, u16)
 }
 
 impl Model {
+    /// Units of `sku` counted for reservations matching `tag`: live holds, and confirmed units
+    /// (shipped ones too when `shipped_counts`).
+    fn used_by(
+        &self,
+        sku: &[u8],
+        now: u64,
+        tag: impl Fn(&MRes) -> bool,
+        shipped_counts: bool,
+    ) -> u64 {
+        let mut used = 0;
+        for r in self.res.values().filter(|r| tag(r)) {
+            for (i, (line_sku, qty)) in r.lines.iter().enumerate() {
+                if line_sku != sku {
+                    continue;
+                }
+                used += match r.state {
+                    ReservationState::Held if now < r.expires => u64::from(*qty),
+                    ReservationState::Confirmed => u64::from(r.confirmed[i]),
+                    ReservationState::Shipped if shipped_counts => u64::from(r.confirmed[i]),
+                    _ => 0,
+                };
+            }
+        }
+        used
+    }
+
+    fn buyer_used(&self, sku: &[u8], customer: &[u8], now: u64) -> u64 {
+        self.used_by(sku, now, |r| r.customer == customer, true)
+    }
+
+    fn split(&self, sku: &[u8], now: u64) -> Split {
+        let s = &self.skus[sku];
+        let sellable = s.on_hand.saturating_sub(s.safety);
+        let quotas: Vec<(u64, u64)> = s
+            .limits
+            .iter()
+            .flat_map(|l| &l.quotas)
+            .map(|q| {
+                let allocation = match q.limit {
+                    QuotaLimit::Units(n) => n,
+                    QuotaLimit::BasisPoints(b) => sellable * u64::from(b) / 10_000,
+                };
+                (allocation, self.used_by(sku, now, |r| r.channel == q.channel, false))
+            })
+            .collect();
+        let all_used = self.live_reserved(sku, now) + s.committed;
+        let quota_used: u64 = quotas.iter().map(|q| q.1).sum();
+        let overflow: u64 = quotas.iter().map(|(a, u)| u.saturating_sub(*a)).sum();
+        Split {
+            pool: sellable.saturating_sub(quotas.iter().map(|q| q.0).sum()),
+            pool_used: all_used - quota_used + overflow,
+            quotas,
+        }
+    }
+
+    fn check_limits(&self, sku: &[u8], r: &Reserve, qty: u64, now: u64) -> Result<(), ResultCode> {
+        let Some(limits) = &self.skus[sku].limits else { return Ok(()) };
+        if limits.max_per_buyer > 0 {
+            if r.customer.is_empty() {
+                return Err(ResultCode::InvalidArgument);
+            }
+            if self.buyer_used(sku, &r.customer, now) + qty > u64::from(limits.max_per_buyer) {
+                return Err(ResultCode::BuyerLimitExceeded);
+            }
+        }
+        if limits.quotas.is_empty() {
+            return Ok(());
+        }
+        let split = self.split(sku, now);
+        let left = split.pool.saturating_sub(split.pool_used);
+        let own =
+            limits.quotas.iter().position(|q| !r.channel.is_empty() && q.channel == r.channel);
+        let fits = match own {
+            Some(i) => {
+                let (allocation, used) = split.quotas[i];
+                let before = used.saturating_sub(allocation);
+                let after = (used + qty).saturating_sub(allocation);
+                after == before || (limits.shared_pool && after - before <= left)
+            }
+            None => qty <= left,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(ResultCode::ChannelQuotaExceeded)
+        }
+    }
+
+    fn limits_reply(&self, sku: &[u8], now: u64) -> LimitsReply {
+        let refused = LimitsReply {
+            code: ResultCode::UnknownSku,
+            limits: SkuLimits::default(),
+            channels: vec![],
+            pool: 0,
+            pool_used: 0,
+        };
+        let Some(s) = self.skus.get(sku) else { return refused };
+        let split = self.split(sku, now);
+        let limits = s.limits.clone().unwrap_or_default();
+        let channels = limits
+            .quotas
+            .iter()
+            .zip(&split.quotas)
+            .map(|(q, (allocation, used))| ChannelUse {
+                channel: q.channel.clone(),
+                allocation: *allocation,
+                used: *used,
+            })
+            .collect();
+        LimitsReply {
+            code: ResultCode::Ok,
+            limits,
+            channels,
+            pool: split.pool,
+            pool_used: split.pool_used,
+        }
+    }
+
     fn live_reserved(&self, sku: &[u8], now: u64) -> u64 {
         self.res
             .values()
@@ -203,7 +335,10 @@ impl Model {
         let mut failures: Vec<(u16, ResultCode)> = lines
             .iter()
             .filter_map(|(sku, qty, first)| {
-                self.check(sku, u64::from(*qty), now).err().map(|code| (*first, code))
+                let qty = u64::from(*qty);
+                let checked =
+                    self.check(sku, qty, now).and_then(|()| self.check_limits(sku, r, qty, now));
+                checked.err().map(|code| (*first, code))
             })
             .collect();
         failures.sort();
@@ -364,7 +499,7 @@ impl Model {
                 let changed = self.skus.get(&sku[..]).is_none_or(|s| s.on_hand != *on_hand);
                 self.skus
                     .entry(sku.to_vec())
-                    .or_insert(MSku { on_hand: 0, committed: 0, safety: 0 })
+                    .or_insert(MSku { on_hand: 0, committed: 0, safety: 0, limits: None })
                     .on_hand = *on_hand;
                 (OpReply::SetStock(self.sku_reply(ResultCode::Ok, sku, now)), changed)
             }
@@ -404,6 +539,37 @@ impl Model {
                 let changed = s.safety != *safety_stock;
                 s.safety = *safety_stock;
                 (OpReply::SetSafetyStock(self.sku_reply(ResultCode::Ok, sku, now)), changed)
+            }
+            Command::SetLimits { sku, limits } => {
+                let mut channels: Vec<&Bytes> = limits.quotas.iter().map(|q| &q.channel).collect();
+                channels.sort();
+                let valid = channels.windows(2).all(|w| w[0] != w[1])
+                    && channels.iter().all(|c| !c.is_empty())
+                    && limits.quotas.iter().all(|q| match q.limit {
+                        QuotaLimit::BasisPoints(b) => b <= 10_000,
+                        QuotaLimit::Units(_) => true,
+                    });
+                if !valid {
+                    return (
+                        OpReply::SetLimits(SkuReply {
+                            code: ResultCode::InvalidArgument,
+                            info: SkuInfo::default(),
+                        }),
+                        false,
+                    );
+                }
+                let Some(s) = self.skus.get_mut(&sku[..]) else {
+                    return (
+                        OpReply::SetLimits(self.sku_reply(ResultCode::UnknownSku, sku, now)),
+                        false,
+                    );
+                };
+                let mut wanted = limits.clone();
+                wanted.quotas.sort_by(|a, b| a.channel.cmp(&b.channel));
+                let wanted = (wanted != SkuLimits::default()).then_some(wanted);
+                let changed = s.limits != wanted;
+                s.limits = wanted;
+                (OpReply::SetLimits(self.sku_reply(ResultCode::Ok, sku, now)), changed)
             }
             Command::Expire { id } => {
                 let (code, changed) = match self.res.get(&id[..]) {
@@ -455,7 +621,8 @@ enum Step {
     SetStock(usize, u64, Option<u64>),
     Adjust(usize, i64, Option<u64>),
     Safety(usize, u64),
-    Reserve { id: usize, lines: Vec<(usize, u32)>, ttl: usize, customer: bool },
+    Reserve { id: usize, lines: Vec<(usize, u32)>, ttl: usize, channel: usize, customer: usize },
+    Limits(usize, SkuLimits),
     Confirm(usize, Option<Vec<(usize, u32)>>),
     Release(usize),
     Extend(usize, usize),
@@ -476,8 +643,9 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..3usize, 0u64..8, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, n, e)| Step::SetStock(s, n, e)),
         1 => (sku.clone(), -3i64..4, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, d, e)| Step::Adjust(s, d, e)),
         1 => (sku.clone(), 0u64..3).prop_map(|(s, n)| Step::Safety(s, n)),
-        6 => (id.clone(), prop::collection::vec(line.clone(), 0..4), 0..TTLS.len(), any::<bool>())
-            .prop_map(|(id, lines, ttl, customer)| Step::Reserve { id, lines, ttl, customer }),
+        6 => (id.clone(), prop::collection::vec(line.clone(), 0..4), 0..TTLS.len(), 0..CHANNELS.len(), 0..CUSTOMERS.len())
+            .prop_map(|(id, lines, ttl, channel, customer)| Step::Reserve { id, lines, ttl, channel, customer }),
+        1 => (0..SKUS.len(), limits()).prop_map(|(s, l)| Step::Limits(s, l)),
         3 => (id.clone(), prop::option::of(prop::collection::vec(line, 0..3))).prop_map(|(i, l)| Step::Confirm(i, l)),
         2 => id.clone().prop_map(Step::Release),
         1 => (id.clone(), 0..TTLS.len()).prop_map(|(i, t)| Step::Extend(i, t)),
@@ -485,6 +653,19 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop::sample::select(vec![0u64, 1, 49, 50, 99, 100, 250, 301]).prop_map(Step::Advance),
         1 => Just(Step::Sweep),
     ]
+}
+
+fn limits() -> impl Strategy<Value = SkuLimits> {
+    let limit = prop_oneof![
+        (0u64..5).prop_map(QuotaLimit::Units),
+        prop::sample::select(vec![0u16, 2_500, 5_000, 10_000, 10_001])
+            .prop_map(QuotaLimit::BasisPoints),
+    ];
+    let quota = (prop::sample::select(vec!["live", "web", ""]), limit)
+        .prop_map(|(channel, limit)| ChannelQuota { channel: Bytes::from(channel), limit });
+    (0u32..4, any::<bool>(), prop::collection::vec(quota, 0..3)).prop_map(
+        |(max_per_buyer, shared_pool, quotas)| SkuLimits { max_per_buyer, shared_pool, quotas },
+    )
 }
 
 fn command(step: &Step) -> Option<Command> {
@@ -497,13 +678,14 @@ fn command(step: &Step) -> Option<Command> {
             Command::AdjustStock { sku: bytes(SKUS[*s]), delta: *d, expected: *e }
         }
         Step::Safety(s, n) => Command::SetSafetyStock { sku: bytes(SKUS[*s]), safety_stock: *n },
-        Step::Reserve { id, lines: l, ttl, customer } => Command::Reserve(Reserve {
+        Step::Reserve { id, lines: l, ttl, channel, customer } => Command::Reserve(Reserve {
             id: bytes(IDS[*id]),
             ttl_ms: TTLS[*ttl],
-            channel: Bytes::new(),
-            customer: if *customer { bytes("c1") } else { Bytes::new() },
+            channel: bytes(CHANNELS[*channel]),
+            customer: bytes(CUSTOMERS[*customer]),
             lines: lines(l),
         }),
+        Step::Limits(s, l) => Command::SetLimits { sku: bytes(SKUS[*s]), limits: l.clone() },
         Step::Confirm(id, l) => Command::Confirm(Confirm {
             id: bytes(IDS[*id]),
             lines: l.as_deref().map(lines).unwrap_or_default(),
@@ -522,6 +704,12 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
             None => SkuReply { code: ResultCode::UnknownSku, info: SkuInfo::default() },
         };
         prop_assert_eq!(engine.query_sku(sku.as_bytes(), now), expected, "sku {}", sku);
+        prop_assert_eq!(
+            engine.query_limits(sku.as_bytes(), now),
+            model.limits_reply(sku.as_bytes(), now),
+            "limits of {}",
+            sku
+        );
     }
     for id in IDS {
         prop_assert_eq!(
@@ -556,6 +744,10 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
             rebuilt.query_sku(sku.as_bytes(), now),
             engine.query_sku(sku.as_bytes(), now)
         );
+        prop_assert_eq!(
+            rebuilt.query_limits(sku.as_bytes(), now),
+            engine.query_limits(sku.as_bytes(), now)
+        );
     }
     let mut rebuilt_due = rebuilt.due(now, 10_000);
     rebuilt_due.sort_by_key(|c| format!("{c:?}"));
@@ -579,6 +771,8 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
             }
             _ => {
                 let command = command(step).expect("an operation step");
+                let before: Vec<(Vec<u8>, Split)> =
+                    model.skus.keys().map(|sku| (sku.clone(), model.split(sku, now))).collect();
                 let mut changed = false;
                 let reply = engine.apply(&command, now, || changed = true);
                 let expected = model.apply(&command, now);
@@ -593,6 +787,25 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                                 "oversold {:?}",
                                 info
                             );
+                            let Some(limits) = model.skus[&line.sku[..]].limits.clone() else {
+                                continue;
+                            };
+                            // No buyer over the limit, no channel over its quota, no pool
+                            // overdrawn, because of this reserve.
+                            if limits.max_per_buyer > 0 {
+                                let used = model.buyer_used(&line.sku, &r.customer, now);
+                                prop_assert!(used <= u64::from(limits.max_per_buyer));
+                            }
+                            let after = model.split(&line.sku, now);
+                            let prior =
+                                &before.iter().find(|(s, _)| s[..] == line.sku[..]).unwrap().1;
+                            prop_assert!(after.pool_used <= prior.pool_used.max(after.pool));
+                            for (i, q) in limits.quotas.iter().enumerate() {
+                                if q.channel == r.channel && !limits.shared_pool {
+                                    let (allocation, used) = after.quotas[i];
+                                    prop_assert!(used <= allocation.max(prior.quotas[i].1));
+                                }
+                            }
                         }
                     }
                 }

@@ -23,8 +23,8 @@ use crate::code::ResultCode;
 use crate::frame::FrameDecoder;
 use crate::limits::FRAME_BODY_BYTES_MAX;
 use crate::message::{
-    Confirm, ExtendReply, Hello, HelloReply, Line, Op, OpReply, Reply, Request, ReservationReply,
-    Reserve, ReserveReply, SkuReply,
+    Confirm, ExtendReply, Hello, HelloReply, LimitsReply, Line, Op, OpReply, Reply, Request,
+    ReservationReply, Reserve, ReserveReply, SkuLimits, SkuReply,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -257,6 +257,24 @@ impl Client {
         sku_reply(self.call(Op::SetSafetyStock { sku: sku.into(), safety_stock }).await?)
     }
 
+    /// Replaces a SKU's per-buyer limit and channel quotas (`SkuLimits::default()` removes
+    /// them).
+    pub async fn set_limits(
+        &self,
+        sku: impl Into<Bytes>,
+        limits: SkuLimits,
+    ) -> Result<SkuReply, ClientError> {
+        sku_reply(self.call(Op::SetLimits { sku: sku.into(), limits }).await?)
+    }
+
+    /// A SKU's limits, each quota's allocation and use, and the pool.
+    pub async fn query_limits(&self, sku: impl Into<Bytes>) -> Result<LimitsReply, ClientError> {
+        match self.call(Op::QueryLimits { sku: sku.into() }).await? {
+            OpReply::QueryLimits(reply) => Ok(reply),
+            other => Err(unexpected_op(&other)),
+        }
+    }
+
     pub async fn query_sku(&self, sku: impl Into<Bytes>) -> Result<SkuReply, ClientError> {
         sku_reply(self.call(Op::QuerySku { sku: sku.into() }).await?)
     }
@@ -277,6 +295,7 @@ fn sku_reply(reply: OpReply) -> Result<SkuReply, ClientError> {
         OpReply::SetStock(r)
         | OpReply::AdjustStock(r)
         | OpReply::SetSafetyStock(r)
+        | OpReply::SetLimits(r)
         | OpReply::QuerySku(r) => Ok(r),
         other => Err(unexpected_op(&other)),
     }

@@ -16,9 +16,10 @@ pub use frame::{
     encode_frame, FrameDecoder, FrameError, Header, RawFrame, FLAG_REPLY, HEADER_BYTES, MAGIC,
 };
 pub use message::{
-    Confirm, DecodeError, ErrorReply, ExtendReply, Hello, HelloReply, Line, Op, OpReply, Opcode,
-    Reply, Request, ReservationInfo, ReservationLine, ReservationReply, ReservationState, Reserve,
-    ReserveReply, SkuInfo, SkuReply,
+    ChannelQuota, ChannelUse, Confirm, DecodeError, ErrorReply, ExtendReply, Hello, HelloReply,
+    LimitsReply, Line, Op, OpReply, Opcode, QuotaLimit, Reply, Request, ReservationInfo,
+    ReservationLine, ReservationReply, ReservationState, Reserve, ReserveReply, SkuInfo, SkuLimits,
+    SkuReply,
 };
 
 /// The protocol version this crate speaks. A server negotiates the highest version both sides

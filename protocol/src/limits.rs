@@ -16,6 +16,8 @@ pub const ID_BYTES_MAX: usize = 64;
 pub const SKU_BYTES_MAX: usize = 64;
 /// Bytes in a channel or customer id.
 pub const TAG_BYTES_MAX: usize = 64;
+/// Channel quotas on one SKU.
+pub const QUOTAS_PER_SKU_MAX: u8 = 16;
 /// Bytes in an API key presented in `HELLO`.
 pub const API_KEY_BYTES_MAX: usize = 128;
 /// Bytes in an error message sent in an `ERROR` frame.

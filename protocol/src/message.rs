@@ -11,7 +11,7 @@ use crate::code::ResultCode;
 use crate::frame::{encode_frame, Header, FLAG_REPLY};
 use crate::limits::{
     API_KEY_BYTES_MAX, BATCH_OPS_MAX, ERROR_MESSAGE_BYTES_MAX, ID_BYTES_MAX,
-    LINES_PER_RESERVATION_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX,
+    LINES_PER_RESERVATION_MAX, QUOTAS_PER_SKU_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX,
 };
 
 /// Frame opcodes. Requests and their replies share the opcode; replies set the reply flag.
@@ -28,8 +28,10 @@ pub enum Opcode {
     SetStock = 0x20,
     AdjustStock = 0x21,
     SetSafetyStock = 0x22,
+    SetLimits = 0x23,
     QuerySku = 0x30,
     QueryReservation = 0x31,
+    QueryLimits = 0x32,
     Batch = 0x40,
     Error = 0x7f,
 }
@@ -48,8 +50,10 @@ impl Opcode {
             0x20 => Opcode::SetStock,
             0x21 => Opcode::AdjustStock,
             0x22 => Opcode::SetSafetyStock,
+            0x23 => Opcode::SetLimits,
             0x30 => Opcode::QuerySku,
             0x31 => Opcode::QueryReservation,
+            0x32 => Opcode::QueryLimits,
             0x40 => Opcode::Batch,
             0x7f => Opcode::Error,
             _ => return None,
@@ -58,7 +62,10 @@ impl Opcode {
 
     /// True for operations that never change state (their replies are reads too).
     pub fn is_read_only(self) -> bool {
-        matches!(self, Opcode::Ping | Opcode::QuerySku | Opcode::QueryReservation)
+        matches!(
+            self,
+            Opcode::Ping | Opcode::QuerySku | Opcode::QueryReservation | Opcode::QueryLimits
+        )
     }
 
     /// The snake_case name used in logs and metrics.
@@ -74,8 +81,10 @@ impl Opcode {
             Opcode::SetStock => "set_stock",
             Opcode::AdjustStock => "adjust_stock",
             Opcode::SetSafetyStock => "set_safety_stock",
+            Opcode::SetLimits => "set_limits",
             Opcode::QuerySku => "query_sku",
             Opcode::QueryReservation => "query_reservation",
+            Opcode::QueryLimits => "query_limits",
             Opcode::Batch => "batch",
             Opcode::Error => "error",
         }
@@ -143,6 +152,70 @@ pub struct Hello {
     pub client_name: Bytes,
 }
 
+/// How much of a SKU one sales channel may hold and sell at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuotaLimit {
+    /// A fixed number of units.
+    Units(u64),
+    /// A share of the sellable stock (`on_hand - safety_stock`), in basis points (0..=10 000).
+    BasisPoints(u16),
+}
+
+/// One channel's quota on a SKU.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ChannelQuota {
+    pub channel: Bytes,
+    pub limit: QuotaLimit,
+}
+
+/// The flash-sale limits of a SKU. The default (all zero, no quotas) means no limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SkuLimits {
+    /// Most units one customer may hold and have bought at once; 0 = no limit.
+    pub max_per_buyer: u32,
+    /// Whether channels with a quota may also take from the stock no quota allocates, once
+    /// their own quota is used up.
+    pub shared_pool: bool,
+    /// Channel quotas, at most 16, each channel once.
+    pub quotas: Vec<ChannelQuota>,
+}
+
+/// One channel's allocation and use, as reported by `QUERY_LIMITS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelUse {
+    pub channel: Bytes,
+    /// Units the quota allocates now.
+    pub allocation: u64,
+    /// Units the channel holds and has committed now.
+    pub used: u64,
+}
+
+/// Reply to `QUERY_LIMITS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsReply {
+    pub code: ResultCode,
+    pub limits: SkuLimits,
+    /// Per quota, in the order of `limits.quotas`.
+    pub channels: Vec<ChannelUse>,
+    /// Units no quota allocates (the pool other channels sell from).
+    pub pool: u64,
+    /// Units taken from the pool.
+    pub pool_used: u64,
+}
+
+impl LimitsReply {
+    /// A reply with this code and nothing else (unknown SKU, refusals).
+    pub fn refused(code: ResultCode) -> LimitsReply {
+        LimitsReply {
+            code,
+            limits: SkuLimits::default(),
+            channels: Vec::new(),
+            pool: 0,
+            pool_used: 0,
+        }
+    }
+}
+
 /// One operation; a frame carries one, or a batch carries many.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -155,8 +228,10 @@ pub enum Op {
     SetStock { sku: Bytes, on_hand: u64, expected: Option<u64> },
     AdjustStock { sku: Bytes, delta: i64, expected: Option<u64> },
     SetSafetyStock { sku: Bytes, safety_stock: u64 },
+    SetLimits { sku: Bytes, limits: SkuLimits },
     QuerySku { sku: Bytes },
     QueryReservation { id: Bytes },
+    QueryLimits { sku: Bytes },
 }
 
 /// A decoded request frame body.
@@ -278,8 +353,10 @@ pub enum OpReply {
     SetStock(SkuReply),
     AdjustStock(SkuReply),
     SetSafetyStock(SkuReply),
+    SetLimits(SkuReply),
     QuerySku(SkuReply),
     QueryReservation(ReservationReply),
+    QueryLimits(LimitsReply),
 }
 
 /// Reply to `HELLO`, announcing the negotiated version and the server's limits.
@@ -383,6 +460,37 @@ impl Reader {
         }
         Ok(lines)
     }
+    fn limits(&mut self) -> Result<SkuLimits, DecodeError> {
+        let max_per_buyer = self.u32()?;
+        let shared_pool = self.bool()?;
+        let count = self.u8()?;
+        if count > QUOTAS_PER_SKU_MAX {
+            return Err(DecodeError::too_large(format!(
+                "{count} quotas exceed {QUOTAS_PER_SKU_MAX}"
+            )));
+        }
+        let mut quotas = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let channel = self.str8(TAG_BYTES_MAX, "channel")?;
+            let limit = match self.u8()? {
+                0 => QuotaLimit::Units(self.u64()?),
+                1 => {
+                    let value = self.u64()?;
+                    match u16::try_from(value) {
+                        Ok(basis) if basis <= 10_000 => QuotaLimit::BasisPoints(basis),
+                        _ => {
+                            return Err(DecodeError::malformed(format!(
+                                "a share of {value} basis points exceeds 10000"
+                            )))
+                        }
+                    }
+                }
+                other => return Err(DecodeError::malformed(format!("quota kind {other}"))),
+            };
+            quotas.push(ChannelQuota { channel, limit });
+        }
+        Ok(SkuLimits { max_per_buyer, shared_pool, quotas })
+    }
     fn code(&mut self) -> Result<ResultCode, DecodeError> {
         let value = self.u8()?;
         ResultCode::from_u8(value)
@@ -415,6 +523,25 @@ fn put_lines(buf: &mut BytesMut, lines: &[Line]) {
     }
 }
 
+fn put_limits(buf: &mut BytesMut, limits: &SkuLimits) {
+    buf.put_u32_le(limits.max_per_buyer);
+    buf.put_u8(limits.shared_pool as u8);
+    buf.put_u8(u8::try_from(limits.quotas.len()).expect("quota count checked against limits"));
+    for quota in &limits.quotas {
+        put_str8(buf, &quota.channel);
+        match quota.limit {
+            QuotaLimit::Units(units) => {
+                buf.put_u8(0);
+                buf.put_u64_le(units);
+            }
+            QuotaLimit::BasisPoints(basis) => {
+                buf.put_u8(1);
+                buf.put_u64_le(u64::from(basis));
+            }
+        }
+    }
+}
+
 fn unknown_opcode(opcode: u8) -> DecodeError {
     DecodeError { code: ResultCode::UnknownOpcode, message: format!("opcode 0x{opcode:02x}") }
 }
@@ -434,8 +561,10 @@ impl Op {
             Op::SetStock { .. } => Opcode::SetStock,
             Op::AdjustStock { .. } => Opcode::AdjustStock,
             Op::SetSafetyStock { .. } => Opcode::SetSafetyStock,
+            Op::SetLimits { .. } => Opcode::SetLimits,
             Op::QuerySku { .. } => Opcode::QuerySku,
             Op::QueryReservation { .. } => Opcode::QueryReservation,
+            Op::QueryLimits { .. } => Opcode::QueryLimits,
         }
     }
 
@@ -478,7 +607,11 @@ impl Op {
                 put_str8(buf, sku);
                 buf.put_u64_le(*safety_stock);
             }
-            Op::QuerySku { sku } => put_str8(buf, sku),
+            Op::SetLimits { sku, limits } => {
+                put_str8(buf, sku);
+                put_limits(buf, limits);
+            }
+            Op::QuerySku { sku } | Op::QueryLimits { sku } => put_str8(buf, sku),
         }
     }
 
@@ -516,7 +649,11 @@ impl Op {
             Some(Opcode::SetSafetyStock) => {
                 Op::SetSafetyStock { sku: r.str8(SKU_BYTES_MAX, "sku")?, safety_stock: r.u64()? }
             }
+            Some(Opcode::SetLimits) => {
+                Op::SetLimits { sku: r.str8(SKU_BYTES_MAX, "sku")?, limits: r.limits()? }
+            }
             Some(Opcode::QuerySku) => Op::QuerySku { sku: r.str8(SKU_BYTES_MAX, "sku")? },
+            Some(Opcode::QueryLimits) => Op::QueryLimits { sku: r.str8(SKU_BYTES_MAX, "sku")? },
             Some(Opcode::QueryReservation) => {
                 Op::QueryReservation { id: r.str8(ID_BYTES_MAX, "reservation id")? }
             }
@@ -612,7 +749,21 @@ impl Op {
             Op::SetStock { sku, .. }
             | Op::AdjustStock { sku, .. }
             | Op::SetSafetyStock { sku, .. }
-            | Op::QuerySku { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
+            | Op::QuerySku { sku }
+            | Op::QueryLimits { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
+            Op::SetLimits { sku, limits } => {
+                check_len(sku, SKU_BYTES_MAX, "sku")?;
+                if limits.quotas.len() > usize::from(QUOTAS_PER_SKU_MAX) {
+                    let count = limits.quotas.len();
+                    return Err(DecodeError::too_large(format!(
+                        "{count} quotas exceed {QUOTAS_PER_SKU_MAX}"
+                    )));
+                }
+                limits
+                    .quotas
+                    .iter()
+                    .try_for_each(|q| check_len(&q.channel, TAG_BYTES_MAX, "channel"))
+            }
         }
     }
 }
@@ -724,8 +875,10 @@ impl OpReply {
             OpReply::SetStock(_) => Opcode::SetStock,
             OpReply::AdjustStock(_) => Opcode::AdjustStock,
             OpReply::SetSafetyStock(_) => Opcode::SetSafetyStock,
+            OpReply::SetLimits(_) => Opcode::SetLimits,
             OpReply::QuerySku(_) => Opcode::QuerySku,
             OpReply::QueryReservation(_) => Opcode::QueryReservation,
+            OpReply::QueryLimits(_) => Opcode::QueryLimits,
         }
     }
 
@@ -741,8 +894,10 @@ impl OpReply {
             OpReply::SetStock(r)
             | OpReply::AdjustStock(r)
             | OpReply::SetSafetyStock(r)
+            | OpReply::SetLimits(r)
             | OpReply::QuerySku(r) => r.code,
             OpReply::QueryReservation(r) => r.code,
+            OpReply::QueryLimits(r) => r.code,
         }
     }
 
@@ -761,7 +916,9 @@ impl OpReply {
             Opcode::SetStock => OpReply::SetStock(sku),
             Opcode::AdjustStock => OpReply::AdjustStock(sku),
             Opcode::SetSafetyStock => OpReply::SetSafetyStock(sku),
+            Opcode::SetLimits => OpReply::SetLimits(sku),
             Opcode::QuerySku => OpReply::QuerySku(sku),
+            Opcode::QueryLimits => OpReply::QueryLimits(LimitsReply::refused(code)),
             Opcode::QueryReservation => {
                 OpReply::QueryReservation(ReservationReply { code, info: None })
             }
@@ -788,7 +945,18 @@ impl OpReply {
             OpReply::SetStock(r)
             | OpReply::AdjustStock(r)
             | OpReply::SetSafetyStock(r)
+            | OpReply::SetLimits(r)
             | OpReply::QuerySku(r) => put_sku_reply(buf, r),
+            OpReply::QueryLimits(r) => {
+                buf.put_u8(r.code.as_u8());
+                put_limits(buf, &r.limits);
+                for used in &r.channels {
+                    buf.put_u64_le(used.allocation);
+                    buf.put_u64_le(used.used);
+                }
+                buf.put_u64_le(r.pool);
+                buf.put_u64_le(r.pool_used);
+            }
             OpReply::QueryReservation(r) => {
                 buf.put_u8(r.code.as_u8());
                 let Some(info) = &r.info else { return };
@@ -826,7 +994,27 @@ impl OpReply {
             Some(Opcode::SetStock) => OpReply::SetStock(read_sku_reply(&mut r)?),
             Some(Opcode::AdjustStock) => OpReply::AdjustStock(read_sku_reply(&mut r)?),
             Some(Opcode::SetSafetyStock) => OpReply::SetSafetyStock(read_sku_reply(&mut r)?),
+            Some(Opcode::SetLimits) => OpReply::SetLimits(read_sku_reply(&mut r)?),
             Some(Opcode::QuerySku) => OpReply::QuerySku(read_sku_reply(&mut r)?),
+            Some(Opcode::QueryLimits) => {
+                let code = r.code()?;
+                let limits = r.limits()?;
+                let mut channels = Vec::with_capacity(limits.quotas.len());
+                for quota in &limits.quotas {
+                    channels.push(ChannelUse {
+                        channel: quota.channel.clone(),
+                        allocation: r.u64()?,
+                        used: r.u64()?,
+                    });
+                }
+                OpReply::QueryLimits(LimitsReply {
+                    code,
+                    limits,
+                    channels,
+                    pool: r.u64()?,
+                    pool_used: r.u64()?,
+                })
+            }
             Some(Opcode::QueryReservation) => {
                 let code = r.code()?;
                 let info = if r.buf.has_remaining() {

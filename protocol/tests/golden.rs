@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use stockd_protocol::frame::RawFrame;
 use stockd_protocol::message::{ExtendReply, ReservationReply, ReserveReply, SkuReply};
 use stockd_protocol::{
-    Confirm, ErrorReply, FrameDecoder, Hello, HelloReply, Line, Op, OpReply, Reply, Request,
-    ReservationInfo, ReservationLine, ReservationState, Reserve, ResultCode, SkuInfo,
+    ChannelQuota, ChannelUse, Confirm, ErrorReply, FrameDecoder, Hello, HelloReply, LimitsReply,
+    Line, Op, OpReply, QuotaLimit, Reply, Request, ReservationInfo, ReservationLine,
+    ReservationState, Reserve, ResultCode, SkuInfo, SkuLimits,
 };
 use tokio_util::codec::Decoder;
 
@@ -133,6 +134,53 @@ fn vectors() -> Vec<(&'static str, u64, Message)> {
             "query_sku_reply",
             11,
             Rep(Reply::Op(OpReply::QuerySku(SkuReply { code: ResultCode::Ok, info: sku }))),
+        ),
+        (
+            "set_limits",
+            21,
+            Req(Request::Op(Op::SetLimits {
+                sku: "tee-m".into(),
+                limits: SkuLimits {
+                    max_per_buyer: 2,
+                    shared_pool: true,
+                    quotas: vec![
+                        ChannelQuota {
+                            channel: "live".into(),
+                            limit: QuotaLimit::BasisPoints(4_000),
+                        },
+                        ChannelQuota { channel: "web".into(), limit: QuotaLimit::Units(100) },
+                    ],
+                },
+            })),
+        ),
+        (
+            "set_limits_reply",
+            21,
+            Rep(Reply::Op(OpReply::SetLimits(SkuReply { code: ResultCode::Ok, info: sku }))),
+        ),
+        ("query_limits", 22, Req(Request::Op(Op::QueryLimits { sku: "tee-m".into() }))),
+        (
+            "query_limits_reply",
+            22,
+            Rep(Reply::Op(OpReply::QueryLimits(LimitsReply {
+                code: ResultCode::Ok,
+                limits: SkuLimits {
+                    max_per_buyer: 2,
+                    shared_pool: false,
+                    quotas: vec![ChannelQuota {
+                        channel: "live".into(),
+                        limit: QuotaLimit::BasisPoints(4_000),
+                    }],
+                },
+                channels: vec![ChannelUse { channel: "live".into(), allocation: 4, used: 1 }],
+                pool: 6,
+                pool_used: 2,
+            }))),
+        ),
+        (
+            "query_limits_reply_unknown_sku",
+            23,
+            Rep(Reply::Op(OpReply::QueryLimits(LimitsReply::refused(ResultCode::UnknownSku)))),
         ),
         ("query_reservation", 12, Req(Request::Op(Op::QueryReservation { id: "order-1".into() }))),
         (

@@ -3,7 +3,7 @@
 //! commands with the time they were applied, and replaying them reproduces the state.
 
 use bytes::Bytes;
-use stockd_protocol::{Confirm, Op, Reserve};
+use stockd_protocol::{Confirm, Op, Reserve, SkuLimits};
 
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub enum Command {
         sku: Bytes,
         safety_stock: u64,
     },
+    /// Replace a SKU's per-buyer limit and channel quotas.
+    SetLimits {
+        sku: Bytes,
+        limits: SkuLimits,
+    },
     /// End a hold whose deadline has passed.
     Expire {
         id: Bytes,
@@ -60,7 +65,11 @@ impl Command {
             Op::SetSafetyStock { sku, safety_stock } => {
                 Command::SetSafetyStock { sku, safety_stock }
             }
-            Op::Ping | Op::QuerySku { .. } | Op::QueryReservation { .. } => return None,
+            Op::SetLimits { sku, limits } => Command::SetLimits { sku, limits },
+            Op::Ping
+            | Op::QuerySku { .. }
+            | Op::QueryReservation { .. }
+            | Op::QueryLimits { .. } => return None,
         })
     }
 }

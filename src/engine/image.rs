@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use rkyv::{Archive, Deserialize, Serialize};
-use stockd_protocol::ReservationState;
+use stockd_protocol::{ChannelQuota, QuotaLimit, ReservationState, SkuLimits};
 use thiserror::Error;
 
+use super::limits::Limits;
 use super::shard::{HeldLine, Key, Reservation, Shard, Sku};
 use super::{Engine, EngineConfig};
 
@@ -24,6 +25,86 @@ pub struct SkuImage {
     pub sku: Vec<u8>,
     pub on_hand: u64,
     pub safety_stock: u64,
+    /// Per-buyer limit and channel quotas (the uses are recounted on load).
+    pub limits: Option<LimitsImage>,
+}
+
+/// The image layout of snapshot format version 1 (before SKU limits), still read.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageV1 {
+    pub skus: Vec<SkuImageV1>,
+    pub reservations: Vec<ReservationImage>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SkuImageV1 {
+    pub sku: Vec<u8>,
+    pub on_hand: u64,
+    pub safety_stock: u64,
+}
+
+impl ImageV1 {
+    /// The same state in the current layout (no SKU has limits).
+    pub fn upgrade(self) -> Image {
+        let skus = self.skus.into_iter().map(|s| SkuImage {
+            sku: s.sku,
+            on_hand: s.on_hand,
+            safety_stock: s.safety_stock,
+            limits: None,
+        });
+        Image { skus: skus.collect(), reservations: self.reservations }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LimitsImage {
+    pub max_per_buyer: u32,
+    pub shared_pool: bool,
+    pub quotas: Vec<QuotaImage>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QuotaImage {
+    pub channel: Vec<u8>,
+    /// 0: `value` units; 1: `value` basis points of the sellable stock.
+    pub kind: u8,
+    pub value: u64,
+}
+
+impl LimitsImage {
+    fn of(limits: &SkuLimits) -> LimitsImage {
+        LimitsImage {
+            max_per_buyer: limits.max_per_buyer,
+            shared_pool: limits.shared_pool,
+            quotas: limits
+                .quotas
+                .iter()
+                .map(|q| {
+                    let (kind, value) = match q.limit {
+                        QuotaLimit::Units(units) => (0, units),
+                        QuotaLimit::BasisPoints(basis) => (1, u64::from(basis)),
+                    };
+                    QuotaImage { channel: q.channel.to_vec(), kind, value }
+                })
+                .collect(),
+        }
+    }
+
+    fn limits(&self) -> Result<SkuLimits, ImageError> {
+        let quotas = self.quotas.iter().map(|q| {
+            let limit = match (q.kind, u16::try_from(q.value)) {
+                (0, _) => QuotaLimit::Units(q.value),
+                (1, Ok(basis)) if basis <= 10_000 => QuotaLimit::BasisPoints(basis),
+                _ => return Err(bad(format!("quota kind {} value {}", q.kind, q.value))),
+            };
+            Ok(ChannelQuota { channel: q.channel.clone().into(), limit })
+        });
+        Ok(SkuLimits {
+            max_per_buyer: self.max_per_buyer,
+            shared_pool: self.shared_pool,
+            quotas: quotas.collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -67,6 +148,7 @@ impl Engine {
                 sku: sku.to_vec(),
                 on_hand: s.on_hand,
                 safety_stock: s.safety_stock,
+                limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
             }));
             image.reservations.extend(shard.reservations.iter().map(|(id, r)| {
                 ReservationImage {
@@ -104,7 +186,18 @@ impl Engine {
                 return Err(bad("empty SKU id"));
             }
             let mut shard = engine.shards[engine.shard_of(&s.sku)].lock();
-            let sku = Sku { on_hand: s.on_hand, safety_stock: s.safety_stock, ..Sku::default() };
+            let limits = match &s.limits {
+                Some(image) => {
+                    let config = image.limits()?;
+                    if config == SkuLimits::default() || !Limits::valid(&config) {
+                        return Err(bad("SKU limits that could not have been set"));
+                    }
+                    Some(Box::new(Limits::new(&config)))
+                }
+                None => None,
+            };
+            let sku =
+                Sku { on_hand: s.on_hand, safety_stock: s.safety_stock, limits, ..Sku::default() };
             if shard.skus.insert(Key::from(&s.sku[..]), sku).is_some() {
                 return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(&s.sku))));
             }
@@ -135,17 +228,11 @@ impl Engine {
             if line.qty == 0 || line.confirmed > line.qty || (!confirmed && line.confirmed != 0) {
                 return Err(bad(format!("reservation {} has a bad line quantity", name())));
             }
-            let mut shard = self.shards[self.shard_of(&line.sku)].lock();
+            let shard = self.shards[self.shard_of(&line.sku)].lock();
             let key = match shard.skus.get_key_value(&line.sku[..]) {
                 Some((key, _)) => key.clone(),
                 None => return Err(bad(format!("reservation {} names an unknown SKU", name()))),
             };
-            let sku = shard.skus.get_mut(&key).expect("just found");
-            match state {
-                ReservationState::Held => sku.hold(u64::from(line.qty), r.expires_at_ms),
-                ReservationState::Confirmed => sku.committed += u64::from(line.confirmed),
-                _ => {}
-            }
             lines.push(HeldLine { sku: key, qty: line.qty });
         }
         let id = Key::from(&r.id[..]);
@@ -165,6 +252,18 @@ impl Engine {
             expires_at_ms: r.expires_at_ms,
             forget_at_ms: r.forget_at_ms,
         };
+        for (index, (line, image)) in reservation.lines.iter().zip(&r.lines).enumerate() {
+            let mut shard = self.shards[self.shard_of(&line.sku)].lock();
+            let sku = shard.skus.get_mut(&line.sku).expect("found above");
+            match state {
+                ReservationState::Held => sku.hold(u64::from(line.qty), r.expires_at_ms),
+                ReservationState::Confirmed => sku.committed += u64::from(image.confirmed),
+                _ => {}
+            }
+            if let Some(limits) = &mut sku.limits {
+                limits.count(&reservation, index);
+            }
+        }
         let mut shard = self.shards[self.shard_of(&r.id)].lock();
         let shard: &mut Shard = &mut shard;
         if state == ReservationState::Held {

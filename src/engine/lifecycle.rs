@@ -92,16 +92,23 @@ impl Engine {
         confirmed: Option<Box<[u32]>>,
         now_ms: u64,
     ) {
-        let (key, lines, expires_at_ms) = {
+        let (key, lines, expires_at_ms, tags) = {
             let (key, r) = locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
             assert_eq!(r.state, ReservationState::Held, "only a hold can end");
-            (key.clone(), r.lines.clone(), r.expires_at_ms)
+            (key.clone(), r.lines.clone(), r.expires_at_ms, r.counted())
         };
         for (index, line) in lines.iter().enumerate() {
             let sku = self.reserved_sku(locked, &line.sku);
             sku.unhold(u64::from(line.qty), expires_at_ms);
-            if let Some(confirmed) = &confirmed {
-                sku.committed += u64::from(confirmed[index]);
+            let bought = confirmed.as_ref().map(|confirmed| confirmed[index]);
+            if let Some(bought) = bought {
+                sku.committed += u64::from(bought);
+            }
+            if let Some(limits) = &mut sku.limits {
+                limits.unhold(&tags, expires_at_ms, line.qty);
+                if let Some(bought) = bought {
+                    limits.commit(&tags, bought);
+                }
             }
         }
         let shard = locked.shard(res_shard);
@@ -225,11 +232,15 @@ impl Engine {
         if new_ms == old_ms {
             return ExtendReply { code: ResultCode::Ok, expires_at_ms: old_ms };
         }
-        let (key, lines) = (key.clone(), reservation.lines.clone());
+        let (key, lines, tags) = (key.clone(), reservation.lines.clone(), reservation.counted());
         for line in lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
             sku.unhold(u64::from(line.qty), old_ms);
             sku.hold(u64::from(line.qty), new_ms);
+            if let Some(limits) = &mut sku.limits {
+                limits.unhold(&tags, old_ms, line.qty);
+                limits.hold(&tags, new_ms, line.qty);
+            }
         }
         let shard = locked.shard(res_shard);
         shard.deadlines.remove(&(old_ms, key.clone()));
@@ -256,10 +267,17 @@ impl Engine {
             ReservationState::Confirmed => {}
             state => return finished_code(state),
         }
-        let (key, lines, confirmed) =
-            (key.clone(), reservation.lines.clone(), reservation.confirmed.clone());
+        let (key, lines, confirmed, tags) = (
+            key.clone(),
+            reservation.lines.clone(),
+            reservation.confirmed.clone(),
+            reservation.counted(),
+        );
         for (line, qty) in lines.iter().zip(confirmed.iter()) {
             let sku = self.reserved_sku(&mut locked, &line.sku);
+            if let Some(limits) = &mut sku.limits {
+                limits.ship(&tags, *qty);
+            }
             let qty = u64::from(*qty);
             assert!(sku.committed >= qty, "committed units are accounted for");
             sku.committed -= qty;
@@ -287,16 +305,30 @@ impl Engine {
     }
 
     /// Drops a finished reservation past its retention (the sweep's command).
+    ///
+    /// A shipped reservation's units stop counting against its buyer's limit here, so its SKUs
+    /// are locked too.
     pub(super) fn forget(&self, id: &[u8], now_ms: u64, on_change: impl FnOnce()) -> ResultCode {
-        let mut shard = self.shards[self.shard_of(id)].lock();
-        let Some((key, reservation)) = shard.reservations.get_key_value(id) else {
+        let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return ResultCode::NotFound;
         };
+        let (key, reservation) =
+            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
         let forget_at_ms = reservation.forget_at_ms;
         if forget_at_ms == 0 || forget_at_ms > now_ms {
             return ResultCode::InvalidArgument;
         }
         let key = key.clone();
+        if reservation.state == ReservationState::Shipped {
+            let (lines, confirmed, tags) =
+                (reservation.lines.clone(), reservation.confirmed.clone(), reservation.counted());
+            for (line, qty) in lines.iter().zip(confirmed.iter()) {
+                if let Some(limits) = &mut self.reserved_sku(&mut locked, &line.sku).limits {
+                    limits.forget(&tags, *qty);
+                }
+            }
+        }
+        let shard = locked.shard(res_shard);
         shard.retired.remove(&(forget_at_ms, key));
         shard.reservations.remove(id);
         on_change();

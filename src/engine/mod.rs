@@ -19,6 +19,7 @@
 mod command;
 pub mod image;
 mod lifecycle;
+mod limits;
 mod reserve;
 mod shard;
 mod stock;
@@ -119,6 +120,9 @@ impl Engine {
             }
             Command::SetSafetyStock { .. } => {
                 OpReply::SetSafetyStock(self.change_stock(command, now_ms, on_change).0)
+            }
+            Command::SetLimits { sku, limits } => {
+                OpReply::SetLimits(self.set_limits(sku, limits, now_ms, on_change))
             }
             Command::Expire { id } => OpReply::Release(self.expire(id, now_ms, on_change)),
             Command::Forget { id } => OpReply::Release(self.forget(id, now_ms, on_change)),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 use stockd_protocol::{Line, ReservationState, Reserve, ReserveReply, ResultCode};
 
+use super::limits::Counted;
 use super::shard::{HeldLine, Key, Reservation};
 use super::Engine;
 
@@ -41,8 +42,8 @@ pub(super) fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<NormalLi
     Ok(merged)
 }
 
-fn tag(bytes: &[u8]) -> Option<Box<[u8]>> {
-    (!bytes.is_empty()).then(|| bytes.into())
+fn tag(bytes: &[u8]) -> Option<Key> {
+    (!bytes.is_empty()).then(|| Key::from(bytes))
 }
 
 fn rejected(code: ResultCode, failed_line: Option<u16>) -> ReserveReply {
@@ -108,7 +109,15 @@ impl Engine {
             let checked = match locked.shard(*shard).skus.get_key_value(line.sku) {
                 None => Err(ResultCode::UnknownSku),
                 Some((key, sku)) => {
-                    sku.check_take(u64::from(line.qty), now_ms).map(|()| keys.push(key.clone()))
+                    let qty = u64::from(line.qty);
+                    sku.check_take(qty, now_ms)
+                        .and_then(|()| match sku.limits.as_deref() {
+                            Some(limits) => {
+                                limits.check(sku, &request.channel, &request.customer, qty, now_ms)
+                            }
+                            None => Ok(()),
+                        })
+                        .map(|()| keys.push(key.clone()))
                 }
             };
             if let Err(code) = checked {
@@ -122,9 +131,13 @@ impl Engine {
         }
 
         let expires_at_ms = now_ms + ttl_ms;
+        let tags = Counted { channel: tag(&request.channel), customer: tag(&request.customer) };
         for ((line, shard), key) in lines.iter().zip(&sku_shards).zip(&keys) {
             let sku = locked.shard(*shard).skus.get_mut(key).expect("checked above");
             sku.hold(u64::from(line.qty), expires_at_ms);
+            if let Some(limits) = &mut sku.limits {
+                limits.hold(&tags, expires_at_ms, line.qty);
+            }
         }
         let held: Arc<[HeldLine]> =
             lines.iter().zip(keys).map(|(line, sku)| HeldLine { sku, qty: line.qty }).collect();
@@ -138,8 +151,8 @@ impl Engine {
                 lines: held,
                 confirmed: Box::default(),
                 ttl_ms: request.ttl_ms,
-                channel: tag(&request.channel),
-                customer: tag(&request.customer),
+                channel: tags.channel,
+                customer: tags.customer,
                 created_at_ms: now_ms,
                 expires_at_ms,
                 forget_at_ms: 0,

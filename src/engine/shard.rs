@@ -9,6 +9,7 @@ use parking_lot::MutexGuard;
 use smallvec::SmallVec;
 use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, ResultCode, SkuInfo};
 
+use super::limits::{Counted, Limits};
 use super::Command;
 
 /// Interned id bytes, shared between the maps, the time indexes and reservation lines.
@@ -30,6 +31,8 @@ pub(super) struct Sku {
     pub taken_total: u64,
     /// `taken_total` when the activity sampler last looked (see `Engine::sample_activity`).
     pub sampled_taken: u64,
+    /// Per-buyer limit and channel quotas, with the uses they are checked against.
+    pub limits: Option<Box<Limits>>,
 }
 
 impl Sku {
@@ -109,8 +112,8 @@ pub(super) struct Reservation {
     pub confirmed: Box<[u32]>,
     /// TTL as requested (0 = default), part of the content compared on retries.
     pub ttl_ms: u32,
-    pub channel: Option<Box<[u8]>>,
-    pub customer: Option<Box<[u8]>>,
+    pub channel: Option<Key>,
+    pub customer: Option<Key>,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     /// When a finished reservation may be forgotten (0 while not finished).
@@ -118,6 +121,11 @@ pub(super) struct Reservation {
 }
 
 impl Reservation {
+    /// The tags per-buyer limits and channel quotas count this reservation by.
+    pub fn counted(&self) -> Counted {
+        Counted { channel: self.channel.clone(), customer: self.customer.clone() }
+    }
+
     /// Held and past its deadline: to be treated as expired.
     pub fn lapsed(&self, now_ms: u64) -> bool {
         self.state == ReservationState::Held && now_ms >= self.expires_at_ms
@@ -125,7 +133,7 @@ impl Reservation {
 
     pub fn info(&self, now_ms: u64) -> ReservationInfo {
         let state = if self.lapsed(now_ms) { ReservationState::Expired } else { self.state };
-        let bytes = |tag: &Option<Box<[u8]>>| tag.as_deref().map(Bytes::copy_from_slice);
+        let bytes = |tag: &Option<Key>| tag.as_deref().map(Bytes::copy_from_slice);
         ReservationInfo {
             state,
             created_at_ms: self.created_at_ms,

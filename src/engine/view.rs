@@ -175,7 +175,7 @@ impl Engine {
                 let Ok(index) = r.lines.binary_search_by(|line| line.sku[..].cmp(sku)) else {
                     continue;
                 };
-                let tag = |tag: &Option<Box<[u8]>>| {
+                let tag = |tag: &Option<Key>| {
                     tag.as_deref().map(Bytes::copy_from_slice).unwrap_or_default()
                 };
                 holds.push(HoldRow {

@@ -7,7 +7,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"STKDSNAP"
-//!      8     4  version      u32, 1 (the layout of `engine::Image`)
+//!      8     4  version      u32, 2 (the layout of `engine::Image`; 1 is still read)
 //!     12     4  reserved     zero
 //!     16     8  lsn          u64, last log record included
 //!     24     8  now_ms       u64, latest server time seen in the state
@@ -22,6 +22,9 @@
 //! is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
 //! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
 //! kept; if the newest is damaged, recovery falls back to the older one and the longer log.
+//!
+//! Versions: 2 added SKU limits (`SkuImage::limits`). Version 1 files (no limits) are read
+//! through `engine::image::ImageV1` and written back as version 2 by the next snapshot.
 
 use std::io;
 
@@ -29,11 +32,12 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use tracing::warn;
 
-use crate::engine::{image::ArchivedImage, Engine, EngineConfig, Image};
+use crate::engine::image::{ArchivedImage, ArchivedImageV1, ImageV1};
+use crate::engine::{Engine, EngineConfig, Image};
 use crate::wal::storage::Storage;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// Snapshots kept on disk.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -60,13 +64,23 @@ pub fn list(storage: &dyn Storage) -> io::Result<Vec<(u64, String)>> {
 /// Writes a snapshot of `image` at `lsn` durably and returns its file name.
 pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io::Result<String> {
     let body = rkyv::to_bytes::<rancor::Error>(image).map_err(io::Error::other)?;
+    write_body(storage, lsn, now_ms, SNAPSHOT_VERSION, &body)
+}
+
+fn write_body(
+    storage: &dyn Storage,
+    lsn: u64,
+    now_ms: u64,
+    version: u32,
+    body: &[u8],
+) -> io::Result<String> {
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
-    header[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    header[8..12].copy_from_slice(&version.to_le_bytes());
     header[16..24].copy_from_slice(&lsn.to_le_bytes());
     header[24..32].copy_from_slice(&now_ms.to_le_bytes());
     header[32..40].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    header[40..44].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    header[40..44].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
     let crc = crc32c::crc32c(&header[..60]);
     header[60..64].copy_from_slice(&crc.to_le_bytes());
 
@@ -74,7 +88,7 @@ pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io:
     let temp = format!("{name}.tmp");
     let mut file = storage.create(&temp)?;
     file.write_at(0, &header)?;
-    file.write_at(SNAPSHOT_HEADER_BYTES as u64, &body)?;
+    file.write_at(SNAPSHOT_HEADER_BYTES as u64, body)?;
     file.sync_data()?;
     drop(file);
     storage.rename(&temp, &name)?;
@@ -104,8 +118,11 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
     if header[0..8] != SNAPSHOT_MAGIC {
         return Err("not a stockd snapshot".into());
     }
-    if u32_at(8) != SNAPSHOT_VERSION {
-        return Err(format!("format version {}, this stockd reads {SNAPSHOT_VERSION}", u32_at(8)));
+    let version = u32_at(8);
+    if version != SNAPSHOT_VERSION && version != 1 {
+        return Err(format!(
+            "format version {version}, this stockd reads 1 and {SNAPSHOT_VERSION}"
+        ));
     }
     let body_len = usize::try_from(u64_at(32)).map_err(|_| "body length overflows")?;
     let body = data
@@ -125,10 +142,18 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         aligned = copy;
         &aligned[..]
     };
-    let archived = rkyv::access::<ArchivedImage, rancor::Error>(body)
-        .map_err(|e| format!("invalid archive: {e}"))?;
-    let image = rkyv::deserialize::<Image, rancor::Error>(archived)
-        .map_err(|e| format!("cannot deserialise: {e}"))?;
+    let image = if version == 1 {
+        let archived = rkyv::access::<ArchivedImageV1, rancor::Error>(body)
+            .map_err(|e| format!("invalid archive: {e}"))?;
+        rkyv::deserialize::<ImageV1, rancor::Error>(archived)
+            .map_err(|e| format!("cannot deserialise: {e}"))?
+            .upgrade()
+    } else {
+        let archived = rkyv::access::<ArchivedImage, rancor::Error>(body)
+            .map_err(|e| format!("invalid archive: {e}"))?;
+        rkyv::deserialize::<Image, rancor::Error>(archived)
+            .map_err(|e| format!("cannot deserialise: {e}"))?
+    };
     let engine = Engine::from_image(config, &image).map_err(|e| e.to_string())?;
     Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) })
 }
@@ -180,6 +205,54 @@ mod tests {
         });
         engine.apply(&reserve, 1, || {});
         engine
+    }
+
+    #[test]
+    fn limits_round_trip_with_their_uses_recounted() {
+        let engine = engine_with_state();
+        let limits = stockd_protocol::SkuLimits {
+            max_per_buyer: 3,
+            shared_pool: true,
+            quotas: vec![stockd_protocol::ChannelQuota {
+                channel: "c".into(),
+                limit: stockd_protocol::QuotaLimit::BasisPoints(5_000),
+            }],
+        };
+        let set = Command::SetLimits { sku: "a".into(), limits };
+        engine.apply(&set, 1, || {});
+        let storage = MemStorage::new();
+        let name = write(&storage, 3, 1, &engine.image()).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!(loaded.engine.image(), engine.image());
+        let (before, after) = (engine.query_limits(b"a", 1), loaded.engine.query_limits(b"a", 1));
+        assert_eq!(after, before);
+        assert_eq!((after.channels[0].allocation, after.channels[0].used), (3, 2));
+    }
+
+    #[test]
+    fn version_1_snapshots_are_still_read() {
+        let engine = engine_with_state();
+        let image = engine.image();
+        let v1 = crate::engine::image::ImageV1 {
+            skus: image
+                .skus
+                .iter()
+                .map(|s| crate::engine::image::SkuImageV1 {
+                    sku: s.sku.clone(),
+                    on_hand: s.on_hand,
+                    safety_stock: s.safety_stock,
+                })
+                .collect(),
+            reservations: image.reservations.clone(),
+        };
+        let body = rkyv::to_bytes::<rancor::Error>(&v1).expect("serialise");
+        let storage = MemStorage::new();
+        let name = write_body(&storage, 8, 1, 1, &body).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("a v1 snapshot loads");
+        assert_eq!(loaded.engine.image(), image);
+        let future = write_body(&storage, 9, 1, 3, &body).expect("write");
+        let refused = load(&storage, &future, EngineConfig::default()).err().expect("refused");
+        assert!(refused.contains("format version 3"), "{refused}");
     }
 
     #[test]

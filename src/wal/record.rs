@@ -96,6 +96,9 @@ fn encode_payload(command: &Command, buf: &mut BytesMut) {
         Command::SetSafetyStock { sku, safety_stock } => {
             Op::SetSafetyStock { sku: sku.clone(), safety_stock: *safety_stock }
         }
+        Command::SetLimits { sku, limits } => {
+            Op::SetLimits { sku: sku.clone(), limits: limits.clone() }
+        }
     };
     buf.put_u8(op.opcode() as u8);
     op.encode_body(buf);
