@@ -474,16 +474,14 @@ impl Reader {
             let channel = self.str8(TAG_BYTES_MAX, "channel")?;
             let limit = match self.u8()? {
                 0 => QuotaLimit::Units(self.u64()?),
+                // Shares above 10 000 decode (the server refuses them as `invalid_argument`);
+                // above a u16 they cannot be represented.
                 1 => {
                     let value = self.u64()?;
-                    match u16::try_from(value) {
-                        Ok(basis) if basis <= 10_000 => QuotaLimit::BasisPoints(basis),
-                        _ => {
-                            return Err(DecodeError::malformed(format!(
-                                "a share of {value} basis points exceeds 10000"
-                            )))
-                        }
-                    }
+                    let basis = u16::try_from(value).map_err(|_| {
+                        DecodeError::malformed(format!("a share of {value} basis points"))
+                    })?;
+                    QuotaLimit::BasisPoints(basis)
                 }
                 other => return Err(DecodeError::malformed(format!("quota kind {other}"))),
             };
