@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use stockd_protocol::{Client, ClientOptions, Line, ReservationInfo, Reserve, ResultCode, SkuInfo};
+use stockd_protocol::{
+    ChannelQuota, Client, ClientOptions, Line, QuotaLimit, ReservationInfo, Reserve, ResultCode,
+    SkuInfo, SkuLimits,
+};
 
 use crate::config::{Config, LogFormat, DEFAULT_TOML};
 use crate::server::Server;
@@ -44,6 +47,9 @@ enum Command {
     /// Set, adjust or read a SKU's stock.
     #[command(subcommand)]
     Stock(StockCommand),
+    /// Set or show a SKU's flash-sale limits: per-buyer limit and channel quotas.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Reserve stock: `stockd reserve ORDER-1 SKU-A:2 SKU-B:1`.
     Reserve {
         #[command(flatten)]
@@ -137,6 +143,54 @@ enum StockCommand {
         client: ClientArgs,
         sku: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum LimitsCommand {
+    /// Replace the limits: `stockd limits set DROP-1 --max-per-buyer 2 --quota live=40% --quota
+    /// app=500 --shared-pool`. Without options, removes them.
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        /// Most units one customer may hold and have bought at once (0 = no limit).
+        #[arg(long, default_value_t = 0)]
+        max_per_buyer: u32,
+        /// A channel quota, CHANNEL=UNITS or CHANNEL=PERCENT% (repeatable, at most 16).
+        #[arg(long = "quota", value_parser = parse_quota)]
+        quotas: Vec<ChannelQuota>,
+        /// Let channels with a quota also sell from the unallocated pool once theirs is used.
+        #[arg(long)]
+        shared_pool: bool,
+    },
+    /// Show the limits, each channel's allocation and use, and the pool.
+    Get {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+    },
+}
+
+/// `live=40%` (a share, up to two decimals) or `app=500` (units).
+fn parse_quota(text: &str) -> Result<ChannelQuota, String> {
+    let (channel, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not CHANNEL=UNITS or CHANNEL=PERCENT%"))?;
+    if channel.is_empty() {
+        return Err("the channel is empty".into());
+    }
+    let limit = match value.strip_suffix('%') {
+        Some(percent) => {
+            let percent: f64 =
+                percent.parse().map_err(|_| format!("{percent:?} is not a percentage"))?;
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(format!("{percent}% is not within 0..=100%"));
+            }
+            QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
+        }
+        None => QuotaLimit::Units(value.parse().map_err(|_| format!("{value:?} is not a count"))?),
+    };
+    Ok(ChannelQuota { channel: bytes(channel), limit })
 }
 
 #[derive(Args, Debug)]
@@ -367,6 +421,40 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
             print_sku(reply.code, &reply.info);
             reply.code
         }
+        Command::Limits(LimitsCommand::Set { client, sku, max_per_buyer, quotas, shared_pool }) => {
+            let limits = SkuLimits { max_per_buyer, shared_pool, quotas };
+            let reply = connect(&client).await?.set_limits(bytes(&sku), limits).await?;
+            print_sku(reply.code, &reply.info);
+            reply.code
+        }
+        Command::Limits(LimitsCommand::Get { client, sku }) => {
+            let reply = connect(&client).await?.query_limits(bytes(&sku)).await?;
+            if reply.code.is_ok() {
+                println!(
+                    "{} max_per_buyer={} shared_pool={} pool={} pool_used={}",
+                    reply.code,
+                    reply.limits.max_per_buyer,
+                    reply.limits.shared_pool,
+                    reply.pool,
+                    reply.pool_used
+                );
+                for (quota, used) in reply.limits.quotas.iter().zip(&reply.channels) {
+                    let limit = match quota.limit {
+                        QuotaLimit::Units(units) => format!("{units}"),
+                        QuotaLimit::BasisPoints(basis) => format!("{}%", f64::from(basis) / 100.0),
+                    };
+                    println!(
+                        "  {} quota={limit} allocation={} used={}",
+                        String::from_utf8_lossy(&quota.channel),
+                        used.allocation,
+                        used.used
+                    );
+                }
+            } else {
+                println!("{}", reply.code);
+            }
+            reply.code
+        }
         Command::Reserve { client, id, lines, ttl_ms, channel, customer } => {
             let reserve = Reserve {
                 id: bytes(&id),
@@ -423,4 +511,20 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
         }
     };
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_parse_as_units_or_percent() {
+        let live = parse_quota("live=40%").unwrap();
+        assert_eq!((&live.channel[..], live.limit), (&b"live"[..], QuotaLimit::BasisPoints(4_000)));
+        assert_eq!(parse_quota("app=12.5%").unwrap().limit, QuotaLimit::BasisPoints(1_250));
+        assert_eq!(parse_quota("app=500").unwrap().limit, QuotaLimit::Units(500));
+        for bad in ["live", "=5", "live=-1", "live=101%", "live=many", "live=x%"] {
+            assert!(parse_quota(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

@@ -52,6 +52,22 @@ fn serve_and_use_the_cli() {
     );
     let (code, out) = cli(&daemon, &["release", "NOPE"]);
     assert_eq!((code, out.trim()), (3, "not_found"));
+    // Flash-sale limits.
+    let set = ["limits", "set", "SKU-1", "--max-per-buyer", "1", "--quota", "live=50%"];
+    assert_eq!(cli(&daemon, &set).0, 0);
+    let order = ["reserve", "ORDER-3", "SKU-1:1", "--customer", "ann", "--channel", "live"];
+    assert_eq!(cli(&daemon, &order).0, 0);
+    let again = ["reserve", "ORDER-4", "SKU-1:1", "--customer", "ann", "--channel", "live"];
+    assert_eq!(cli(&daemon, &again), (3, "buyer_limit_exceeded failed_line=0\n".into()));
+    let (code, out) = cli(&daemon, &["limits", "get", "SKU-1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "ok max_per_buyer=1 shared_pool=false pool=2 pool_used=0\n  live quota=50% allocation=1 used=1\n"
+    );
+    let (code, out) = cli(&daemon, &["release", "ORDER-3"]);
+    assert_eq!((code, out.trim()), (0, "ok"));
+    assert_eq!(cli(&daemon, &["limits", "set", "SKU-1"]).0, 0, "no options: no limits");
     assert_eq!(terminate(daemon), Some(0), "SIGTERM is a clean exit");
 
     // The state survives the restart (through the final snapshot and the log).
