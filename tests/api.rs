@@ -439,3 +439,64 @@ async fn the_event_stream_pushes_live_updates() {
     // Shutdown ends open streams instead of waiting for them.
     server.stop().await;
 }
+
+#[tokio::test]
+async fn limits_are_set_shown_and_audited() {
+    let server = TestServer::start(test_config()).await;
+    let client = server.client().await;
+    client.set_stock("drop", 100, None).await.unwrap();
+    let addr = server.http_addr;
+    let body = json!({
+        "max_per_buyer": 2,
+        "shared_pool": true,
+        "quotas": [{ "channel": "live", "percent": 40 }, { "channel": "app", "units": 10 }],
+        "actor": "ops-lead",
+        "reason": "livestream drop at 20:00",
+    });
+    let (status, changed) = call(addr, "PUT", "/api/v1/skus/drop/limits", Some(body)).await;
+    assert_eq!((status, changed["changed"].as_bool()), (200, Some(true)), "{changed}");
+    let mut order = reserve("o1", "drop", 2, 60_000);
+    order.channel = Bytes::from_static(b"live");
+    assert!(client.reserve(order).await.unwrap().code.is_ok());
+
+    let (_, detail) = get(addr, "/api/v1/skus/drop").await;
+    let limits = &detail["limits"];
+    assert_eq!(
+        (limits["max_per_buyer"].as_u64(), limits["shared_pool"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(
+        limits["quotas"],
+        json!([
+            { "channel": "app", "units": 10, "allocation": 10, "used": 0 },
+            { "channel": "live", "percent": 40.0, "allocation": 40, "used": 2 },
+        ])
+    );
+    assert_eq!((limits["pool"].as_u64(), limits["pool_used"].as_u64()), (Some(50), Some(0)));
+    let (_, audit) = get(addr, "/api/v1/audit?target=drop").await;
+    let entry = &audit["entries"][0];
+    assert_eq!((entry["action"].as_str(), &entry["before"]), (Some("set_limits"), &Value::Null));
+    assert_eq!(entry["after"]["max_per_buyer"], 2);
+
+    let bad = [
+        json!({ "quotas": [{ "channel": "live", "units": 1, "percent": 5 }], "actor": "a", "reason": "r" }),
+        json!({ "quotas": [{ "channel": "live", "percent": 140 }], "actor": "a", "reason": "r" }),
+        json!({ "quotas": [{ "channel": "", "units": 1 }], "actor": "a", "reason": "r" }),
+        json!({ "quotas": [{ "channel": "x", "units": 1 }, { "channel": "x", "units": 2 }], "actor": "a", "reason": "r" }),
+        json!({ "max_per_buyer": -1, "actor": "a", "reason": "r" }),
+        json!({ "max_per_buyer": 1 }),
+    ];
+    for body in bad {
+        let reply = call(addr, "PUT", "/api/v1/skus/drop/limits", Some(body.clone())).await;
+        assert_eq!((reply.0, reply.1["code"].as_str()), (400, Some("invalid_argument")), "{body}");
+    }
+    let body = json!({ "max_per_buyer": 1, "actor": "a", "reason": "r" });
+    refused(call(addr, "PUT", "/api/v1/skus/nope/limits", Some(body)).await, 404, "unknown_sku");
+    // Removing the limits.
+    let body = json!({ "actor": "ops-lead", "reason": "drop over" });
+    let (status, _) = call(addr, "PUT", "/api/v1/skus/drop/limits", Some(body)).await;
+    assert_eq!(status, 200);
+    let (_, detail) = get(addr, "/api/v1/skus/drop").await;
+    assert_eq!(detail["limits"], Value::Null);
+    server.stop().await;
+}

@@ -19,7 +19,7 @@ use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use stockd::clock::Clock;
-use stockd_protocol::{Line, Reserve};
+use stockd_protocol::{ChannelQuota, Line, QuotaLimit, Reserve, SkuLimits};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -153,6 +153,9 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     client.set_stock("BOARD-A", 100, None).await.unwrap();
     client.set_stock("BOARD-B", 50, None).await.unwrap();
     client.set_safety_stock("BOARD-B", 50).await.unwrap();
+    let live = ChannelQuota { channel: Bytes::from_static(b"live"), limit: QuotaLimit::Units(40) };
+    let limits = SkuLimits { max_per_buyer: 10, shared_pool: false, quotas: vec![live] };
+    client.set_limits("BOARD-A", limits).await.unwrap();
     for n in 0..30 {
         client.set_stock(format!("FILLER-{n:02}"), 10, None).await.unwrap();
     }
@@ -203,6 +206,8 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     browser.find(Locator::Css(&cell("BOARD-A", "sku"))).await.unwrap().click().await.unwrap();
     wait_text(&browser, "#detail-holds-count", "1").await;
     wait_text(&browser, "#detail-holds tr:first-child td:first-child", "order-1").await;
+    wait_text(&browser, "#detail-quotas tr[data-channel=\"live\"] td:nth-child(4)", "7").await;
+    wait_text(&browser, "#detail-quotas tr[data-channel=\"live\"] td:nth-child(3)", "40").await;
     let form = browser.find(Locator::Css("#adjust")).await.unwrap();
     for (name, value) in [("delta", "-3"), ("reason", "damaged"), ("actor", "browser-test")] {
         let input = form.find(Locator::Css(&format!("input[name=\"{name}\"]"))).await.unwrap();

@@ -21,8 +21,11 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stockd_protocol::limits::{ID_BYTES_MAX, SKU_BYTES_MAX};
-use stockd_protocol::{ReservationState, ResultCode, SkuInfo};
+use stockd_protocol::limits::{ID_BYTES_MAX, QUOTAS_PER_SKU_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX};
+use stockd_protocol::{
+    ChannelQuota, LimitsReply, OpReply, QuotaLimit, ReservationState, ResultCode, SkuInfo,
+    SkuLimits,
+};
 
 use super::sampler::{Sample, Trend};
 use super::AppState;
@@ -265,8 +268,64 @@ pub struct SkuDetail {
     /// Open holds, soonest deadline first (cut at `holds_limit`).
     pub holds: Vec<Hold>,
     pub holds_count: usize,
+    /// Per-buyer limit and channel quotas with their allocation and use (`null`: none).
+    pub limits: Option<LimitsView>,
     /// The newest administrative changes of this SKU.
     pub changes: Vec<Arc<AuditEntry>>,
+}
+
+/// A quota as the API reads and writes it: `units` or `percent` (of the sellable stock).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaView {
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Units the quota allocates now (replies only).
+    #[serde(default, skip_deserializing)]
+    pub allocation: u64,
+    /// Units the channel holds and has committed now (replies only).
+    #[serde(default, skip_deserializing)]
+    pub used: u64,
+}
+
+/// A SKU's limits as the API shows them.
+#[derive(Clone, Debug, Serialize)]
+pub struct LimitsView {
+    pub max_per_buyer: u32,
+    pub shared_pool: bool,
+    pub quotas: Vec<QuotaView>,
+    /// Units no quota allocates, and how many of them are taken.
+    pub pool: u64,
+    pub pool_used: u64,
+}
+
+fn limits_view(reply: &LimitsReply) -> Option<LimitsView> {
+    if reply.code != ResultCode::Ok || reply.limits == SkuLimits::default() {
+        return None;
+    }
+    let quotas = reply.limits.quotas.iter().zip(&reply.channels).map(|(q, use_)| {
+        let (units, percent) = match q.limit {
+            QuotaLimit::Units(units) => (Some(units), None),
+            QuotaLimit::BasisPoints(basis) => (None, Some(f64::from(basis) / 100.0)),
+        };
+        QuotaView {
+            channel: text(&q.channel),
+            units,
+            percent,
+            allocation: use_.allocation,
+            used: use_.used,
+        }
+    });
+    Some(LimitsView {
+        max_per_buyer: reply.limits.max_per_buyer,
+        shared_pool: reply.limits.shared_pool,
+        quotas: quotas.collect(),
+        pool: reply.pool,
+        pool_used: reply.pool_used,
+    })
 }
 
 fn check_sku(sku: &str) -> Result<(), ApiError> {
@@ -305,6 +364,7 @@ pub async fn get_sku(
             counters: found.info.into(),
             holds: holds.collect(),
             holds_count: found.count,
+            limits: limits_view(&app.shared.engine.query_limits(sku.as_bytes(), now_ms)),
             changes: app.shared.audit.recent(Some(&sku), None, 20),
             sku,
         })
@@ -453,7 +513,56 @@ pub async fn set_safety_stock(
     change(app, sku, command, "set_safety_stock", who).await
 }
 
-/// Applies a stock command, waits for its log record to be durable, audits it, and replies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsBody {
+    #[serde(default)]
+    pub max_per_buyer: u32,
+    #[serde(default)]
+    pub shared_pool: bool,
+    #[serde(default)]
+    pub quotas: Vec<QuotaView>,
+    pub actor: String,
+    pub reason: String,
+}
+
+pub async fn set_limits(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    body: Result<Json<LimitsBody>, JsonRejection>,
+) -> ApiResult<Changed> {
+    let Json(body) = body?;
+    if body.quotas.len() > usize::from(QUOTAS_PER_SKU_MAX) {
+        return Err(ApiError::invalid(format!("at most {QUOTAS_PER_SKU_MAX} quotas")));
+    }
+    let mut quotas = Vec::with_capacity(body.quotas.len());
+    for quota in &body.quotas {
+        if quota.channel.is_empty() || quota.channel.len() > TAG_BYTES_MAX {
+            return Err(ApiError::invalid(format!("a channel has 1..={TAG_BYTES_MAX} bytes")));
+        }
+        let limit = match (quota.units, quota.percent) {
+            (Some(units), None) => QuotaLimit::Units(units),
+            (None, Some(percent)) if (0.0..=100.0).contains(&percent) => {
+                QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "quota {:?} needs either `units` or `percent` (0 to 100)",
+                    quota.channel
+                )))
+            }
+        };
+        quotas.push(ChannelQuota { channel: Bytes::from(quota.channel.clone()), limit });
+    }
+    let limits =
+        SkuLimits { max_per_buyer: body.max_per_buyer, shared_pool: body.shared_pool, quotas };
+    let command = Command::SetLimits { sku: Bytes::from(sku.clone()), limits };
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    change(app, sku, command, "set_limits", who).await
+}
+
+/// Applies a stock or limits command, waits for its log record to be durable, audits it, and
+/// replies.
 async fn change(
     app: AppState,
     sku: String,
@@ -471,9 +580,31 @@ async fn change(
     }
     let now_ms = shared.clock.now_ms();
     let mut logged = None;
-    let (reply, before) = shared.engine.change_stock(&command, now_ms, || {
-        logged = Some(shared.wal.append(now_ms, &command));
-    });
+    let mut log = || logged = Some(shared.wal.append(now_ms, &command));
+    // The audit entry's before and after: the counters for stock changes, the limits for limit
+    // changes (read just before; concurrent limit changes are serialised by the engine).
+    let (reply, before, after) = match &command {
+        Command::SetLimits { sku: id, .. } => {
+            let before = limits_view(&shared.engine.query_limits(id, now_ms));
+            let mut changed = false;
+            let reply = match shared.engine.apply(&command, now_ms, || {
+                changed = true;
+                log();
+            }) {
+                OpReply::SetLimits(reply) => reply,
+                other => unreachable!("a limits change answers {other:?}"),
+            };
+            let after = limits_view(&shared.engine.query_limits(id, now_ms));
+            let json = |view: Option<LimitsView>| serde_json::to_value(view).expect("serialises");
+            (reply, changed.then(|| json(before)), json(after))
+        }
+        _ => {
+            let (reply, before) = shared.engine.change_stock(&command, now_ms, log);
+            let json =
+                |info: SkuInfo| serde_json::to_value(Counters::from(info)).expect("serialises");
+            (reply, before.map(json), json(reply.info))
+        }
+    };
     match reply.code {
         ResultCode::Ok => {}
         ResultCode::UnknownSku => return Err(ApiError::unknown_sku(&sku)),
@@ -483,6 +614,9 @@ async fn change(
                 reply.info.on_hand
             );
             return Err(ApiError::new(StatusCode::CONFLICT, "expected_mismatch", message));
+        }
+        ResultCode::InvalidArgument if matches!(command, Command::SetLimits { .. }) => {
+            return Err(ApiError::invalid("a quota names an empty or repeated channel"))
         }
         ResultCode::InvalidArgument => {
             return Err(ApiError::invalid("the change would take the on-hand count below zero"))
@@ -513,8 +647,8 @@ async fn change(
         action,
         target: sku.clone(),
         reason: who.reason,
-        before: serde_json::to_value(Counters::from(before)).expect("counters serialise"),
-        after: serde_json::to_value(Counters::from(reply.info)).expect("counters serialise"),
+        before,
+        after,
         lsn,
     };
     let audit = tokio::task::spawn_blocking(move || shared.audit.append(entry));

@@ -40,6 +40,7 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route("/skus/{sku}/stock", put(api::set_stock))
         .route("/skus/{sku}/adjustments", post(api::adjust_stock))
         .route("/skus/{sku}/safety-stock", put(api::set_safety_stock))
+        .route("/skus/{sku}/limits", put(api::set_limits))
         .route("/reservations/{id}", get(api::get_reservation))
         .route("/audit", get(api::audit))
         .route("/events", get(dashboard::events))

@@ -228,6 +228,23 @@ async function refreshDetail() {
     fragment.appendChild(box);
   }
   counters.replaceChildren(fragment);
+  const limits = data.limits;
+  $("detail-limits").hidden = !limits;
+  if (limits) {
+    const perBuyer = limits.max_per_buyer ? `at most ${fmtInt(limits.max_per_buyer)} per buyer` : "no per-buyer limit";
+    $("detail-limits-summary").textContent =
+      `${perBuyer}; pool ${fmtInt(limits.pool_used)} of ${fmtInt(limits.pool)} used` +
+      (limits.shared_pool ? " (shared with channels past their quota)" : "");
+    const quotas = document.createDocumentFragment();
+    for (const q of limits.quotas) {
+      const tr = el("tr");
+      tr.dataset.channel = q.channel;
+      tr.append(el("td", q.channel), el("td", q.units != null ? fmtInt(q.units) : `${q.percent}%`, "num"),
+        el("td", fmtInt(q.allocation), "num"), el("td", fmtInt(q.used), "num"));
+      quotas.appendChild(tr);
+    }
+    $("detail-quotas").replaceChildren(quotas);
+  }
   $("detail-holds-count").textContent = fmtInt(data.holds_count);
   const holds = document.createDocumentFragment();
   for (const h of data.holds) {
