@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
+use stockd_protocol::{ChannelQuota, QuotaLimit, SkuLimits};
 
 #[derive(Parser, Debug)]
 #[command(name = "stockd-loadtest", version, about = "Load-test a running stockd server")]
@@ -62,6 +63,21 @@ struct Args {
     /// `mixed` weights as reserve,confirm,release,query.
     #[arg(long, default_value = "50,20,10,20", value_parser = parse_mix)]
     mix: Mix,
+    /// Distinct customers that reserves name (0: none). Needed with --max-per-buyer.
+    #[arg(long, default_value_t = 0)]
+    buyers: u64,
+    /// Sales channels reserves are spread over, comma-separated (default: `loadtest`).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Per-buyer limit set on every SKU (flash-sale limits; the verdict checks it).
+    #[arg(long, default_value_t = 0)]
+    max_per_buyer: u32,
+    /// Channel quota set on every SKU, CHANNEL=UNITS or CHANNEL=PERCENT% (repeatable).
+    #[arg(long = "quota", value_parser = parse_quota)]
+    quotas: Vec<ChannelQuota>,
+    /// Channels with a quota may also sell from the unallocated pool.
+    #[arg(long)]
+    shared_pool: bool,
     /// Stock the verdict assumes (to check that a wrong expectation fails).
     #[arg(long)]
     assume_stock: Option<u64>,
@@ -80,6 +96,22 @@ struct Args {
     /// Seed of the request generators.
     #[arg(long)]
     seed: Option<u64>,
+}
+
+fn parse_quota(text: &str) -> Result<ChannelQuota, String> {
+    let (channel, value) =
+        text.split_once('=').ok_or("expected CHANNEL=UNITS or CHANNEL=PERCENT%")?;
+    let limit = match value.strip_suffix('%') {
+        Some(percent) => {
+            let percent: f64 = percent.parse().map_err(|e| format!("{percent:?}: {e}"))?;
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(format!("{percent}% is not within 0..=100%"));
+            }
+            QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
+        }
+        None => QuotaLimit::Units(value.parse().map_err(|e| format!("{value:?}: {e}"))?),
+    };
+    Ok(ChannelQuota { channel: channel.to_string().into(), limit })
 }
 
 fn parse_mix(text: &str) -> Result<Mix, String> {
@@ -146,6 +178,14 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
         release_share: args.release_share,
         lines_max: args.lines_max,
         mix: args.mix,
+        buyers: args.buyers,
+        channels: args.channels,
+        limits: SkuLimits {
+            max_per_buyer: args.max_per_buyer,
+            shared_pool: args.shared_pool,
+            quotas: args.quotas,
+        },
+        assume_limits: None,
         prefix: args.prefix.unwrap_or_else(|| format!("lt{:x}", nanos % 0xffff_ffff)),
         assume_stock: args.assume_stock,
         progress: !args.quiet,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use stockd_protocol::{Client, ClientOptions, Op};
+use stockd_protocol::{Client, ClientOptions, Op, SkuLimits};
 use tokio::task::JoinSet;
 
 use crate::report::RunResult;
@@ -45,6 +45,14 @@ pub struct RunConfig {
     pub release_share: f64,
     pub lines_max: u32,
     pub mix: Mix,
+    /// Distinct customers named by reserves (0: none).
+    pub buyers: u64,
+    /// Sales channels reserves are spread over.
+    pub channels: Vec<String>,
+    /// Limits set on every SKU.
+    pub limits: SkuLimits,
+    /// Limits the verdict assumes (defaults to `limits`); looser server limits must fail it.
+    pub assume_limits: Option<SkuLimits>,
     /// Prefix of every SKU and reservation id, so runs never collide.
     pub prefix: String,
     /// Stock the verdict assumes (defaults to `stock`); a wrong value must fail the verdict.
@@ -64,6 +72,18 @@ async fn setup(client: &Client, workload: &Workload, stock: u64) -> anyhow::Resu
         let replies = client.batch(ops).await.context("setting up stock")?;
         if let Some(bad) = replies.iter().find(|r| !r.code().is_ok()) {
             bail!("setting up stock failed: {}", bad.code());
+        }
+        if workload.limits != SkuLimits::default() {
+            let ops = (next..end)
+                .map(|i| Op::SetLimits {
+                    sku: workload.sku_name(i),
+                    limits: workload.limits.clone(),
+                })
+                .collect();
+            let replies = client.batch(ops).await.context("setting up limits")?;
+            if let Some(bad) = replies.iter().find(|r| !r.code().is_ok()) {
+                bail!("setting up limits failed: {}", bad.code());
+            }
         }
         next = end;
     }
@@ -140,6 +160,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     if config.connections == 0 || config.in_flight == 0 || config.batch == 0 || config.skus == 0 {
         bail!("connections, in-flight, batch and skus must be at least 1");
     }
+    let judged = config.assume_limits.as_ref().unwrap_or(&config.limits);
+    if (config.limits.max_per_buyer > 0 || judged.max_per_buyer > 0) && config.buyers == 0 {
+        bail!("--max-per-buyer needs --buyers: a limited SKU is reserved for named customers");
+    }
     let config = Arc::new(config);
     let stock = if config.scenario == Scenario::SoldOut { 0 } else { config.stock };
     let workload = Arc::new(Workload {
@@ -151,6 +175,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         release_share: config.release_share,
         lines_max: config.lines_max.max(1),
         mix: config.mix,
+        buyers: config.buyers,
+        channels: config.channels.iter().map(|c| Bytes::from(c.clone())).collect(),
+        limits: config.limits.clone(),
     });
     let options = ClientOptions {
         client_name: Bytes::from_static(b"stockd-loadtest"),

@@ -5,13 +5,18 @@
 //! - `checkout`: steady checkout over many SKUs (1M by default) with multi-line orders.
 //! - `mixed`: a configurable mix of reserve, confirm, release and query.
 //! - `sold-out`: stock is zero: every reserve is rejected (the fast path).
+//!
+//! With `--buyers`, every reserve names one of that many customers; with `--channels`, one of
+//! those sales channels. With limits set (`--max-per-buyer`, `--quota`), the server's
+//! `buyer_limit_exceeded` and `channel_quota_exceeded` answers are expected, and the ledger
+//! keeps per (SKU, customer) and (SKU, channel) what each was granted, for the verdict.
 
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use clap::ValueEnum;
 use serde::Serialize;
-use stockd_protocol::{Confirm, Line, Op, OpReply, Reserve, ResultCode};
+use stockd_protocol::{Confirm, Line, Op, OpReply, Reserve, ResultCode, SkuLimits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -53,6 +58,12 @@ pub struct Workload {
     pub release_share: f64,
     pub lines_max: u32,
     pub mix: Mix,
+    /// Distinct customers (0: reserves name none).
+    pub buyers: u64,
+    /// Sales channels reserves are spread over (empty: the channel `loadtest`).
+    pub channels: Vec<Bytes>,
+    /// Limits set on every SKU (none when default).
+    pub limits: SkuLimits,
 }
 
 impl Workload {
@@ -93,7 +104,7 @@ enum Fate {
 /// A request sent and what it was for.
 #[derive(Clone, Debug)]
 pub enum Sent {
-    Reserve { id: Bytes, lines: Vec<(u64, u32)> },
+    Reserve { id: Bytes, lines: Vec<(u64, u32)>, channel: Bytes, customer: Bytes },
     Confirm { id: Bytes },
     Release { id: Bytes },
     Query,
@@ -104,6 +115,8 @@ pub enum Sent {
 pub struct Hold {
     pub lines: Vec<(u64, u32)>,
     pub expires_at_ms: u64,
+    pub channel: Bytes,
+    pub customer: Bytes,
 }
 
 /// What one worker was told by the server.
@@ -111,6 +124,9 @@ pub struct Hold {
 pub struct Ledger {
     /// Confirmed units per SKU index.
     pub confirmed: HashMap<u64, u64>,
+    /// Confirmed units per (SKU index, customer) and per (SKU index, channel).
+    pub confirmed_by_buyer: HashMap<(u64, Bytes), u64>,
+    pub confirmed_by_channel: HashMap<(u64, Bytes), u64>,
     /// Holds granted and neither confirmed nor released (live, or expired by now).
     pub held: HashMap<Bytes, Hold>,
     /// Reservations confirmed, and released, by id (for spot checks).
@@ -127,6 +143,12 @@ impl Ledger {
     pub fn merge(&mut self, other: Ledger) {
         for (sku, units) in other.confirmed {
             *self.confirmed.entry(sku).or_default() += units;
+        }
+        for (key, units) in other.confirmed_by_buyer {
+            *self.confirmed_by_buyer.entry(key).or_default() += units;
+        }
+        for (key, units) in other.confirmed_by_channel {
+            *self.confirmed_by_channel.entry(key).or_default() += units;
         }
         self.held.extend(other.held);
         self.confirmed_ids.extend(other.confirmed_ids);
@@ -186,14 +208,24 @@ impl Worker {
         }
         self.next_id += 1;
         let id = Bytes::from(format!("{}-{}", self.tag, self.next_id));
+        let channel = if w.channels.is_empty() {
+            Bytes::from_static(b"loadtest")
+        } else {
+            w.channels[self.rng.below(w.channels.len() as u64) as usize].clone()
+        };
+        let customer = if w.buyers == 0 {
+            Bytes::new()
+        } else {
+            Bytes::from(format!("{}-buyer-{}", w.prefix, self.rng.below(w.buyers)))
+        };
         let op = Op::Reserve(Reserve {
             id: id.clone(),
             ttl_ms: w.ttl_ms,
-            channel: Bytes::from_static(b"loadtest"),
-            customer: Bytes::new(),
+            channel: channel.clone(),
+            customer: customer.clone(),
             lines: lines.iter().map(|(s, q)| Line::new(w.sku_name(*s), *q)).collect(),
         });
-        (op, Sent::Reserve { id, lines })
+        (op, Sent::Reserve { id, lines, channel, customer })
     }
 
     fn follow_up(&mut self, id: Bytes, fate: Fate) -> (Op, Sent) {
@@ -242,7 +274,7 @@ impl Worker {
     pub fn on_reply(&mut self, sent: Sent, reply: &OpReply) {
         let code = reply.code();
         match sent {
-            Sent::Reserve { id, lines } => {
+            Sent::Reserve { id, lines, channel, customer } => {
                 self.count("reserve", code);
                 for (sku, _) in &lines {
                     self.ledger.touched.insert(*sku);
@@ -264,12 +296,16 @@ impl Worker {
                         if fate != Fate::Expire || self.workload.scenario == Scenario::Mixed {
                             self.follow_ups.push_back((id.clone(), fate));
                         }
-                        let hold = Hold { lines, expires_at_ms: reserve.expires_at_ms };
+                        let expires_at_ms = reserve.expires_at_ms;
+                        let hold = Hold { lines, expires_at_ms, channel, customer };
                         self.ledger.held.insert(id, hold);
                     }
                     ResultCode::InsufficientStock
                     | ResultCode::BelowSafetyStock
                     | ResultCode::SkuPaused => {}
+                    ResultCode::BuyerLimitExceeded if self.workload.limits.max_per_buyer > 0 => {}
+                    ResultCode::ChannelQuotaExceeded if !self.workload.limits.quotas.is_empty() => {
+                    }
                     other => self.ledger.unexpected.push(format!("reserve {id:?}: {other}")),
                 }
             }
@@ -279,7 +315,17 @@ impl Worker {
                     ResultCode::Ok => {
                         if let Some(hold) = self.ledger.held.remove(&id) {
                             for (sku, qty) in hold.lines {
-                                *self.ledger.confirmed.entry(sku).or_default() += u64::from(qty);
+                                let qty = u64::from(qty);
+                                *self.ledger.confirmed.entry(sku).or_default() += qty;
+                                let ledger = &mut self.ledger;
+                                *ledger
+                                    .confirmed_by_buyer
+                                    .entry((sku, hold.customer.clone()))
+                                    .or_default() += qty;
+                                *ledger
+                                    .confirmed_by_channel
+                                    .entry((sku, hold.channel.clone()))
+                                    .or_default() += qty;
                             }
                             self.ledger.confirmed_ids.push(id);
                         }

@@ -7,11 +7,17 @@
 //! the stock set up. Then acknowledged reservations are spot-checked one by one: confirmed ones
 //! must be confirmed, released ones released, held ones held or expired by their deadline.
 //! Every reply the clients could not explain fails the verdict too.
+//!
+//! With flash-sale limits: no customer holds and has bought more of a SKU than the per-buyer
+//! limit; the server's use of each channel's quota lies within what the clients saw granted to
+//! that channel; and without a shared pool no channel uses more than its allocation, nor
+//! anyone more than the pool.
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
 use serde::Serialize;
-use stockd_protocol::{Client, ClientOptions, Op, OpReply, ReservationState};
+use stockd_protocol::{Client, ClientOptions, Op, OpReply, ReservationState, SkuLimits};
 
 use crate::run::RunConfig;
 use crate::scenario::{Ledger, Workload};
@@ -149,6 +155,11 @@ pub async fn check(
         format!("on hand {stock} for {n} SKUs"),
     ));
 
+    let limits = config.assume_limits.as_ref().unwrap_or(&workload.limits);
+    if *limits != SkuLimits::default() {
+        checks.extend(limits_checks(client, workload, limits, config, ledger, &skus).await?);
+    }
+
     // Spot checks: acknowledged reservations are there, in the state the clients were told.
     // Holds keep expiring while the checks run, so these queries get their own clock bracket.
     let mut expected: Vec<(bytes::Bytes, Vec<ReservationState>)> = Vec::new();
@@ -194,4 +205,95 @@ pub async fn check(
     ));
     let passed = checks.iter().all(|c| c.passed);
     Ok(Verdict { passed, checks })
+}
+
+/// Units per key: confirmed, plus holds live at `at_ms`.
+fn granted(
+    confirmed: &HashMap<(u64, Bytes), u64>,
+    ledger: &Ledger,
+    at_ms: u64,
+    key: impl Fn(&crate::scenario::Hold) -> Bytes,
+) -> HashMap<(u64, Bytes), u64> {
+    let mut units = confirmed.clone();
+    for hold in ledger.held.values().filter(|h| h.expires_at_ms > at_ms) {
+        for (sku, qty) in &hold.lines {
+            *units.entry((*sku, key(hold))).or_default() += u64::from(*qty);
+        }
+    }
+    units
+}
+
+async fn limits_checks(
+    client: &Client,
+    workload: &Workload,
+    limits: &SkuLimits,
+    config: &RunConfig,
+    ledger: &Ledger,
+    skus: &[u64],
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let before_ms = server_time_ms(&config.server).await?;
+    let ops = skus.iter().map(|s| Op::QueryLimits { sku: workload.sku_name(*s) }).collect();
+    let replies = query_all(client, ops).await?;
+    let after_ms = server_time_ms(&config.server).await?;
+    if limits.max_per_buyer > 0 {
+        // Holds that may still be live when the load stopped all coexisted with the
+        // confirmations: together they must fit the limit.
+        let units = granted(&ledger.confirmed_by_buyer, ledger, before_ms, |h| h.customer.clone());
+        let over: Vec<String> = units
+            .iter()
+            .filter(|(_, units)| **units > u64::from(limits.max_per_buyer))
+            .map(|((sku, buyer), units)| {
+                format!("{} has {units} of sku {sku}", String::from_utf8_lossy(buyer))
+            })
+            .collect();
+        checks.push(outcome(
+            "per-buyer limit kept",
+            &over,
+            format!("{} (SKU, buyer) pairs within {}", units.len(), limits.max_per_buyer),
+        ));
+    }
+    if limits.quotas.is_empty() {
+        return Ok(checks);
+    }
+    let most = granted(&ledger.confirmed_by_channel, ledger, before_ms, |h| h.channel.clone());
+    let least = granted(&ledger.confirmed_by_channel, ledger, after_ms, |h| h.channel.clone());
+    let (mut kept, mut matched) = (Vec::new(), Vec::new());
+    let mut quotas_seen = 0;
+    for (sku, reply) in skus.iter().zip(&replies) {
+        let OpReply::QueryLimits(reply) = reply else { anyhow::bail!("unexpected {reply:?}") };
+        if reply.pool_used > reply.pool {
+            kept.push(format!("sku {sku}: pool {} of {} used", reply.pool_used, reply.pool));
+        }
+        for channel in &reply.channels {
+            quotas_seen += 1;
+            let name = String::from_utf8_lossy(&channel.channel).into_owned();
+            if !limits.shared_pool && channel.used > channel.allocation {
+                kept.push(format!(
+                    "sku {sku} {name}: {} used of {}",
+                    channel.used, channel.allocation
+                ));
+            }
+            let key = (*sku, channel.channel.clone());
+            let (min, max) =
+                (least.get(&key).copied().unwrap_or(0), most.get(&key).copied().unwrap_or(0));
+            if channel.used < min || channel.used > max {
+                matched.push(format!(
+                    "sku {sku} {name}: server {} clients {min}..={max}",
+                    channel.used
+                ));
+            }
+        }
+    }
+    checks.push(outcome(
+        "channel quotas kept",
+        &kept,
+        format!("{quotas_seen} quotas within their allocation and the pool"),
+    ));
+    checks.push(outcome(
+        "channel use matches the clients",
+        &matched,
+        format!("{quotas_seen} quotas agree"),
+    ));
+    Ok(checks)
 }

@@ -7,6 +7,7 @@ use stockd::config::Config;
 use stockd::server::Server;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
+use stockd_protocol::{ChannelQuota, QuotaLimit, SkuLimits};
 
 async fn start_server(
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
@@ -43,6 +44,10 @@ fn flash_sale(server: String, assume_stock: Option<u64>) -> RunConfig {
         release_share: 0.3,
         lines_max: 1,
         mix: Mix { reserve: 1, confirm: 0, release: 0, query: 0 },
+        buyers: 0,
+        channels: Vec::new(),
+        limits: SkuLimits::default(),
+        assume_limits: None,
         prefix: format!("test{}", assume_stock.unwrap_or(0)),
         assume_stock,
         progress: false,
@@ -71,5 +76,43 @@ async fn a_short_flash_sale_passes_and_a_wrong_expectation_fails() {
     let failed: Vec<&str> =
         wrong.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
     assert_eq!(failed, vec!["units granted within stock"], "{}", wrong.summary());
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_kept_and_looser_limits_than_assumed_fail_the_verdict() {
+    let (addr, stop, _dir) = start_server().await;
+    let limits = |max_per_buyer| SkuLimits {
+        max_per_buyer,
+        shared_pool: false,
+        quotas: vec![ChannelQuota {
+            channel: "live".into(),
+            limit: QuotaLimit::BasisPoints(4_000),
+        }],
+    };
+    let sale = |prefix: &str, set: SkuLimits, assumed: Option<SkuLimits>| RunConfig {
+        buyers: 400,
+        channels: vec!["live".into(), "web".into()],
+        limits: set,
+        assume_limits: assumed,
+        prefix: prefix.into(),
+        ..flash_sale(addr.to_string(), None)
+    };
+    let result = run(sale("lim", limits(2), None)).await.expect("run");
+    assert!(result.verdict.passed, "{}", result.summary());
+    let names: Vec<&str> = result.verdict.checks.iter().map(|c| c.name.as_str()).collect();
+    for check in ["per-buyer limit kept", "channel quotas kept", "channel use matches the clients"]
+    {
+        assert!(names.contains(&check), "{check} missing: {}", result.summary());
+    }
+    let limited = result.codes.iter().any(|c| c.code == "buyer_limit_exceeded");
+    let fenced = result.codes.iter().any(|c| c.code == "channel_quota_exceeded");
+    assert!(limited && fenced, "both limits were hit: {}", result.summary());
+
+    // The server allows 20 per buyer; judged against 1 per buyer, the verdict must fail.
+    let loose = run(sale("loose", limits(20), Some(limits(1)))).await.expect("run");
+    let failed: Vec<&str> =
+        loose.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, vec!["per-buyer limit kept"], "{}", loose.summary());
     let _ = stop.send(());
 }
