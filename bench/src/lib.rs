@@ -19,6 +19,14 @@ pub fn reserve(id: &str, sku: &str, qty: u32) -> Command {
     })
 }
 
+/// Resident memory of this process, in bytes (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// A fresh WAL in `dir`.
 pub fn open_wal(dir: &std::path::Path, fsync: FsyncMode, segment_bytes: u64) -> Wal {
     let storage = Arc::new(DirStorage::open(dir).expect("data dir"));

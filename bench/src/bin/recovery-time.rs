@@ -12,7 +12,7 @@ use clap::Parser;
 use stockd::engine::{Command, Engine, EngineConfig};
 use stockd::snapshot;
 use stockd::wal::{recover, DirStorage, FsyncMode, RecoverOptions};
-use stockd_bench::{open_wal, reserve};
+use stockd_bench::{open_wal, reserve, rss_bytes};
 
 #[derive(Parser)]
 struct Args {
@@ -23,14 +23,6 @@ struct Args {
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
-}
-
-/// Resident memory of this process, in bytes (Linux).
-fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 fn main() -> anyhow::Result<()> {
