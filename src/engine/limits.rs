@@ -69,14 +69,18 @@ impl BuyerUse {
 /// A channel's use of one SKU.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct QuotaUse {
+    /// Held units by deadline, and their total (lapsed ones included until they end).
     holds: BTreeMap<u64, u64>,
+    held: u64,
     committed: u64,
 }
 
 impl QuotaUse {
+    /// Like the SKU's own counter: the total minus the (few) holds past their deadline, so a
+    /// hot SKU's thousands of live holds are not summed on every reserve.
     fn live(&self, now_ms: u64) -> u64 {
-        let held: u64 = self.holds.range(now_ms + 1..).map(|(_, qty)| qty).sum();
-        held + self.committed
+        let lapsed: u64 = self.holds.range(..=now_ms).map(|(_, qty)| qty).sum();
+        self.held - lapsed + self.committed
     }
 }
 
@@ -165,6 +169,7 @@ impl Limits {
         }
         if let Some(quota) = self.quota_mut(tags.channel.as_ref()) {
             *quota.holds.entry(expires_at_ms).or_default() += u64::from(qty);
+            quota.held += u64::from(qty);
         }
     }
 
@@ -181,6 +186,7 @@ impl Limits {
         if let Some(quota) = self.quota_mut(tags.channel.as_ref()) {
             let slot = quota.holds.get_mut(&expires_at_ms).expect("a channel's hold is counted");
             *slot -= u64::from(qty);
+            quota.held -= u64::from(qty);
             if *slot == 0 {
                 quota.holds.remove(&expires_at_ms);
             }
