@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use stockd_protocol::{
-    ChannelQuota, Client, ClientOptions, Line, QuotaLimit, ReservationInfo, Reserve, ResultCode,
-    SkuInfo, SkuLimits,
+    ChannelQuota, Client, ClientOptions, Line, ReservationInfo, Reserve, ResultCode, SkuInfo,
+    SkuLimits,
 };
 
 use crate::config::{Config, LogFormat, DEFAULT_TOML};
@@ -157,7 +157,7 @@ enum LimitsCommand {
         #[arg(long, default_value_t = 0)]
         max_per_buyer: u32,
         /// A channel quota, CHANNEL=UNITS or CHANNEL=PERCENT% (repeatable, at most 16).
-        #[arg(long = "quota", value_parser = parse_quota)]
+        #[arg(long = "quota")]
         quotas: Vec<ChannelQuota>,
         /// Let channels with a quota also sell from the unallocated pool once theirs is used.
         #[arg(long)]
@@ -169,28 +169,6 @@ enum LimitsCommand {
         client: ClientArgs,
         sku: String,
     },
-}
-
-/// `live=40%` (a share, up to two decimals) or `app=500` (units).
-fn parse_quota(text: &str) -> Result<ChannelQuota, String> {
-    let (channel, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not CHANNEL=UNITS or CHANNEL=PERCENT%"))?;
-    if channel.is_empty() {
-        return Err("the channel is empty".into());
-    }
-    let limit = match value.strip_suffix('%') {
-        Some(percent) => {
-            let percent: f64 =
-                percent.parse().map_err(|_| format!("{percent:?} is not a percentage"))?;
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(format!("{percent}% is not within 0..=100%"));
-            }
-            QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
-        }
-        None => QuotaLimit::Units(value.parse().map_err(|_| format!("{value:?} is not a count"))?),
-    };
-    Ok(ChannelQuota { channel: bytes(channel), limit })
 }
 
 #[derive(Args, Debug)]
@@ -439,13 +417,10 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                     reply.pool_used
                 );
                 for (quota, used) in reply.limits.quotas.iter().zip(&reply.channels) {
-                    let limit = match quota.limit {
-                        QuotaLimit::Units(units) => format!("{units}"),
-                        QuotaLimit::BasisPoints(basis) => format!("{}%", f64::from(basis) / 100.0),
-                    };
                     println!(
-                        "  {} quota={limit} allocation={} used={}",
+                        "  {} quota={} allocation={} used={}",
                         String::from_utf8_lossy(&quota.channel),
+                        quota.limit,
                         used.allocation,
                         used.used
                     );
@@ -515,10 +490,13 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
 
 #[cfg(test)]
 mod tests {
+    use stockd_protocol::QuotaLimit;
+
     use super::*;
 
     #[test]
     fn quotas_parse_as_units_or_percent() {
+        let parse_quota = |text: &str| text.parse::<ChannelQuota>();
         let live = parse_quota("live=40%").unwrap();
         assert_eq!((&live.channel[..], live.limit), (&b"live"[..], QuotaLimit::BasisPoints(4_000)));
         assert_eq!(parse_quota("app=12.5%").unwrap().limit, QuotaLimit::BasisPoints(1_250));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
-use stockd_protocol::{ChannelQuota, QuotaLimit, SkuLimits};
+use stockd_protocol::{ChannelQuota, SkuLimits};
 
 #[derive(Parser, Debug)]
 #[command(name = "stockd-loadtest", version, about = "Load-test a running stockd server")]
@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     max_per_buyer: u32,
     /// Channel quota set on every SKU, CHANNEL=UNITS or CHANNEL=PERCENT% (repeatable).
-    #[arg(long = "quota", value_parser = parse_quota)]
+    #[arg(long = "quota")]
     quotas: Vec<ChannelQuota>,
     /// Channels with a quota may also sell from the unallocated pool.
     #[arg(long)]
@@ -96,22 +96,6 @@ struct Args {
     /// Seed of the request generators.
     #[arg(long)]
     seed: Option<u64>,
-}
-
-fn parse_quota(text: &str) -> Result<ChannelQuota, String> {
-    let (channel, value) =
-        text.split_once('=').ok_or("expected CHANNEL=UNITS or CHANNEL=PERCENT%")?;
-    let limit = match value.strip_suffix('%') {
-        Some(percent) => {
-            let percent: f64 = percent.parse().map_err(|e| format!("{percent:?}: {e}"))?;
-            if !(0.0..=100.0).contains(&percent) {
-                return Err(format!("{percent}% is not within 0..=100%"));
-            }
-            QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
-        }
-        None => QuotaLimit::Units(value.parse().map_err(|e| format!("{value:?}: {e}"))?),
-    };
-    Ok(ChannelQuota { channel: channel.to_string().into(), limit })
 }
 
 fn parse_mix(text: &str) -> Result<Mix, String> {

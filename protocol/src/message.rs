@@ -161,11 +161,66 @@ pub enum QuotaLimit {
     BasisPoints(u16),
 }
 
+impl QuotaLimit {
+    /// A share given in percent (0 to 100, to a hundredth); `None` outside that range.
+    pub fn from_percent(percent: f64) -> Option<QuotaLimit> {
+        (0.0..=100.0)
+            .contains(&percent)
+            .then(|| QuotaLimit::BasisPoints((percent * 100.0).round() as u16))
+    }
+
+    /// The share in percent, for a share; `None` for units.
+    pub fn percent(self) -> Option<f64> {
+        match self {
+            QuotaLimit::BasisPoints(basis) => Some(f64::from(basis) / 100.0),
+            QuotaLimit::Units(_) => None,
+        }
+    }
+}
+
+/// `500` for units, `40%` for a share: the form `ChannelQuota` parses.
+impl std::fmt::Display for QuotaLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self, self.percent()) {
+            (_, Some(percent)) => write!(f, "{percent}%"),
+            (QuotaLimit::Units(units), None) => write!(f, "{units}"),
+            (QuotaLimit::BasisPoints(basis), None) => write!(f, "{basis} basis points"),
+        }
+    }
+}
+
 /// One channel's quota on a SKU.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ChannelQuota {
     pub channel: Bytes,
     pub limit: QuotaLimit,
+}
+
+impl std::str::FromStr for ChannelQuota {
+    type Err = String;
+
+    /// `live=40%` (a share of the sellable stock, to a hundredth of a percent) or `app=500`
+    /// (units), as the CLI and the load test take them.
+    fn from_str(text: &str) -> Result<ChannelQuota, String> {
+        let (channel, value) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not CHANNEL=UNITS or CHANNEL=PERCENT%"))?;
+        if channel.is_empty() {
+            return Err("the channel is empty".into());
+        }
+        let limit = match value.strip_suffix('%') {
+            Some(percent) => {
+                let percent: f64 =
+                    percent.parse().map_err(|_| format!("{percent:?} is not a percentage"))?;
+                QuotaLimit::from_percent(percent)
+                    .ok_or_else(|| format!("{percent}% is not within 0..=100%"))?
+            }
+            None => {
+                QuotaLimit::Units(value.parse().map_err(|_| format!("{value:?} is not a count"))?)
+            }
+        };
+        Ok(ChannelQuota { channel: Bytes::copy_from_slice(channel.as_bytes()), limit })
+    }
 }
 
 /// The flash-sale limits of a SKU. The default (all zero, no quotas) means no limits.

@@ -307,10 +307,11 @@ fn limits_view(reply: &LimitsReply) -> Option<LimitsView> {
         return None;
     }
     let quotas = reply.limits.quotas.iter().zip(&reply.channels).map(|(q, use_)| {
-        let (units, percent) = match q.limit {
-            QuotaLimit::Units(units) => (Some(units), None),
-            QuotaLimit::BasisPoints(basis) => (None, Some(f64::from(basis) / 100.0)),
+        let units = match q.limit {
+            QuotaLimit::Units(units) => Some(units),
+            QuotaLimit::BasisPoints(_) => None,
         };
+        let percent = q.limit.percent();
         QuotaView {
             channel: text(&q.channel),
             units,
@@ -540,11 +541,9 @@ pub async fn set_limits(
         if quota.channel.is_empty() || quota.channel.len() > TAG_BYTES_MAX {
             return Err(ApiError::invalid(format!("a channel has 1..={TAG_BYTES_MAX} bytes")));
         }
-        let limit = match (quota.units, quota.percent) {
+        let limit = match (quota.units, quota.percent.map(QuotaLimit::from_percent)) {
             (Some(units), None) => QuotaLimit::Units(units),
-            (None, Some(percent)) if (0.0..=100.0).contains(&percent) => {
-                QuotaLimit::BasisPoints((percent * 100.0).round() as u16)
-            }
+            (None, Some(Some(share))) => share,
             _ => {
                 return Err(ApiError::invalid(format!(
                     "quota {:?} needs either `units` or `percent` (0 to 100)",
