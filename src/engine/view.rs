@@ -80,7 +80,7 @@ pub struct SkuHolds {
 }
 
 /// Totals over the whole state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     pub skus: usize,
     pub reservations: usize,

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Summary};
 use crate::metrics::WindowSnapshot;
 use crate::server::Shared;
 use crate::wal::Health;
@@ -65,13 +65,9 @@ pub struct Status {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub connections: i64,
-    pub skus: usize,
-    pub reservations: usize,
-    pub holds_open: usize,
-    pub paused_skus: usize,
-    pub on_hand_units: u64,
-    pub held_units: u64,
-    pub committed_units: u64,
+    /// SKUs, reservations, open holds, paused SKUs and unit totals.
+    #[serde(flatten)]
+    pub totals: Summary,
     pub wal: WalStatus,
     pub disk_free_bytes: Option<u64>,
     pub snapshot_lsn: u64,
@@ -230,7 +226,6 @@ fn status(shared: &Shared, now_ms: u64, previous: &mut Previous) -> Status {
         Some(value.as_secs_f64() * 1000.0)
     };
     let new_fsyncs = fsyncs - previous.fsyncs;
-    let summary = shared.engine.summary(now_ms);
     let (state, state_detail) = match progress.health {
         Health::Ok => ("ok", None),
         Health::NoSpace => ("read_only", Some("the disk is full")),
@@ -247,13 +242,7 @@ fn status(shared: &Shared, now_ms: u64, previous: &mut Previous) -> Status {
         latency_p50_ms: quantile(0.5),
         latency_p99_ms: quantile(0.99),
         connections: metrics.connections(),
-        skus: summary.skus,
-        reservations: summary.reservations,
-        holds_open: summary.holds_open,
-        paused_skus: summary.paused_skus,
-        on_hand_units: summary.on_hand_units,
-        held_units: summary.held_units,
-        committed_units: summary.committed_units,
+        totals: shared.engine.summary(now_ms),
         wal: WalStatus {
             durable_lsn: progress.durable_lsn,
             fsync: format!("{:?}", shared.config.storage.fsync).to_lowercase(),
