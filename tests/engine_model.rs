@@ -5,8 +5,9 @@
 //! sequences with time jumps are applied to both; after every step the replies, every SKU's
 //! counters, every reservation and the due sweep commands must agree, and the invariants
 //! (no oversell on a new hold, conservation of units, idempotent retries, exact expiry, no
-//! buyer over the per-buyer limit and no channel over its quota because of a reserve) are
-//! checked directly.
+//! buyer over the per-buyer limit and no channel over its quota because of a reserve, no
+//! location oversold and no preorder above its allowance) are checked directly. Locations are
+//! counted from the reservations' allocations at every read.
 
 use std::collections::BTreeMap;
 
@@ -14,8 +15,9 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use stockd::engine::{Command, Engine, EngineConfig};
 use stockd_protocol::{
-    ChannelQuota, ChannelUse, Confirm, ExtendReply, LimitsReply, Line, OpReply, QuotaLimit,
-    ReservationInfo, ReservationLine, ReservationReply, ReservationState, Reserve, ReserveReply,
+    Allocation, ChannelQuota, ChannelUse, Confirm, ExtendReply, IncomingInfo, LimitsReply, Line,
+    LocationInfo, LocationsReply, OpReply, QuotaLimit, ReservationInfo, ReservationLine,
+    ReservationReply, ReservationState, Reserve, ReserveAt, ReserveAtReply, ReserveReply,
     ResultCode, SkuInfo, SkuLimits, SkuReply,
 };
 
@@ -26,14 +28,66 @@ const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 const TTLS: [u32; 4] = [0, 50, 200, 600];
 const CHANNELS: [&str; 3] = ["", "live", "web"];
 const CUSTOMERS: [&str; 3] = ["", "c1", "c2"];
+/// "" = let the engine choose (reserve), none (deliveries); five locations exceed the split cap.
+const LOCS: [&str; 6] = ["", "w1", "w2", "w3", "w4", "w5"];
+const REFS: [&str; 3] = ["po1", "po2", ""];
+const SPLIT_MAX: usize = 4;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct MSku {
     on_hand: u64,
     committed: u64,
     safety: u64,
     /// Quotas sorted by channel; `None` for no limits.
     limits: Option<SkuLimits>,
+    /// Location id -> (priority, on hand); `None` for a SKU without locations.
+    locs: Option<BTreeMap<Vec<u8>, (u32, u64)>>,
+    preorder_max: u64,
+    /// (location, reference) -> (qty, eta).
+    incoming: BTreeMap<(Vec<u8>, Vec<u8>), (u64, u64)>,
+}
+
+impl MSku {
+    fn preorder_room(&self) -> u64 {
+        if self.preorder_max == 0 {
+            return 0;
+        }
+        self.preorder_max.min(self.incoming.values().map(|(qty, _)| qty).sum())
+    }
+
+    fn incoming_at(&self, loc: &[u8]) -> u64 {
+        self.incoming.iter().filter(|((l, _), _)| l == loc).map(|(_, (qty, _))| qty).sum()
+    }
+
+    /// Locations in the order the engine chooses them.
+    fn ordered(&self) -> Vec<(Vec<u8>, u32, u64)> {
+        let mut list: Vec<_> = self
+            .locs
+            .iter()
+            .flatten()
+            .map(|(id, (p, on_hand))| (id.clone(), *p, *on_hand))
+            .collect();
+        list.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        list
+    }
+
+    fn sum_locations(&mut self) {
+        if let Some(locs) = &self.locs {
+            self.on_hand = locs.values().map(|(_, n)| n).sum();
+        }
+    }
+}
+
+/// Where `bought` confirmed units of a line with allocations `at` are committed.
+fn committed_at(at: &[(Vec<u8>, u32)], bought: u32) -> Vec<(Vec<u8>, u32)> {
+    let mut left = bought;
+    at.iter()
+        .map(|(loc, qty)| {
+            let take = left.min(*qty);
+            left -= take;
+            (loc.clone(), take)
+        })
+        .collect()
 }
 
 /// A quota's allocation and use, the pool and its use: the rules of `src/engine/limits.rs`,
@@ -48,6 +102,8 @@ struct Split {
 struct MRes {
     state: ReservationState,
     lines: Vec<(Vec<u8>, u32)>,
+    /// Per line, where its units come from.
+    at: Vec<Vec<(Vec<u8>, u32)>>,
     confirmed: Vec<u32>,
     ttl_ms: u32,
     channel: Vec<u8>,
@@ -115,7 +171,7 @@ impl Model {
 
     fn split(&self, sku: &[u8], now: u64) -> Split {
         let s = &self.skus[sku];
-        let sellable = s.on_hand.saturating_sub(s.safety);
+        let sellable = (s.on_hand + s.preorder_room()).saturating_sub(s.safety);
         let quotas: Vec<(u64, u64)> = s
             .limits
             .iter()
@@ -214,7 +270,7 @@ impl Model {
     fn info(&self, sku: &[u8], now: u64) -> Option<SkuInfo> {
         let s = self.skus.get(sku)?;
         let reserved = self.live_reserved(sku, now);
-        let free = s.on_hand.saturating_sub(reserved + s.committed);
+        let free = (s.on_hand + s.preorder_room()).saturating_sub(reserved + s.committed);
         let available = free.saturating_sub(s.safety);
         Some(SkuInfo {
             on_hand: s.on_hand,
@@ -285,10 +341,165 @@ impl Model {
         }
     }
 
+    /// Units held (live) or committed at a location, from the reservations' allocations.
+    fn loc_taken(&self, sku: &[u8], loc: &[u8], now: u64) -> u64 {
+        let mut taken = 0;
+        for r in self.res.values() {
+            for (i, (line_sku, _)) in r.lines.iter().enumerate() {
+                if line_sku != sku {
+                    continue;
+                }
+                let at = match r.state {
+                    ReservationState::Held if now < r.expires => r.at[i].clone(),
+                    ReservationState::Confirmed => committed_at(&r.at[i], r.confirmed[i]),
+                    _ => continue,
+                };
+                taken +=
+                    at.iter().filter(|(l, _)| l == loc).map(|(_, q)| u64::from(*q)).sum::<u64>();
+            }
+        }
+        taken
+    }
+
+    fn loc_held(&self, sku: &[u8], loc: &[u8], now: u64) -> u64 {
+        let held = |r: &&MRes| r.state == ReservationState::Held && now < r.expires;
+        self.res
+            .values()
+            .filter(held)
+            .flat_map(|r| r.lines.iter().zip(&r.at))
+            .filter(|((s, _), _)| s == sku)
+            .flat_map(|(_, at)| at)
+            .filter(|(l, _)| l == loc)
+            .map(|(_, q)| u64::from(*q))
+            .sum()
+    }
+
+    fn loc_room(&self, sku: &[u8], loc: &[u8], now: u64) -> u64 {
+        let s = &self.skus[sku];
+        let on_hand = s.locs.as_ref().unwrap()[loc].1;
+        let incoming = if s.preorder_max > 0 { s.incoming_at(loc) } else { 0 };
+        (on_hand + incoming).saturating_sub(self.loc_taken(sku, loc, now))
+    }
+
+    fn allocate(
+        &self,
+        sku: &[u8],
+        qty: u32,
+        location: &[u8],
+        split: bool,
+        now: u64,
+    ) -> Result<Vec<(Vec<u8>, u32)>, ResultCode> {
+        let s = &self.skus[sku];
+        let Some(locs) = &s.locs else {
+            return if location.is_empty() { Ok(vec![]) } else { Err(ResultCode::UnknownLocation) };
+        };
+        if !location.is_empty() {
+            if !locs.contains_key(location) {
+                return Err(ResultCode::UnknownLocation);
+            }
+            return if self.loc_room(sku, location, now) >= u64::from(qty) {
+                Ok(vec![(location.to_vec(), qty)])
+            } else {
+                Err(ResultCode::InsufficientStock)
+            };
+        }
+        let order = s.ordered();
+        if let Some((id, _, _)) =
+            order.iter().find(|(id, _, _)| self.loc_room(sku, id, now) >= u64::from(qty))
+        {
+            return Ok(vec![(id.clone(), qty)]);
+        }
+        if split {
+            let with_room: Vec<(Vec<u8>, u64)> = order
+                .iter()
+                .map(|(id, _, _)| (id.clone(), self.loc_room(sku, id, now)))
+                .filter(|(_, room)| *room > 0)
+                .take(SPLIT_MAX)
+                .collect();
+            if with_room.iter().map(|(_, room)| room).sum::<u64>() >= u64::from(qty) {
+                let mut left = qty;
+                let mut at = vec![];
+                for (id, room) in with_room {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = room.min(u64::from(left)) as u32;
+                    at.push((id, take));
+                    left -= take;
+                }
+                return Ok(at);
+            }
+        }
+        Err(ResultCode::InsufficientStock)
+    }
+
+    fn locations_reply(&self, sku: &[u8], now: u64) -> LocationsReply {
+        let Some(s) = self.skus.get(sku) else {
+            return LocationsReply::refused(ResultCode::UnknownSku);
+        };
+        let taken = self.live_reserved(sku, now) + s.committed;
+        LocationsReply {
+            code: ResultCode::Ok,
+            preorder_max: s.preorder_max,
+            preordered: taken.saturating_sub(s.on_hand),
+            locations: s
+                .ordered()
+                .into_iter()
+                .map(|(id, priority, on_hand)| {
+                    let held = self.loc_held(sku, &id, now);
+                    LocationInfo {
+                        location: Bytes::from(id.clone()),
+                        priority,
+                        on_hand,
+                        reserved: held,
+                        committed: self.loc_taken(sku, &id, now) - held,
+                        incoming: s.incoming_at(&id),
+                        available: self.loc_room(sku, &id, now),
+                    }
+                })
+                .collect(),
+            incoming: s
+                .incoming
+                .iter()
+                .map(|((loc, reference), (qty, eta))| IncomingInfo {
+                    location: Bytes::from(loc.clone()),
+                    reference: Bytes::from(reference.clone()),
+                    qty: *qty,
+                    eta_ms: *eta,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the SKU may get its first location: nothing unassigned (lapsed holds the sweep
+    /// has not ended yet included).
+    fn can_take_locations(&self, sku: &[u8]) -> bool {
+        let s = &self.skus[sku];
+        let held = self
+            .res
+            .values()
+            .filter(|r| r.state == ReservationState::Held)
+            .flat_map(|r| &r.lines)
+            .any(|(line_sku, _)| line_sku == sku);
+        s.on_hand == 0 && s.committed == 0 && !held && s.incoming.is_empty()
+    }
+
+    /// A delivery's location checked against the SKU.
+    fn delivery_location(&self, sku: &[u8], loc: &[u8]) -> Result<(), ResultCode> {
+        match (&self.skus[sku].locs, loc) {
+            (None, []) => Ok(()),
+            (None, _) => Err(ResultCode::UnknownLocation),
+            (Some(_), []) => Err(ResultCode::LocationRequired),
+            (Some(locs), _) if locs.contains_key(loc) => Ok(()),
+            (Some(_), _) => Err(ResultCode::UnknownLocation),
+        }
+    }
+
     fn check(&self, sku: &[u8], qty: u64, now: u64) -> Result<(), ResultCode> {
         let info = self.info(sku, now).ok_or(ResultCode::UnknownSku)?;
-        let free = info.available
-            + info.safety_stock.min(info.on_hand.saturating_sub(info.reserved + info.committed));
+        let s = &self.skus[sku];
+        let free =
+            (info.on_hand + s.preorder_room()).saturating_sub(info.reserved + info.committed);
         if qty <= info.available {
             Ok(())
         } else if info.safety_stock > 0 && info.available == 0 {
@@ -300,8 +511,28 @@ impl Model {
         }
     }
 
-    fn reserve(&mut self, r: &Reserve, now: u64) -> (ReserveReply, bool) {
-        let no = |code, line| (ReserveReply { code, failed_line: line, expires_at_ms: 0 }, false);
+    fn reserve(
+        &mut self,
+        r: &Reserve,
+        location: &[u8],
+        split: bool,
+        now: u64,
+    ) -> (ReserveReply, Vec<Allocation>, bool) {
+        let no = |code, line| {
+            (ReserveReply { code, failed_line: line, expires_at_ms: 0 }, vec![], false)
+        };
+        let report = |at: &[Vec<(Vec<u8>, u32)>], lines: &[(Vec<u8>, u32, u16)]| {
+            at.iter()
+                .zip(lines)
+                .flat_map(|(at, (_, _, first))| {
+                    at.iter().map(|(loc, qty)| Allocation {
+                        line: *first,
+                        location: Bytes::from(loc.clone()),
+                        qty: *qty,
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
         if r.id.is_empty() || r.lines.is_empty() {
             return no(ResultCode::InvalidArgument, None);
         }
@@ -327,30 +558,36 @@ impl Model {
                     failed_line: None,
                     expires_at_ms: existing.expires,
                 };
-                (reply, false)
+                (reply, report(&existing.at, &lines), false)
             } else {
                 no(ResultCode::IdConflict, None)
             };
         }
-        let mut failures: Vec<(u16, ResultCode)> = lines
-            .iter()
-            .filter_map(|(sku, qty, first)| {
-                let qty = u64::from(*qty);
-                let checked =
-                    self.check(sku, qty, now).and_then(|()| self.check_limits(sku, r, qty, now));
-                checked.err().map(|code| (*first, code))
-            })
-            .collect();
+        let mut at = vec![];
+        let mut failures: Vec<(u16, ResultCode)> = vec![];
+        for (sku, qty, first) in &lines {
+            let wide = u64::from(*qty);
+            let checked = self
+                .check(sku, wide, now)
+                .and_then(|()| self.check_limits(sku, r, wide, now))
+                .and_then(|()| self.allocate(sku, *qty, location, split, now));
+            match checked {
+                Ok(line_at) => at.push(line_at),
+                Err(code) => failures.push((*first, code)),
+            }
+        }
         failures.sort();
         if let Some((index, code)) = failures.first() {
             return no(*code, Some(*index));
         }
+        let allocations = report(&at, &lines);
         let expires = now + ttl;
         self.res.insert(
             r.id.to_vec(),
             MRes {
                 state: ReservationState::Held,
                 lines: lines.into_iter().map(|(s, q, _)| (s, q)).collect(),
+                at,
                 confirmed: vec![],
                 ttl_ms: r.ttl_ms,
                 channel: r.channel.to_vec(),
@@ -360,7 +597,9 @@ impl Model {
                 forget_at: 0,
             },
         );
-        (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms: expires }, true)
+        let reply =
+            ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms: expires };
+        (reply, allocations, true)
     }
 
     fn confirm(&mut self, c: &Confirm, now: u64) -> (ResultCode, bool) {
@@ -412,8 +651,125 @@ impl Model {
     fn apply(&mut self, command: &Command, now: u64) -> (OpReply, bool) {
         match command {
             Command::Reserve(r) => {
-                let (reply, changed) = self.reserve(r, now);
+                let (reply, _, changed) = self.reserve(r, b"", false, now);
                 (OpReply::Reserve(reply), changed)
+            }
+            Command::ReserveAt(r) => {
+                let (reply, allocations, changed) =
+                    self.reserve(&r.reserve, &r.location, r.split, now);
+                (OpReply::ReserveAt(ReserveAtReply { reply, allocations }), changed)
+            }
+            Command::SetLocation { sku, location, on_hand, priority, expected } => {
+                let reply = |code, info| OpReply::SetLocation(SkuReply { code, info });
+                if sku.is_empty() || location.is_empty() {
+                    return (reply(ResultCode::InvalidArgument, SkuInfo::default()), false);
+                }
+                let info = self.info(sku, now).unwrap_or_default();
+                let state = self.skus.get(&sku[..]);
+                let existing = state.and_then(|s| s.locs.as_ref()?.get(&location[..]).copied());
+                if state.is_some()
+                    && existing.is_none()
+                    && state.unwrap().locs.is_none()
+                    && !self.can_take_locations(sku)
+                {
+                    return (reply(ResultCode::LocationConflict, info), false);
+                }
+                if expected.is_some_and(|e| e != existing.map_or(0, |(_, n)| n)) {
+                    return (reply(ResultCode::ExpectedMismatch, info), false);
+                }
+                let changed = existing != Some((*priority, *on_hand));
+                let s = self.skus.entry(sku.to_vec()).or_default();
+                s.locs
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(location.to_vec(), (*priority, *on_hand));
+                s.sum_locations();
+                (reply(ResultCode::Ok, self.info(sku, now).unwrap()), changed)
+            }
+            Command::AdjustLocation { sku, location, delta, expected } => {
+                let reply = |code, info| OpReply::AdjustLocation(SkuReply { code, info });
+                let Some(info) = self.info(sku, now) else {
+                    return (reply(ResultCode::UnknownSku, SkuInfo::default()), false);
+                };
+                let s = self.skus.get_mut(&sku[..]).unwrap();
+                let Some(entry) = s.locs.as_mut().and_then(|l| l.get_mut(&location[..])) else {
+                    return (reply(ResultCode::UnknownLocation, info), false);
+                };
+                if expected.is_some_and(|e| e != entry.1) {
+                    return (reply(ResultCode::ExpectedMismatch, info), false);
+                }
+                let Some(new) = entry.1.checked_add_signed(*delta) else {
+                    return (reply(ResultCode::InvalidArgument, info), false);
+                };
+                entry.1 = new;
+                s.sum_locations();
+                (reply(ResultCode::Ok, self.info(sku, now).unwrap()), *delta != 0)
+            }
+            Command::SetIncoming { sku, location, reference, qty, eta_ms } => {
+                let reply = |code, info| OpReply::SetIncoming(SkuReply { code, info });
+                if reference.is_empty() {
+                    return (reply(ResultCode::InvalidArgument, SkuInfo::default()), false);
+                }
+                let Some(info) = self.info(sku, now) else {
+                    return (reply(ResultCode::UnknownSku, SkuInfo::default()), false);
+                };
+                if let Err(code) = self.delivery_location(sku, location) {
+                    return (reply(code, info), false);
+                }
+                let s = self.skus.get_mut(&sku[..]).unwrap();
+                let key = (location.to_vec(), reference.to_vec());
+                let before = s.incoming.get(&key).copied();
+                let changed = match (before, *qty) {
+                    (None, 0) => false,
+                    (Some(_), 0) => {
+                        s.incoming.remove(&key);
+                        true
+                    }
+                    (before, qty) => {
+                        s.incoming.insert(key, (qty, *eta_ms));
+                        before != Some((qty, *eta_ms))
+                    }
+                };
+                (reply(ResultCode::Ok, self.info(sku, now).unwrap()), changed)
+            }
+            Command::ReceiveIncoming { sku, location, reference, qty } => {
+                let reply = |code, info| OpReply::ReceiveIncoming(SkuReply { code, info });
+                let Some(info) = self.info(sku, now) else {
+                    return (reply(ResultCode::UnknownSku, SkuInfo::default()), false);
+                };
+                if let Err(code) = self.delivery_location(sku, location) {
+                    return (reply(code, info), false);
+                }
+                let s = self.skus.get_mut(&sku[..]).unwrap();
+                let key = (location.to_vec(), reference.to_vec());
+                let Some((left, eta)) = s.incoming.get(&key).copied() else {
+                    return (reply(ResultCode::NotFound, info), false);
+                };
+                let take = if *qty == 0 { left } else { *qty };
+                if take > left {
+                    return (reply(ResultCode::InvalidArgument, info), false);
+                }
+                if take == left {
+                    s.incoming.remove(&key);
+                } else {
+                    s.incoming.insert(key, (left - take, eta));
+                }
+                match &mut s.locs {
+                    Some(locs) => {
+                        locs.get_mut(&location[..]).unwrap().1 += take;
+                        s.sum_locations();
+                    }
+                    None => s.on_hand += take,
+                }
+                (reply(ResultCode::Ok, self.info(sku, now).unwrap()), true)
+            }
+            Command::SetPreorder { sku, preorder_max } => {
+                let reply = |code, info| OpReply::SetPreorder(SkuReply { code, info });
+                let Some(s) = self.skus.get_mut(&sku[..]) else {
+                    return (reply(ResultCode::UnknownSku, SkuInfo::default()), false);
+                };
+                let changed = s.preorder_max != *preorder_max;
+                s.preorder_max = *preorder_max;
+                (reply(ResultCode::Ok, self.info(sku, now).unwrap()), changed)
             }
             Command::Confirm(c) => {
                 let (code, changed) = self.confirm(c, now);
@@ -467,10 +823,16 @@ impl Model {
                         ReservationState::Held => (ResultCode::NotConfirmed, false),
                         ReservationState::Shipped => (ResultCode::Ok, false),
                         ReservationState::Confirmed => {
-                            for ((sku, _), qty) in r.lines.iter().zip(&r.confirmed) {
+                            for (((sku, _), qty), at) in r.lines.iter().zip(&r.confirmed).zip(&r.at)
+                            {
                                 let s = self.skus.get_mut(sku).unwrap();
                                 s.committed -= u64::from(*qty);
                                 s.on_hand = s.on_hand.saturating_sub(u64::from(*qty));
+                                for (loc, c) in committed_at(at, *qty) {
+                                    let entry = s.locs.as_mut().unwrap().get_mut(&loc).unwrap();
+                                    entry.1 = entry.1.saturating_sub(u64::from(c));
+                                }
+                                s.sum_locations();
                             }
                             let m = self.res.get_mut(&id[..]).unwrap();
                             m.state = ReservationState::Shipped;
@@ -489,6 +851,12 @@ impl Model {
                         false,
                     );
                 }
+                if self.skus.get(&sku[..]).is_some_and(|s| s.locs.is_some()) {
+                    return (
+                        OpReply::SetStock(self.sku_reply(ResultCode::LocationRequired, sku, now)),
+                        false,
+                    );
+                }
                 let current = self.skus.get(&sku[..]).map_or(0, |s| s.on_hand);
                 if expected.is_some_and(|e| e != current) {
                     return (
@@ -497,10 +865,7 @@ impl Model {
                     );
                 }
                 let changed = self.skus.get(&sku[..]).is_none_or(|s| s.on_hand != *on_hand);
-                self.skus
-                    .entry(sku.to_vec())
-                    .or_insert(MSku { on_hand: 0, committed: 0, safety: 0, limits: None })
-                    .on_hand = *on_hand;
+                self.skus.entry(sku.to_vec()).or_default().on_hand = *on_hand;
                 (OpReply::SetStock(self.sku_reply(ResultCode::Ok, sku, now)), changed)
             }
             Command::AdjustStock { sku, delta, expected } => {
@@ -510,6 +875,16 @@ impl Model {
                         false,
                     );
                 };
+                if s.locs.is_some() {
+                    return (
+                        OpReply::AdjustStock(self.sku_reply(
+                            ResultCode::LocationRequired,
+                            sku,
+                            now,
+                        )),
+                        false,
+                    );
+                }
                 if expected.is_some_and(|e| e != s.on_hand) {
                     return (
                         OpReply::AdjustStock(self.sku_reply(
@@ -622,6 +997,12 @@ enum Step {
     Adjust(usize, i64, Option<u64>),
     Safety(usize, u64),
     Reserve { id: usize, lines: Vec<(usize, u32)>, ttl: usize, channel: usize, customer: usize },
+    ReserveAt { id: usize, lines: Vec<(usize, u32)>, ttl: usize, loc: usize, split: bool },
+    SetLocation(usize, usize, u64, u32, Option<u64>),
+    AdjustLocation(usize, usize, i64, Option<u64>),
+    SetIncoming(usize, usize, usize, u64, u64),
+    Receive(usize, usize, usize, u64),
+    Preorder(usize, u64),
     Limits(usize, SkuLimits),
     Confirm(usize, Option<Vec<(usize, u32)>>),
     Release(usize),
@@ -640,12 +1021,22 @@ fn step() -> impl Strategy<Value = Step> {
     let id = 0..IDS.len();
     let line = (0..SKUS.len(), 0u32..4);
     prop_oneof![
-        2 => (0..3usize, 0u64..8, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, n, e)| Step::SetStock(s, n, e)),
+        2 => (0..2usize, 0u64..8, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, n, e)| Step::SetStock(s, n, e)),
         1 => (sku.clone(), -3i64..4, prop::option::weighted(0.2, 0u64..8)).prop_map(|(s, d, e)| Step::Adjust(s, d, e)),
         1 => (sku.clone(), 0u64..3).prop_map(|(s, n)| Step::Safety(s, n)),
         6 => (id.clone(), prop::collection::vec(line.clone(), 0..4), 0..TTLS.len(), 0..CHANNELS.len(), 0..CUSTOMERS.len())
             .prop_map(|(id, lines, ttl, channel, customer)| Step::Reserve { id, lines, ttl, channel, customer }),
         1 => (0..SKUS.len(), limits()).prop_map(|(s, l)| Step::Limits(s, l)),
+        5 => (id.clone(), prop::collection::vec((prop::sample::select(vec![1usize, 2, 2, 2, 3]), 1u32..5), 1..3), 0..3usize, 0..LOCS.len(), any::<bool>())
+            .prop_map(|(id, lines, ttl, loc, split)| Step::ReserveAt { id, lines, ttl, loc, split }),
+        3 => (1..3usize, 0..LOCS.len(), 0u64..4, 0u32..3, prop::option::weighted(0.2, 0u64..4))
+            .prop_map(|(s, l, n, p, e)| Step::SetLocation(s, l, n, p, e)),
+        1 => (sku.clone(), 0..LOCS.len(), -2i64..3, prop::option::weighted(0.2, 0u64..4))
+            .prop_map(|(s, l, d, e)| Step::AdjustLocation(s, l, d, e)),
+        2 => (sku.clone(), 0..LOCS.len(), 0..REFS.len(), 0u64..4, 0u64..3)
+            .prop_map(|(s, l, r, n, eta)| Step::SetIncoming(s, l, r, n, eta)),
+        2 => (sku.clone(), 0..LOCS.len(), 0..REFS.len(), 0u64..3).prop_map(|(s, l, r, n)| Step::Receive(s, l, r, n)),
+        1 => (sku.clone(), 0u64..4).prop_map(|(s, n)| Step::Preorder(s, n)),
         3 => (id.clone(), prop::option::of(prop::collection::vec(line, 0..3))).prop_map(|(i, l)| Step::Confirm(i, l)),
         2 => id.clone().prop_map(Step::Release),
         1 => (id.clone(), 0..TTLS.len()).prop_map(|(i, t)| Step::Extend(i, t)),
@@ -686,6 +1077,44 @@ fn command(step: &Step) -> Option<Command> {
             lines: lines(l),
         }),
         Step::Limits(s, l) => Command::SetLimits { sku: bytes(SKUS[*s]), limits: l.clone() },
+        Step::ReserveAt { id, lines: l, ttl, loc, split } => Command::ReserveAt(ReserveAt {
+            reserve: Reserve {
+                id: bytes(IDS[*id]),
+                ttl_ms: TTLS[*ttl],
+                channel: Bytes::new(),
+                customer: bytes("c1"),
+                lines: lines(l),
+            },
+            location: bytes(LOCS[*loc]),
+            split: *split,
+        }),
+        Step::SetLocation(s, l, n, p, e) => Command::SetLocation {
+            sku: bytes(SKUS[*s]),
+            location: bytes(LOCS[*l]),
+            on_hand: *n,
+            priority: *p,
+            expected: *e,
+        },
+        Step::AdjustLocation(s, l, d, e) => Command::AdjustLocation {
+            sku: bytes(SKUS[*s]),
+            location: bytes(LOCS[*l]),
+            delta: *d,
+            expected: *e,
+        },
+        Step::SetIncoming(s, l, r, n, eta) => Command::SetIncoming {
+            sku: bytes(SKUS[*s]),
+            location: bytes(LOCS[*l]),
+            reference: bytes(REFS[*r]),
+            qty: *n,
+            eta_ms: *eta,
+        },
+        Step::Receive(s, l, r, n) => Command::ReceiveIncoming {
+            sku: bytes(SKUS[*s]),
+            location: bytes(LOCS[*l]),
+            reference: bytes(REFS[*r]),
+            qty: *n,
+        },
+        Step::Preorder(s, n) => Command::SetPreorder { sku: bytes(SKUS[*s]), preorder_max: *n },
         Step::Confirm(id, l) => Command::Confirm(Confirm {
             id: bytes(IDS[*id]),
             lines: l.as_deref().map(lines).unwrap_or_default(),
@@ -708,6 +1137,12 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
             engine.query_limits(sku.as_bytes(), now),
             model.limits_reply(sku.as_bytes(), now),
             "limits of {}",
+            sku
+        );
+        prop_assert_eq!(
+            engine.query_locations(sku.as_bytes(), now),
+            model.locations_reply(sku.as_bytes(), now),
+            "locations of {}",
             sku
         );
     }
@@ -748,6 +1183,10 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
             rebuilt.query_limits(sku.as_bytes(), now),
             engine.query_limits(sku.as_bytes(), now)
         );
+        prop_assert_eq!(
+            rebuilt.query_locations(sku.as_bytes(), now),
+            engine.query_locations(sku.as_bytes(), now)
+        );
     }
     let mut rebuilt_due = rebuilt.due(now, 10_000);
     rebuilt_due.sort_by_key(|c| format!("{c:?}"));
@@ -755,11 +1194,26 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
     Ok(())
 }
 
-fn run(steps: &[Step]) -> Result<(), TestCaseError> {
+/// A starting state with locations, a delivery and preorders, so that short runs reach them.
+fn seed() -> Vec<Step> {
+    vec![
+        Step::SetStock(0, 5, None),
+        Step::SetLocation(2, 1, 2, 1, None),
+        Step::SetLocation(2, 2, 1, 0, None),
+        Step::SetLocation(2, 3, 3, 2, None),
+        Step::SetIncoming(2, 2, 0, 2, 9),
+        Step::SetStock(1, 1, None),
+        Step::SetIncoming(1, 0, 1, 3, 9),
+        Step::Preorder(1, 2),
+    ]
+}
+
+fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let engine = Engine::new(CONFIG);
     let mut model = Model::default();
     let mut now = 1_000_000u64;
-    for step in steps {
+    let seed = if seeded { seed() } else { vec![] };
+    for step in seed.iter().chain(steps) {
         match step {
             Step::Advance(dt) => now += dt,
             Step::Sweep => {
@@ -773,20 +1227,63 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 let command = command(step).expect("an operation step");
                 let before: Vec<(Vec<u8>, Split)> =
                     model.skus.keys().map(|sku| (sku.clone(), model.split(sku, now))).collect();
+                let taken_at = |sku: &[u8], location: &[u8]| {
+                    let reply = engine.query_locations(sku, now);
+                    let l = reply.locations.iter().find(|l| l.location[..] == *location);
+                    l.map_or(0, |l| l.reserved + l.committed)
+                };
+                let locations_before: Vec<(Vec<u8>, Bytes, u64)> = SKUS
+                    .iter()
+                    .flat_map(|sku| {
+                        let reply = engine.query_locations(sku.as_bytes(), now);
+                        reply.locations.into_iter().map(move |l| {
+                            (sku.as_bytes().to_vec(), l.location, l.reserved + l.committed)
+                        })
+                    })
+                    .collect();
                 let mut changed = false;
                 let reply = engine.apply(&command, now, || changed = true);
                 let expected = model.apply(&command, now);
                 prop_assert_eq!((&reply, changed), (&expected.0, expected.1), "step {:?}", step);
-                // No oversell: a new hold never takes a SKU past its safety floor.
-                if let (Command::Reserve(r), OpReply::Reserve(reply)) = (&command, &reply) {
+                // No oversell: a new hold never takes a SKU past its safety floor (above which
+                // only the preorder allowance may be sold), nor a location past its stock.
+                let reserved = match (&command, &reply) {
+                    (Command::Reserve(r), OpReply::Reserve(reply)) => Some((r, reply)),
+                    (Command::ReserveAt(r), OpReply::ReserveAt(reply)) => {
+                        Some((&r.reserve, &reply.reply))
+                    }
+                    _ => None,
+                };
+                if let Some((r, reply)) = reserved {
                     if reply.code.is_ok() && changed {
                         for line in &r.lines {
                             let info = engine.query_sku(&line.sku, now).info;
+                            let s = &model.skus[&line.sku[..]];
                             prop_assert!(
-                                info.reserved + info.committed + info.safety_stock <= info.on_hand,
+                                info.reserved + info.committed + info.safety_stock
+                                    <= info.on_hand + s.preorder_room(),
                                 "oversold {:?}",
                                 info
                             );
+                            let locations = engine.query_locations(&line.sku, now);
+                            prop_assert!(locations.preordered <= s.preorder_room());
+                            // A location already over (its count was set below what it had
+                            // sold) is not taken from further.
+                            for l in &locations.locations {
+                                let incoming = if s.preorder_max > 0 { l.incoming } else { 0 };
+                                let prior = locations_before
+                                    .iter()
+                                    .find(|(sku, id, _)| {
+                                        sku[..] == line.sku[..] && *id == l.location
+                                    })
+                                    .map_or(0, |(_, _, taken)| *taken);
+                                let taken = taken_at(&line.sku, &l.location);
+                                prop_assert!(
+                                    taken <= (l.on_hand + incoming).max(prior),
+                                    "location oversold {:?}",
+                                    l
+                                );
+                            }
                             let Some(limits) = model.skus[&line.sku[..]].limits.clone() else {
                                 continue;
                             };
@@ -812,14 +1309,20 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 // Idempotency: the same command again returns the same reply and changes nothing
                 // (reserve, release, ship, and confirm of the same quantities).
                 if reply.code().is_ok()
-                    && !matches!(command, Command::AdjustStock { .. } | Command::Extend { .. })
+                    && !matches!(
+                        command,
+                        Command::AdjustStock { .. }
+                            | Command::AdjustLocation { .. }
+                            | Command::ReceiveIncoming { .. }
+                            | Command::Extend { .. }
+                    )
                 {
                     let mut again = false;
                     let retry = engine.apply(&command, now, || again = true);
                     prop_assert!(!again, "retry of {:?} changed state", command);
                     let model_retry = model.apply(&command, now);
                     prop_assert_eq!(&retry, &model_retry.0);
-                    if let Command::Reserve(_) = command {
+                    if let Command::Reserve(_) | Command::ReserveAt(_) = command {
                         prop_assert_eq!(&retry, &reply);
                     }
                 }
@@ -837,7 +1340,7 @@ proptest! {
     })]
 
     #[test]
-    fn engine_matches_reference_model(steps in prop::collection::vec(step(), 1..80)) {
-        run(&steps)?;
+    fn engine_matches_reference_model(seeded in any::<bool>(), steps in prop::collection::vec(step(), 1..80)) {
+        run(seeded, &steps)?;
     }
 }

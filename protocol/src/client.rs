@@ -23,8 +23,9 @@ use crate::code::ResultCode;
 use crate::frame::FrameDecoder;
 use crate::limits::FRAME_BODY_BYTES_MAX;
 use crate::message::{
-    Confirm, ExtendReply, Hello, HelloReply, LimitsReply, Line, Op, OpReply, Reply, Request,
-    ReservationReply, Reserve, ReserveReply, SkuLimits, SkuReply,
+    Confirm, ExtendReply, Hello, HelloReply, LimitsReply, Line, LocationsReply, Op, OpReply, Reply,
+    Request, ReservationReply, Reserve, ReserveAt, ReserveAtReply, ReserveReply, SkuLimits,
+    SkuReply,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -203,6 +204,15 @@ impl Client {
         }
     }
 
+    /// Reserves from a named location, or lets the server choose (and optionally split); the
+    /// reply lists the locations each line was taken from.
+    pub async fn reserve_at(&self, reserve: ReserveAt) -> Result<ReserveAtReply, ClientError> {
+        match self.call(Op::ReserveAt(reserve)).await? {
+            OpReply::ReserveAt(reply) => Ok(reply),
+            other => Err(unexpected_op(&other)),
+        }
+    }
+
     /// Confirms a hold; an empty `lines` confirms every line in full.
     pub async fn confirm(
         &self,
@@ -267,6 +277,77 @@ impl Client {
         sku_reply(self.call(Op::SetLimits { sku: sku.into(), limits }).await?)
     }
 
+    /// Sets one location's physical count and priority (creating the SKU and the location if
+    /// new); `expected` checks the location's current count.
+    pub async fn set_location(
+        &self,
+        sku: impl Into<Bytes>,
+        location: impl Into<Bytes>,
+        on_hand: u64,
+        priority: u32,
+        expected: Option<u64>,
+    ) -> Result<SkuReply, ClientError> {
+        let (sku, location) = (sku.into(), location.into());
+        sku_reply(self.call(Op::SetLocation { sku, location, on_hand, priority, expected }).await?)
+    }
+
+    /// Adds `delta` to one location's physical count.
+    pub async fn adjust_location(
+        &self,
+        sku: impl Into<Bytes>,
+        location: impl Into<Bytes>,
+        delta: i64,
+        expected: Option<u64>,
+    ) -> Result<SkuReply, ClientError> {
+        let (sku, location) = (sku.into(), location.into());
+        sku_reply(self.call(Op::AdjustLocation { sku, location, delta, expected }).await?)
+    }
+
+    /// Records, replaces or (with `qty` 0) removes an incoming delivery.
+    pub async fn set_incoming(
+        &self,
+        sku: impl Into<Bytes>,
+        location: impl Into<Bytes>,
+        reference: impl Into<Bytes>,
+        qty: u64,
+        eta_ms: u64,
+    ) -> Result<SkuReply, ClientError> {
+        let (sku, location, reference) = (sku.into(), location.into(), reference.into());
+        sku_reply(self.call(Op::SetIncoming { sku, location, reference, qty, eta_ms }).await?)
+    }
+
+    /// Moves `qty` units (0 = all) of an incoming delivery into `on_hand`.
+    pub async fn receive_incoming(
+        &self,
+        sku: impl Into<Bytes>,
+        location: impl Into<Bytes>,
+        reference: impl Into<Bytes>,
+        qty: u64,
+    ) -> Result<SkuReply, ClientError> {
+        let (sku, location, reference) = (sku.into(), location.into(), reference.into());
+        sku_reply(self.call(Op::ReceiveIncoming { sku, location, reference, qty }).await?)
+    }
+
+    /// Allows selling up to `preorder_max` units beyond `on_hand` against incoming stock.
+    pub async fn set_preorder(
+        &self,
+        sku: impl Into<Bytes>,
+        preorder_max: u64,
+    ) -> Result<SkuReply, ClientError> {
+        sku_reply(self.call(Op::SetPreorder { sku: sku.into(), preorder_max }).await?)
+    }
+
+    /// A SKU's locations, incoming deliveries and preorder allowance.
+    pub async fn query_locations(
+        &self,
+        sku: impl Into<Bytes>,
+    ) -> Result<LocationsReply, ClientError> {
+        match self.call(Op::QueryLocations { sku: sku.into() }).await? {
+            OpReply::QueryLocations(reply) => Ok(reply),
+            other => Err(unexpected_op(&other)),
+        }
+    }
+
     /// A SKU's limits, each quota's allocation and use, and the pool.
     pub async fn query_limits(&self, sku: impl Into<Bytes>) -> Result<LimitsReply, ClientError> {
         match self.call(Op::QueryLimits { sku: sku.into() }).await? {
@@ -296,6 +377,11 @@ fn sku_reply(reply: OpReply) -> Result<SkuReply, ClientError> {
         | OpReply::AdjustStock(r)
         | OpReply::SetSafetyStock(r)
         | OpReply::SetLimits(r)
+        | OpReply::SetLocation(r)
+        | OpReply::AdjustLocation(r)
+        | OpReply::SetIncoming(r)
+        | OpReply::ReceiveIncoming(r)
+        | OpReply::SetPreorder(r)
         | OpReply::QuerySku(r) => Ok(r),
         other => Err(unexpected_op(&other)),
     }

@@ -90,6 +90,13 @@ result_codes! {
     UnknownOpcode = 23, "unknown_opcode";
     /// The first frame on a connection must be `HELLO`.
     HandshakeRequired = 24, "handshake_required";
+    /// The SKU has no location with this id.
+    UnknownLocation = 25, "unknown_location";
+    /// The SKU's stock is kept per location: the operation must name one.
+    LocationRequired = 26, "location_required";
+    /// The SKU has stock, holds or deliveries not assigned to any location, so it cannot be
+    /// given locations (bring it to zero first).
+    LocationConflict = 27, "location_conflict";
 }
 
 impl ResultCode {

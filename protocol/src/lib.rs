@@ -16,9 +16,10 @@ pub use frame::{
     encode_frame, FrameDecoder, FrameError, Header, RawFrame, FLAG_REPLY, HEADER_BYTES, MAGIC,
 };
 pub use message::{
-    ChannelQuota, ChannelUse, Confirm, DecodeError, ErrorReply, ExtendReply, Hello, HelloReply,
-    LimitsReply, Line, Op, OpReply, Opcode, QuotaLimit, Reply, Request, ReservationInfo,
-    ReservationLine, ReservationReply, ReservationState, Reserve, ReserveReply, SkuInfo, SkuLimits,
+    Allocation, ChannelQuota, ChannelUse, Confirm, DecodeError, ErrorReply, ExtendReply, Hello,
+    HelloReply, IncomingInfo, LimitsReply, Line, LocationInfo, LocationsReply, Op, OpReply, Opcode,
+    QuotaLimit, Reply, Request, ReservationInfo, ReservationLine, ReservationReply,
+    ReservationState, Reserve, ReserveAt, ReserveAtReply, ReserveReply, SkuInfo, SkuLimits,
     SkuReply,
 };
 

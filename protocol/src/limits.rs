@@ -18,6 +18,19 @@ pub const SKU_BYTES_MAX: usize = 64;
 pub const TAG_BYTES_MAX: usize = 64;
 /// Channel quotas on one SKU.
 pub const QUOTAS_PER_SKU_MAX: u8 = 16;
+/// Bytes in a location id (a warehouse or store code).
+pub const LOCATION_BYTES_MAX: usize = 32;
+/// Locations one SKU may be stocked at.
+pub const LOCATIONS_PER_SKU_MAX: u8 = 32;
+/// Locations one reservation line may be split across (`RESERVE_AT` with the split flag).
+pub const SPLIT_LOCATIONS_MAX: usize = 4;
+/// Incoming deliveries recorded on one SKU at once.
+pub const INCOMING_PER_SKU_MAX: u8 = 32;
+/// Bytes in an incoming delivery's reference (a purchase order or ASN number).
+pub const REFERENCE_BYTES_MAX: usize = 64;
+/// Reservation lines in the `RESERVE_AT` items of one batch: bounds the batch's reply, whose
+/// items each list the locations every line was taken from.
+pub const RESERVE_AT_LINES_PER_BATCH_MAX: u32 = 8192;
 /// Bytes in an API key presented in `HELLO`.
 pub const API_KEY_BYTES_MAX: usize = 128;
 /// Bytes in an error message sent in an `ERROR` frame.
@@ -35,3 +48,15 @@ const _: () = assert!(ID_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(SKU_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(TAG_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(API_KEY_BYTES_MAX <= u8::MAX as usize);
+
+// A batch reply of `RESERVE_AT` items, each line split across the most locations with maximal
+// ids, fits in one frame.
+const ALLOCATION_BYTES_MAX: usize = 2 + 1 + LOCATION_BYTES_MAX + 4;
+const RESERVE_AT_REPLY_FIXED_BYTES: usize = 8 + 1 + 2 + 8 + 2;
+const _: () = assert!(
+    RESERVE_AT_LINES_PER_BATCH_MAX as usize * SPLIT_LOCATIONS_MAX * ALLOCATION_BYTES_MAX
+        + BATCH_OPS_MAX as usize * RESERVE_AT_REPLY_FIXED_BYTES
+        <= FRAME_BODY_BYTES_MAX as usize
+);
+const _: () = assert!(LOCATION_BYTES_MAX <= u8::MAX as usize);
+const _: () = assert!(REFERENCE_BYTES_MAX <= u8::MAX as usize);

@@ -10,8 +10,10 @@ use thiserror::Error;
 use crate::code::ResultCode;
 use crate::frame::{encode_frame, Header, FLAG_REPLY};
 use crate::limits::{
-    API_KEY_BYTES_MAX, BATCH_OPS_MAX, ERROR_MESSAGE_BYTES_MAX, ID_BYTES_MAX,
-    LINES_PER_RESERVATION_MAX, QUOTAS_PER_SKU_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX,
+    API_KEY_BYTES_MAX, BATCH_OPS_MAX, ERROR_MESSAGE_BYTES_MAX, ID_BYTES_MAX, INCOMING_PER_SKU_MAX,
+    LINES_PER_RESERVATION_MAX, LOCATIONS_PER_SKU_MAX, LOCATION_BYTES_MAX, QUOTAS_PER_SKU_MAX,
+    REFERENCE_BYTES_MAX, RESERVE_AT_LINES_PER_BATCH_MAX, SKU_BYTES_MAX, SPLIT_LOCATIONS_MAX,
+    TAG_BYTES_MAX,
 };
 
 /// Frame opcodes. Requests and their replies share the opcode; replies set the reply flag.
@@ -25,13 +27,20 @@ pub enum Opcode {
     Release = 0x12,
     Extend = 0x13,
     Ship = 0x14,
+    ReserveAt = 0x15,
     SetStock = 0x20,
     AdjustStock = 0x21,
     SetSafetyStock = 0x22,
     SetLimits = 0x23,
+    SetLocation = 0x24,
+    AdjustLocation = 0x25,
+    SetIncoming = 0x26,
+    ReceiveIncoming = 0x27,
+    SetPreorder = 0x28,
     QuerySku = 0x30,
     QueryReservation = 0x31,
     QueryLimits = 0x32,
+    QueryLocations = 0x33,
     Batch = 0x40,
     Error = 0x7f,
 }
@@ -47,13 +56,20 @@ impl Opcode {
             0x12 => Opcode::Release,
             0x13 => Opcode::Extend,
             0x14 => Opcode::Ship,
+            0x15 => Opcode::ReserveAt,
             0x20 => Opcode::SetStock,
             0x21 => Opcode::AdjustStock,
             0x22 => Opcode::SetSafetyStock,
             0x23 => Opcode::SetLimits,
+            0x24 => Opcode::SetLocation,
+            0x25 => Opcode::AdjustLocation,
+            0x26 => Opcode::SetIncoming,
+            0x27 => Opcode::ReceiveIncoming,
+            0x28 => Opcode::SetPreorder,
             0x30 => Opcode::QuerySku,
             0x31 => Opcode::QueryReservation,
             0x32 => Opcode::QueryLimits,
+            0x33 => Opcode::QueryLocations,
             0x40 => Opcode::Batch,
             0x7f => Opcode::Error,
             _ => return None,
@@ -64,7 +80,11 @@ impl Opcode {
     pub fn is_read_only(self) -> bool {
         matches!(
             self,
-            Opcode::Ping | Opcode::QuerySku | Opcode::QueryReservation | Opcode::QueryLimits
+            Opcode::Ping
+                | Opcode::QuerySku
+                | Opcode::QueryReservation
+                | Opcode::QueryLimits
+                | Opcode::QueryLocations
         )
     }
 
@@ -78,13 +98,20 @@ impl Opcode {
             Opcode::Release => "release",
             Opcode::Extend => "extend",
             Opcode::Ship => "ship",
+            Opcode::ReserveAt => "reserve_at",
             Opcode::SetStock => "set_stock",
             Opcode::AdjustStock => "adjust_stock",
             Opcode::SetSafetyStock => "set_safety_stock",
             Opcode::SetLimits => "set_limits",
+            Opcode::SetLocation => "set_location",
+            Opcode::AdjustLocation => "adjust_location",
+            Opcode::SetIncoming => "set_incoming",
+            Opcode::ReceiveIncoming => "receive_incoming",
+            Opcode::SetPreorder => "set_preorder",
             Opcode::QuerySku => "query_sku",
             Opcode::QueryReservation => "query_reservation",
             Opcode::QueryLimits => "query_limits",
+            Opcode::QueryLocations => "query_locations",
             Opcode::Batch => "batch",
             Opcode::Error => "error",
         }
@@ -135,6 +162,18 @@ pub struct Reserve {
     pub lines: Vec<Line>,
 }
 
+/// `RESERVE_AT`: a reserve that names or lets the server choose the locations stock is taken
+/// from, and whose reply lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReserveAt {
+    pub reserve: Reserve,
+    /// Take every line from this location; empty lets the server choose per line.
+    pub location: Bytes,
+    /// When the server chooses: a line that no single location can serve may be split across
+    /// up to `SPLIT_LOCATIONS_MAX` locations.
+    pub split: bool,
+}
+
 /// `CONFIRM`: turn a hold into a sale, fully (no lines) or partially (lines with smaller
 /// quantities; what is not confirmed goes back to stock).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -157,7 +196,7 @@ pub struct Hello {
 pub enum QuotaLimit {
     /// A fixed number of units.
     Units(u64),
-    /// A share of the sellable stock (`on_hand - safety_stock`), in basis points (0..=10 000).
+    /// A share of the sellable stock (`on_hand` plus the preorder room, minus `safety_stock`), in basis points (0..=10 000).
     BasisPoints(u16),
 }
 
@@ -271,22 +310,159 @@ impl LimitsReply {
     }
 }
 
+/// Units of one reservation line taken from one location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// Index in the request of the line (the SKU's first line when a SKU appears twice).
+    pub line: u16,
+    pub location: Bytes,
+    pub qty: u32,
+}
+
+/// Reply to `RESERVE_AT`: the `RESERVE` reply and, when it is `ok`, where each line was taken
+/// from (lines of SKUs without locations have no allocation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReserveAtReply {
+    pub reply: ReserveReply,
+    pub allocations: Vec<Allocation>,
+}
+
+/// One location's counters, as reported by `QUERY_LOCATIONS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocationInfo {
+    pub location: Bytes,
+    /// Lower goes first when the server chooses.
+    pub priority: u32,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub committed: u64,
+    /// Units of incoming deliveries to this location.
+    pub incoming: u64,
+    /// Units a reserve could take here now (incoming included when the SKU takes preorders;
+    /// the SKU's own checks, such as safety stock, still apply).
+    pub available: u64,
+}
+
+/// One incoming delivery, as reported by `QUERY_LOCATIONS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncomingInfo {
+    /// Empty on a SKU without locations.
+    pub location: Bytes,
+    pub reference: Bytes,
+    pub qty: u64,
+    /// Expected arrival, UTC ms since the Unix epoch.
+    pub eta_ms: u64,
+}
+
+/// Reply to `QUERY_LOCATIONS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocationsReply {
+    pub code: ResultCode,
+    /// Most units that may be sold beyond `on_hand` against incoming stock; 0 = no preorders.
+    pub preorder_max: u64,
+    /// Units sold beyond `on_hand` now (held or committed).
+    pub preordered: u64,
+    /// In the order the server chooses them: priority, then id.
+    pub locations: Vec<LocationInfo>,
+    /// By location, then reference.
+    pub incoming: Vec<IncomingInfo>,
+}
+
+impl LocationsReply {
+    /// A reply with this code and nothing else (unknown SKU, refusals).
+    pub fn refused(code: ResultCode) -> LocationsReply {
+        LocationsReply {
+            code,
+            preorder_max: 0,
+            preordered: 0,
+            locations: Vec::new(),
+            incoming: Vec::new(),
+        }
+    }
+}
+
 /// One operation; a frame carries one, or a batch carries many.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Ping,
     Reserve(Reserve),
     Confirm(Confirm),
-    Release { id: Bytes },
-    Extend { id: Bytes, ttl_ms: u32 },
-    Ship { id: Bytes },
-    SetStock { sku: Bytes, on_hand: u64, expected: Option<u64> },
-    AdjustStock { sku: Bytes, delta: i64, expected: Option<u64> },
-    SetSafetyStock { sku: Bytes, safety_stock: u64 },
-    SetLimits { sku: Bytes, limits: SkuLimits },
-    QuerySku { sku: Bytes },
-    QueryReservation { id: Bytes },
-    QueryLimits { sku: Bytes },
+    Release {
+        id: Bytes,
+    },
+    Extend {
+        id: Bytes,
+        ttl_ms: u32,
+    },
+    Ship {
+        id: Bytes,
+    },
+    ReserveAt(ReserveAt),
+    SetStock {
+        sku: Bytes,
+        on_hand: u64,
+        expected: Option<u64>,
+    },
+    AdjustStock {
+        sku: Bytes,
+        delta: i64,
+        expected: Option<u64>,
+    },
+    SetSafetyStock {
+        sku: Bytes,
+        safety_stock: u64,
+    },
+    SetLimits {
+        sku: Bytes,
+        limits: SkuLimits,
+    },
+    /// Set one location's physical count and priority, creating it if new.
+    SetLocation {
+        sku: Bytes,
+        location: Bytes,
+        on_hand: u64,
+        priority: u32,
+        expected: Option<u64>,
+    },
+    /// Add to one location's physical count.
+    AdjustLocation {
+        sku: Bytes,
+        location: Bytes,
+        delta: i64,
+        expected: Option<u64>,
+    },
+    /// Record (or replace, or with `qty` 0 remove) an incoming delivery.
+    SetIncoming {
+        sku: Bytes,
+        location: Bytes,
+        reference: Bytes,
+        qty: u64,
+        eta_ms: u64,
+    },
+    /// Move `qty` units (0 = all) of an incoming delivery into `on_hand`.
+    ReceiveIncoming {
+        sku: Bytes,
+        location: Bytes,
+        reference: Bytes,
+        qty: u64,
+    },
+    /// Allow selling up to `preorder_max` units beyond `on_hand` against incoming stock.
+    SetPreorder {
+        sku: Bytes,
+        preorder_max: u64,
+    },
+    QuerySku {
+        sku: Bytes,
+    },
+    QueryReservation {
+        id: Bytes,
+    },
+    QueryLimits {
+        sku: Bytes,
+    },
+    QueryLocations {
+        sku: Bytes,
+    },
 }
 
 /// A decoded request frame body.
@@ -405,13 +581,20 @@ pub enum OpReply {
     Release(ResultCode),
     Extend(ExtendReply),
     Ship(ResultCode),
+    ReserveAt(ReserveAtReply),
     SetStock(SkuReply),
     AdjustStock(SkuReply),
     SetSafetyStock(SkuReply),
     SetLimits(SkuReply),
+    SetLocation(SkuReply),
+    AdjustLocation(SkuReply),
+    SetIncoming(SkuReply),
+    ReceiveIncoming(SkuReply),
+    SetPreorder(SkuReply),
     QuerySku(SkuReply),
     QueryReservation(ReservationReply),
     QueryLimits(LimitsReply),
+    QueryLocations(LocationsReply),
 }
 
 /// Reply to `HELLO`, announcing the negotiated version and the server's limits.
@@ -515,6 +698,67 @@ impl Reader {
         }
         Ok(lines)
     }
+    fn sku(&mut self) -> Result<Bytes, DecodeError> {
+        self.str8(SKU_BYTES_MAX, "sku")
+    }
+    fn location(&mut self) -> Result<Bytes, DecodeError> {
+        self.str8(LOCATION_BYTES_MAX, "location")
+    }
+    fn reserve(&mut self) -> Result<Reserve, DecodeError> {
+        Ok(Reserve {
+            id: self.str8(ID_BYTES_MAX, "reservation id")?,
+            ttl_ms: self.u32()?,
+            channel: self.str8(TAG_BYTES_MAX, "channel")?,
+            customer: self.str8(TAG_BYTES_MAX, "customer")?,
+            lines: self.lines()?,
+        })
+    }
+    fn reserve_reply(&mut self) -> Result<ReserveReply, DecodeError> {
+        Ok(ReserveReply {
+            code: self.code()?,
+            failed_line: Some(self.u16()?).filter(|line| *line != NO_LINE),
+            expires_at_ms: self.u64()?,
+        })
+    }
+    fn locations_reply(&mut self) -> Result<LocationsReply, DecodeError> {
+        let code = self.code()?;
+        let preorder_max = self.u64()?;
+        let preordered = self.u64()?;
+        let count = self.u8()?;
+        if count > LOCATIONS_PER_SKU_MAX {
+            return Err(DecodeError::too_large(format!(
+                "{count} locations exceed {LOCATIONS_PER_SKU_MAX}"
+            )));
+        }
+        let mut locations = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            locations.push(LocationInfo {
+                location: self.location()?,
+                priority: self.u32()?,
+                on_hand: self.u64()?,
+                reserved: self.u64()?,
+                committed: self.u64()?,
+                incoming: self.u64()?,
+                available: self.u64()?,
+            });
+        }
+        let count = self.u8()?;
+        if count > INCOMING_PER_SKU_MAX {
+            return Err(DecodeError::too_large(format!(
+                "{count} incoming deliveries exceed {INCOMING_PER_SKU_MAX}"
+            )));
+        }
+        let mut incoming = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            incoming.push(IncomingInfo {
+                location: self.location()?,
+                reference: self.str8(REFERENCE_BYTES_MAX, "reference")?,
+                qty: self.u64()?,
+                eta_ms: self.u64()?,
+            });
+        }
+        Ok(LocationsReply { code, preorder_max, preordered, locations, incoming })
+    }
     fn limits(&mut self) -> Result<SkuLimits, DecodeError> {
         let max_per_buyer = self.u32()?;
         let shared_pool = self.bool()?;
@@ -561,6 +805,20 @@ fn put_str8(buf: &mut BytesMut, value: &[u8]) {
     let len = u8::try_from(value.len()).expect("string length checked against limits");
     buf.put_u8(len);
     buf.put_slice(value);
+}
+
+fn put_reserve(buf: &mut BytesMut, r: &Reserve) {
+    put_str8(buf, &r.id);
+    buf.put_u32_le(r.ttl_ms);
+    put_str8(buf, &r.channel);
+    put_str8(buf, &r.customer);
+    put_lines(buf, &r.lines);
+}
+
+fn put_reserve_reply(buf: &mut BytesMut, r: &ReserveReply) {
+    buf.put_u8(r.code.as_u8());
+    buf.put_u16_le(r.failed_line.unwrap_or(NO_LINE));
+    buf.put_u64_le(r.expires_at_ms);
 }
 
 fn put_expected(buf: &mut BytesMut, expected: Option<u64>) {
@@ -611,13 +869,20 @@ impl Op {
             Op::Release { .. } => Opcode::Release,
             Op::Extend { .. } => Opcode::Extend,
             Op::Ship { .. } => Opcode::Ship,
+            Op::ReserveAt(_) => Opcode::ReserveAt,
             Op::SetStock { .. } => Opcode::SetStock,
             Op::AdjustStock { .. } => Opcode::AdjustStock,
             Op::SetSafetyStock { .. } => Opcode::SetSafetyStock,
             Op::SetLimits { .. } => Opcode::SetLimits,
+            Op::SetLocation { .. } => Opcode::SetLocation,
+            Op::AdjustLocation { .. } => Opcode::AdjustLocation,
+            Op::SetIncoming { .. } => Opcode::SetIncoming,
+            Op::ReceiveIncoming { .. } => Opcode::ReceiveIncoming,
+            Op::SetPreorder { .. } => Opcode::SetPreorder,
             Op::QuerySku { .. } => Opcode::QuerySku,
             Op::QueryReservation { .. } => Opcode::QueryReservation,
             Op::QueryLimits { .. } => Opcode::QueryLimits,
+            Op::QueryLocations { .. } => Opcode::QueryLocations,
         }
     }
 
@@ -630,12 +895,11 @@ impl Op {
     pub fn encode_body(&self, buf: &mut BytesMut) {
         match self {
             Op::Ping => {}
-            Op::Reserve(r) => {
-                put_str8(buf, &r.id);
-                buf.put_u32_le(r.ttl_ms);
-                put_str8(buf, &r.channel);
-                put_str8(buf, &r.customer);
-                put_lines(buf, &r.lines);
+            Op::Reserve(r) => put_reserve(buf, r),
+            Op::ReserveAt(r) => {
+                put_reserve(buf, &r.reserve);
+                put_str8(buf, &r.location);
+                buf.put_u8(r.split as u8);
             }
             Op::Confirm(c) => {
                 put_str8(buf, &c.id);
@@ -664,7 +928,39 @@ impl Op {
                 put_str8(buf, sku);
                 put_limits(buf, limits);
             }
-            Op::QuerySku { sku } | Op::QueryLimits { sku } => put_str8(buf, sku),
+            Op::SetLocation { sku, location, on_hand, priority, expected } => {
+                put_str8(buf, sku);
+                put_str8(buf, location);
+                buf.put_u64_le(*on_hand);
+                buf.put_u32_le(*priority);
+                put_expected(buf, *expected);
+            }
+            Op::AdjustLocation { sku, location, delta, expected } => {
+                put_str8(buf, sku);
+                put_str8(buf, location);
+                buf.put_i64_le(*delta);
+                put_expected(buf, *expected);
+            }
+            Op::SetIncoming { sku, location, reference, qty, eta_ms } => {
+                put_str8(buf, sku);
+                put_str8(buf, location);
+                put_str8(buf, reference);
+                buf.put_u64_le(*qty);
+                buf.put_u64_le(*eta_ms);
+            }
+            Op::ReceiveIncoming { sku, location, reference, qty } => {
+                put_str8(buf, sku);
+                put_str8(buf, location);
+                put_str8(buf, reference);
+                buf.put_u64_le(*qty);
+            }
+            Op::SetPreorder { sku, preorder_max } => {
+                put_str8(buf, sku);
+                buf.put_u64_le(*preorder_max);
+            }
+            Op::QuerySku { sku } | Op::QueryLimits { sku } | Op::QueryLocations { sku } => {
+                put_str8(buf, sku)
+            }
         }
     }
 
@@ -673,12 +969,11 @@ impl Op {
         let mut r = Reader { buf: body };
         let op = match Opcode::from_u8(opcode) {
             Some(Opcode::Ping) => Op::Ping,
-            Some(Opcode::Reserve) => Op::Reserve(Reserve {
-                id: r.str8(ID_BYTES_MAX, "reservation id")?,
-                ttl_ms: r.u32()?,
-                channel: r.str8(TAG_BYTES_MAX, "channel")?,
-                customer: r.str8(TAG_BYTES_MAX, "customer")?,
-                lines: r.lines()?,
+            Some(Opcode::Reserve) => Op::Reserve(r.reserve()?),
+            Some(Opcode::ReserveAt) => Op::ReserveAt(ReserveAt {
+                reserve: r.reserve()?,
+                location: r.location()?,
+                split: r.bool()?,
             }),
             Some(Opcode::Confirm) => Op::Confirm(Confirm {
                 id: r.str8(ID_BYTES_MAX, "reservation id")?,
@@ -705,8 +1000,36 @@ impl Op {
             Some(Opcode::SetLimits) => {
                 Op::SetLimits { sku: r.str8(SKU_BYTES_MAX, "sku")?, limits: r.limits()? }
             }
+            Some(Opcode::SetLocation) => Op::SetLocation {
+                sku: r.sku()?,
+                location: r.location()?,
+                on_hand: r.u64()?,
+                priority: r.u32()?,
+                expected: r.expected()?,
+            },
+            Some(Opcode::AdjustLocation) => Op::AdjustLocation {
+                sku: r.sku()?,
+                location: r.location()?,
+                delta: r.i64()?,
+                expected: r.expected()?,
+            },
+            Some(Opcode::SetIncoming) => Op::SetIncoming {
+                sku: r.sku()?,
+                location: r.location()?,
+                reference: r.str8(REFERENCE_BYTES_MAX, "reference")?,
+                qty: r.u64()?,
+                eta_ms: r.u64()?,
+            },
+            Some(Opcode::ReceiveIncoming) => Op::ReceiveIncoming {
+                sku: r.sku()?,
+                location: r.location()?,
+                reference: r.str8(REFERENCE_BYTES_MAX, "reference")?,
+                qty: r.u64()?,
+            },
+            Some(Opcode::SetPreorder) => Op::SetPreorder { sku: r.sku()?, preorder_max: r.u64()? },
             Some(Opcode::QuerySku) => Op::QuerySku { sku: r.str8(SKU_BYTES_MAX, "sku")? },
             Some(Opcode::QueryLimits) => Op::QueryLimits { sku: r.str8(SKU_BYTES_MAX, "sku")? },
+            Some(Opcode::QueryLocations) => Op::QueryLocations { sku: r.sku()? },
             Some(Opcode::QueryReservation) => {
                 Op::QueryReservation { id: r.str8(ID_BYTES_MAX, "reservation id")? }
             }
@@ -769,6 +1092,30 @@ fn check_len(value: &[u8], max: usize, what: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
+fn check_reserve(r: &Reserve) -> Result<(), DecodeError> {
+    check_len(&r.id, ID_BYTES_MAX, "reservation id")?;
+    check_len(&r.channel, TAG_BYTES_MAX, "channel")?;
+    check_len(&r.customer, TAG_BYTES_MAX, "customer")?;
+    check_lines(&r.lines)
+}
+
+/// A batch's `RESERVE_AT` items carry at most `RESERVE_AT_LINES_PER_BATCH_MAX` lines in all.
+fn check_reserve_at_lines(ops: &[Op]) -> Result<(), DecodeError> {
+    let lines: usize = ops
+        .iter()
+        .map(|op| match op {
+            Op::ReserveAt(r) => r.reserve.lines.len(),
+            _ => 0,
+        })
+        .sum();
+    if lines > RESERVE_AT_LINES_PER_BATCH_MAX as usize {
+        return Err(DecodeError::too_large(format!(
+            "{lines} reserve_at lines in one batch exceed {RESERVE_AT_LINES_PER_BATCH_MAX}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_lines(lines: &[Line]) -> Result<(), DecodeError> {
     if lines.len() > usize::from(LINES_PER_RESERVATION_MAX) {
         let count = lines.len();
@@ -785,11 +1132,10 @@ impl Op {
     pub fn check_limits(&self) -> Result<(), DecodeError> {
         match self {
             Op::Ping => Ok(()),
-            Op::Reserve(r) => {
-                check_len(&r.id, ID_BYTES_MAX, "reservation id")?;
-                check_len(&r.channel, TAG_BYTES_MAX, "channel")?;
-                check_len(&r.customer, TAG_BYTES_MAX, "customer")?;
-                check_lines(&r.lines)
+            Op::Reserve(r) => check_reserve(r),
+            Op::ReserveAt(r) => {
+                check_reserve(&r.reserve)?;
+                check_len(&r.location, LOCATION_BYTES_MAX, "location")
             }
             Op::Confirm(c) => {
                 check_len(&c.id, ID_BYTES_MAX, "reservation id")?;
@@ -802,8 +1148,20 @@ impl Op {
             Op::SetStock { sku, .. }
             | Op::AdjustStock { sku, .. }
             | Op::SetSafetyStock { sku, .. }
+            | Op::SetPreorder { sku, .. }
             | Op::QuerySku { sku }
-            | Op::QueryLimits { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
+            | Op::QueryLimits { sku }
+            | Op::QueryLocations { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
+            Op::SetLocation { sku, location, .. } | Op::AdjustLocation { sku, location, .. } => {
+                check_len(sku, SKU_BYTES_MAX, "sku")?;
+                check_len(location, LOCATION_BYTES_MAX, "location")
+            }
+            Op::SetIncoming { sku, location, reference, .. }
+            | Op::ReceiveIncoming { sku, location, reference, .. } => {
+                check_len(sku, SKU_BYTES_MAX, "sku")?;
+                check_len(location, LOCATION_BYTES_MAX, "location")?;
+                check_len(reference, REFERENCE_BYTES_MAX, "reference")
+            }
             Op::SetLimits { sku, limits } => {
                 check_len(sku, SKU_BYTES_MAX, "sku")?;
                 if limits.quotas.len() > usize::from(QUOTAS_PER_SKU_MAX) {
@@ -837,7 +1195,8 @@ impl Request {
                         "{count} batch ops exceed {BATCH_OPS_MAX}"
                     )));
                 }
-                ops.iter().try_for_each(Op::check_limits)
+                ops.iter().try_for_each(Op::check_limits)?;
+                check_reserve_at_lines(ops)
             }
         }
     }
@@ -880,7 +1239,11 @@ impl Request {
                 };
                 r.finish(Request::Hello(hello))
             }
-            Some(Opcode::Batch) => Ok(Request::Batch(decode_batch(body, Op::decode)?)),
+            Some(Opcode::Batch) => {
+                let ops = decode_batch(body, Op::decode)?;
+                check_reserve_at_lines(&ops)?;
+                Ok(Request::Batch(ops))
+            }
             _ => Ok(Request::Op(Op::decode(opcode, body)?)),
         }
     }
@@ -925,13 +1288,20 @@ impl OpReply {
             OpReply::Release(_) => Opcode::Release,
             OpReply::Extend(_) => Opcode::Extend,
             OpReply::Ship(_) => Opcode::Ship,
+            OpReply::ReserveAt(_) => Opcode::ReserveAt,
             OpReply::SetStock(_) => Opcode::SetStock,
             OpReply::AdjustStock(_) => Opcode::AdjustStock,
             OpReply::SetSafetyStock(_) => Opcode::SetSafetyStock,
             OpReply::SetLimits(_) => Opcode::SetLimits,
+            OpReply::SetLocation(_) => Opcode::SetLocation,
+            OpReply::AdjustLocation(_) => Opcode::AdjustLocation,
+            OpReply::SetIncoming(_) => Opcode::SetIncoming,
+            OpReply::ReceiveIncoming(_) => Opcode::ReceiveIncoming,
+            OpReply::SetPreorder(_) => Opcode::SetPreorder,
             OpReply::QuerySku(_) => Opcode::QuerySku,
             OpReply::QueryReservation(_) => Opcode::QueryReservation,
             OpReply::QueryLimits(_) => Opcode::QueryLimits,
+            OpReply::QueryLocations(_) => Opcode::QueryLocations,
         }
     }
 
@@ -943,14 +1313,21 @@ impl OpReply {
             | OpReply::Release(code)
             | OpReply::Ship(code) => *code,
             OpReply::Reserve(r) => r.code,
+            OpReply::ReserveAt(r) => r.reply.code,
             OpReply::Extend(r) => r.code,
             OpReply::SetStock(r)
             | OpReply::AdjustStock(r)
             | OpReply::SetSafetyStock(r)
             | OpReply::SetLimits(r)
+            | OpReply::SetLocation(r)
+            | OpReply::AdjustLocation(r)
+            | OpReply::SetIncoming(r)
+            | OpReply::ReceiveIncoming(r)
+            | OpReply::SetPreorder(r)
             | OpReply::QuerySku(r) => r.code,
             OpReply::QueryReservation(r) => r.code,
             OpReply::QueryLimits(r) => r.code,
+            OpReply::QueryLocations(r) => r.code,
         }
     }
 
@@ -958,9 +1335,11 @@ impl OpReply {
     /// overload, authorization): the same shape as a normal reply, with zeroed details.
     pub fn refused(opcode: Opcode, code: ResultCode) -> OpReply {
         let sku = SkuReply { code, info: SkuInfo::default() };
+        let reserve = ReserveReply { code, failed_line: None, expires_at_ms: 0 };
         match opcode {
-            Opcode::Reserve => {
-                OpReply::Reserve(ReserveReply { code, failed_line: None, expires_at_ms: 0 })
+            Opcode::Reserve => OpReply::Reserve(reserve),
+            Opcode::ReserveAt => {
+                OpReply::ReserveAt(ReserveAtReply { reply: reserve, allocations: Vec::new() })
             }
             Opcode::Confirm => OpReply::Confirm(code),
             Opcode::Release => OpReply::Release(code),
@@ -970,8 +1349,14 @@ impl OpReply {
             Opcode::AdjustStock => OpReply::AdjustStock(sku),
             Opcode::SetSafetyStock => OpReply::SetSafetyStock(sku),
             Opcode::SetLimits => OpReply::SetLimits(sku),
+            Opcode::SetLocation => OpReply::SetLocation(sku),
+            Opcode::AdjustLocation => OpReply::AdjustLocation(sku),
+            Opcode::SetIncoming => OpReply::SetIncoming(sku),
+            Opcode::ReceiveIncoming => OpReply::ReceiveIncoming(sku),
+            Opcode::SetPreorder => OpReply::SetPreorder(sku),
             Opcode::QuerySku => OpReply::QuerySku(sku),
             Opcode::QueryLimits => OpReply::QueryLimits(LimitsReply::refused(code)),
+            Opcode::QueryLocations => OpReply::QueryLocations(LocationsReply::refused(code)),
             Opcode::QueryReservation => {
                 OpReply::QueryReservation(ReservationReply { code, info: None })
             }
@@ -986,10 +1371,16 @@ impl OpReply {
             | OpReply::Confirm(code)
             | OpReply::Release(code)
             | OpReply::Ship(code) => buf.put_u8(code.as_u8()),
-            OpReply::Reserve(r) => {
-                buf.put_u8(r.code.as_u8());
-                buf.put_u16_le(r.failed_line.unwrap_or(NO_LINE));
-                buf.put_u64_le(r.expires_at_ms);
+            OpReply::Reserve(r) => put_reserve_reply(buf, r),
+            OpReply::ReserveAt(r) => {
+                put_reserve_reply(buf, &r.reply);
+                let count = u16::try_from(r.allocations.len()).expect("allocations within limits");
+                buf.put_u16_le(count);
+                for a in &r.allocations {
+                    buf.put_u16_le(a.line);
+                    put_str8(buf, &a.location);
+                    buf.put_u32_le(a.qty);
+                }
             }
             OpReply::Extend(r) => {
                 buf.put_u8(r.code.as_u8());
@@ -999,7 +1390,32 @@ impl OpReply {
             | OpReply::AdjustStock(r)
             | OpReply::SetSafetyStock(r)
             | OpReply::SetLimits(r)
+            | OpReply::SetLocation(r)
+            | OpReply::AdjustLocation(r)
+            | OpReply::SetIncoming(r)
+            | OpReply::ReceiveIncoming(r)
+            | OpReply::SetPreorder(r)
             | OpReply::QuerySku(r) => put_sku_reply(buf, r),
+            OpReply::QueryLocations(r) => {
+                buf.put_u8(r.code.as_u8());
+                buf.put_u64_le(r.preorder_max);
+                buf.put_u64_le(r.preordered);
+                buf.put_u8(u8::try_from(r.locations.len()).expect("locations within limits"));
+                for l in &r.locations {
+                    put_str8(buf, &l.location);
+                    buf.put_u32_le(l.priority);
+                    for value in [l.on_hand, l.reserved, l.committed, l.incoming, l.available] {
+                        buf.put_u64_le(value);
+                    }
+                }
+                buf.put_u8(u8::try_from(r.incoming.len()).expect("incoming within limits"));
+                for i in &r.incoming {
+                    put_str8(buf, &i.location);
+                    put_str8(buf, &i.reference);
+                    buf.put_u64_le(i.qty);
+                    buf.put_u64_le(i.eta_ms);
+                }
+            }
             OpReply::QueryLimits(r) => {
                 buf.put_u8(r.code.as_u8());
                 put_limits(buf, &r.limits);
@@ -1033,11 +1449,26 @@ impl OpReply {
         let mut r = Reader { buf: body };
         let reply = match Opcode::from_u8(opcode) {
             Some(Opcode::Ping) => OpReply::Ping(r.code()?),
-            Some(Opcode::Reserve) => OpReply::Reserve(ReserveReply {
-                code: r.code()?,
-                failed_line: Some(r.u16()?).filter(|line| *line != NO_LINE),
-                expires_at_ms: r.u64()?,
-            }),
+            Some(Opcode::Reserve) => OpReply::Reserve(r.reserve_reply()?),
+            Some(Opcode::ReserveAt) => {
+                let reply = r.reserve_reply()?;
+                let count = r.u16()?;
+                let most = usize::from(LINES_PER_RESERVATION_MAX) * SPLIT_LOCATIONS_MAX;
+                if usize::from(count) > most {
+                    return Err(DecodeError::too_large(format!(
+                        "{count} allocations exceed {most}"
+                    )));
+                }
+                let mut allocations = Vec::with_capacity(usize::from(count));
+                for _ in 0..count {
+                    allocations.push(Allocation {
+                        line: r.u16()?,
+                        location: r.location()?,
+                        qty: r.u32()?,
+                    });
+                }
+                OpReply::ReserveAt(ReserveAtReply { reply, allocations })
+            }
             Some(Opcode::Confirm) => OpReply::Confirm(r.code()?),
             Some(Opcode::Release) => OpReply::Release(r.code()?),
             Some(Opcode::Extend) => {
@@ -1048,7 +1479,13 @@ impl OpReply {
             Some(Opcode::AdjustStock) => OpReply::AdjustStock(read_sku_reply(&mut r)?),
             Some(Opcode::SetSafetyStock) => OpReply::SetSafetyStock(read_sku_reply(&mut r)?),
             Some(Opcode::SetLimits) => OpReply::SetLimits(read_sku_reply(&mut r)?),
+            Some(Opcode::SetLocation) => OpReply::SetLocation(read_sku_reply(&mut r)?),
+            Some(Opcode::AdjustLocation) => OpReply::AdjustLocation(read_sku_reply(&mut r)?),
+            Some(Opcode::SetIncoming) => OpReply::SetIncoming(read_sku_reply(&mut r)?),
+            Some(Opcode::ReceiveIncoming) => OpReply::ReceiveIncoming(read_sku_reply(&mut r)?),
+            Some(Opcode::SetPreorder) => OpReply::SetPreorder(read_sku_reply(&mut r)?),
             Some(Opcode::QuerySku) => OpReply::QuerySku(read_sku_reply(&mut r)?),
+            Some(Opcode::QueryLocations) => OpReply::QueryLocations(r.locations_reply()?),
             Some(Opcode::QueryLimits) => {
                 let code = r.code()?;
                 let limits = r.limits()?;

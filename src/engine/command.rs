@@ -3,7 +3,7 @@
 //! commands with the time they were applied, and replaying them reproduces the state.
 
 use bytes::Bytes;
-use stockd_protocol::{Confirm, Op, Reserve, SkuLimits};
+use stockd_protocol::{Confirm, Op, Reserve, ReserveAt, SkuLimits};
 
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,6 +20,7 @@ pub enum Command {
     Ship {
         id: Bytes,
     },
+    ReserveAt(ReserveAt),
     SetStock {
         sku: Bytes,
         on_hand: u64,
@@ -39,6 +40,36 @@ pub enum Command {
         sku: Bytes,
         limits: SkuLimits,
     },
+    SetLocation {
+        sku: Bytes,
+        location: Bytes,
+        on_hand: u64,
+        priority: u32,
+        expected: Option<u64>,
+    },
+    AdjustLocation {
+        sku: Bytes,
+        location: Bytes,
+        delta: i64,
+        expected: Option<u64>,
+    },
+    SetIncoming {
+        sku: Bytes,
+        location: Bytes,
+        reference: Bytes,
+        qty: u64,
+        eta_ms: u64,
+    },
+    ReceiveIncoming {
+        sku: Bytes,
+        location: Bytes,
+        reference: Bytes,
+        qty: u64,
+    },
+    SetPreorder {
+        sku: Bytes,
+        preorder_max: u64,
+    },
     /// End a hold whose deadline has passed.
     Expire {
         id: Bytes,
@@ -50,6 +81,40 @@ pub enum Command {
 }
 
 impl Command {
+    /// The wire operation this command was made from (`None` for `Expire` and `Forget`).
+    pub fn to_op(&self) -> Option<Op> {
+        Some(match self.clone() {
+            Command::Reserve(r) => Op::Reserve(r),
+            Command::Confirm(c) => Op::Confirm(c),
+            Command::Release { id } => Op::Release { id },
+            Command::Extend { id, ttl_ms } => Op::Extend { id, ttl_ms },
+            Command::Ship { id } => Op::Ship { id },
+            Command::ReserveAt(r) => Op::ReserveAt(r),
+            Command::SetStock { sku, on_hand, expected } => Op::SetStock { sku, on_hand, expected },
+            Command::AdjustStock { sku, delta, expected } => {
+                Op::AdjustStock { sku, delta, expected }
+            }
+            Command::SetSafetyStock { sku, safety_stock } => {
+                Op::SetSafetyStock { sku, safety_stock }
+            }
+            Command::SetLimits { sku, limits } => Op::SetLimits { sku, limits },
+            Command::SetLocation { sku, location, on_hand, priority, expected } => {
+                Op::SetLocation { sku, location, on_hand, priority, expected }
+            }
+            Command::AdjustLocation { sku, location, delta, expected } => {
+                Op::AdjustLocation { sku, location, delta, expected }
+            }
+            Command::SetIncoming { sku, location, reference, qty, eta_ms } => {
+                Op::SetIncoming { sku, location, reference, qty, eta_ms }
+            }
+            Command::ReceiveIncoming { sku, location, reference, qty } => {
+                Op::ReceiveIncoming { sku, location, reference, qty }
+            }
+            Command::SetPreorder { sku, preorder_max } => Op::SetPreorder { sku, preorder_max },
+            Command::Expire { .. } | Command::Forget { .. } => return None,
+        })
+    }
+
     /// The command for a state-changing wire operation; `None` for read-only operations.
     pub fn from_op(op: Op) -> Option<Command> {
         Some(match op {
@@ -58,6 +123,7 @@ impl Command {
             Op::Release { id } => Command::Release { id },
             Op::Extend { id, ttl_ms } => Command::Extend { id, ttl_ms },
             Op::Ship { id } => Command::Ship { id },
+            Op::ReserveAt(r) => Command::ReserveAt(r),
             Op::SetStock { sku, on_hand, expected } => Command::SetStock { sku, on_hand, expected },
             Op::AdjustStock { sku, delta, expected } => {
                 Command::AdjustStock { sku, delta, expected }
@@ -66,10 +132,24 @@ impl Command {
                 Command::SetSafetyStock { sku, safety_stock }
             }
             Op::SetLimits { sku, limits } => Command::SetLimits { sku, limits },
+            Op::SetLocation { sku, location, on_hand, priority, expected } => {
+                Command::SetLocation { sku, location, on_hand, priority, expected }
+            }
+            Op::AdjustLocation { sku, location, delta, expected } => {
+                Command::AdjustLocation { sku, location, delta, expected }
+            }
+            Op::SetIncoming { sku, location, reference, qty, eta_ms } => {
+                Command::SetIncoming { sku, location, reference, qty, eta_ms }
+            }
+            Op::ReceiveIncoming { sku, location, reference, qty } => {
+                Command::ReceiveIncoming { sku, location, reference, qty }
+            }
+            Op::SetPreorder { sku, preorder_max } => Command::SetPreorder { sku, preorder_max },
             Op::Ping
             | Op::QuerySku { .. }
             | Op::QueryReservation { .. }
-            | Op::QueryLimits { .. } => return None,
+            | Op::QueryLimits { .. }
+            | Op::QueryLocations { .. } => return None,
         })
     }
 }

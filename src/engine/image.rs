@@ -9,8 +9,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 use stockd_protocol::{ChannelQuota, QuotaLimit, ReservationState, SkuLimits};
 use thiserror::Error;
 
+use stockd_protocol::limits::{
+    INCOMING_PER_SKU_MAX, LOCATIONS_PER_SKU_MAX, LOCATION_BYTES_MAX, REFERENCE_BYTES_MAX,
+};
+
 use super::limits::Limits;
-use super::shard::{HeldLine, Key, Reservation, Shard, Sku};
+use super::locations::{Incoming, Location, Supply};
+use super::shard::{Counters, HeldLine, Key, Reservation, Shard, Sku};
 use super::{Engine, EngineConfig};
 
 /// The engine's state, sorted by id so that equal states give equal images.
@@ -18,6 +23,60 @@ use super::{Engine, EngineConfig};
 pub struct Image {
     pub skus: Vec<SkuImage>,
     pub reservations: Vec<ReservationImage>,
+    /// Locations of SKUs that have them, by SKU then location id.
+    pub locations: Vec<LocationImage>,
+    /// Incoming deliveries and preorder allowances, by SKU.
+    pub supplies: Vec<SupplyImage>,
+    /// Where held and confirmed lines on SKUs with locations take their units from, by
+    /// reservation, line, then allocation order.
+    pub allocations: Vec<AllocationImage>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LocationImage {
+    pub sku: Vec<u8>,
+    pub location: Vec<u8>,
+    pub priority: u32,
+    pub on_hand: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SupplyImage {
+    pub sku: Vec<u8>,
+    pub preorder_max: u64,
+    pub incoming: Vec<IncomingImage>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct IncomingImage {
+    /// Empty on a SKU without locations.
+    pub location: Vec<u8>,
+    pub reference: Vec<u8>,
+    pub qty: u64,
+    pub eta_ms: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AllocationImage {
+    pub id: Vec<u8>,
+    /// Index of the line in the reservation's (sorted) lines.
+    pub line: u16,
+    pub location: Vec<u8>,
+    pub qty: u32,
+}
+
+/// The image layout of snapshot format version 2 (before locations and supplies), still read.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageV2 {
+    pub skus: Vec<SkuImage>,
+    pub reservations: Vec<ReservationImage>,
+}
+
+impl ImageV2 {
+    /// The same state in the current layout (no SKU has locations or deliveries).
+    pub fn upgrade(self) -> Image {
+        Image { skus: self.skus, reservations: self.reservations, ..Image::default() }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -52,7 +111,7 @@ impl ImageV1 {
             safety_stock: s.safety_stock,
             limits: None,
         });
-        Image { skus: skus.collect(), reservations: self.reservations }
+        ImageV2 { skus: skus.collect(), reservations: self.reservations }.upgrade()
     }
 }
 
@@ -150,6 +209,45 @@ impl Engine {
                 safety_stock: s.safety_stock,
                 limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
             }));
+            for (sku, s) in shard.skus.iter() {
+                let locations = s.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
+                image.locations.extend(locations.iter().map(|l| LocationImage {
+                    sku: sku.to_vec(),
+                    location: l.id.to_vec(),
+                    priority: l.priority,
+                    on_hand: l.stock.on_hand,
+                }));
+                if let Some(supply) = s.supply.as_deref() {
+                    image.supplies.push(SupplyImage {
+                        sku: sku.to_vec(),
+                        preorder_max: supply.preorder_max,
+                        incoming: supply
+                            .incoming
+                            .iter()
+                            .map(|i| IncomingImage {
+                                location: i.location.as_deref().unwrap_or_default().to_vec(),
+                                reference: i.reference.to_vec(),
+                                qty: i.qty,
+                                eta_ms: i.eta_ms,
+                            })
+                            .collect(),
+                    });
+                }
+            }
+            for (id, r) in shard.reservations.iter() {
+                let counted =
+                    matches!(r.state, ReservationState::Held | ReservationState::Confirmed);
+                for (index, line) in r.lines.iter().enumerate().filter(|_| counted) {
+                    image.allocations.extend(line.at.iter().map(|(location, qty)| {
+                        AllocationImage {
+                            id: id.to_vec(),
+                            line: index as u16,
+                            location: location.to_vec(),
+                            qty: *qty,
+                        }
+                    }));
+                }
+            }
             image.reservations.extend(shard.reservations.iter().map(|(id, r)| {
                 ReservationImage {
                     id: id.to_vec(),
@@ -175,6 +273,10 @@ impl Engine {
         }
         image.skus.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
         image.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        image.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+        image.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        // Stable: allocations of one line keep their order.
+        image.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
         image
     }
 
@@ -196,19 +298,107 @@ impl Engine {
                 }
                 None => None,
             };
-            let sku =
-                Sku { on_hand: s.on_hand, safety_stock: s.safety_stock, limits, ..Sku::default() };
+            let mut sku = Sku { safety_stock: s.safety_stock, limits, ..Sku::default() };
+            sku.counters.on_hand = s.on_hand;
             if shard.skus.insert(Key::from(&s.sku[..]), sku).is_some() {
                 return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(&s.sku))));
             }
         }
+        engine.load_locations(&image.locations)?;
+        for supply in &image.supplies {
+            engine.load_supply(supply)?;
+        }
+        let mut allocations = image.allocations.iter().peekable();
         for r in &image.reservations {
-            engine.load_reservation(r)?;
+            let mut own = Vec::new();
+            while let Some(a) = allocations.next_if(|a| a.id == r.id) {
+                own.push(a);
+            }
+            engine.load_reservation(r, &own)?;
+        }
+        if let Some(a) = allocations.next() {
+            let id = String::from_utf8_lossy(&a.id);
+            return Err(bad(format!("allocation of {id:?} out of order or of no reservation")));
         }
         Ok(engine)
     }
 
-    fn load_reservation(&self, r: &ReservationImage) -> Result<(), ImageError> {
+    fn load_locations(&self, locations: &[LocationImage]) -> Result<(), ImageError> {
+        for l in locations {
+            let name = || String::from_utf8_lossy(&l.sku).into_owned();
+            if l.location.is_empty() || l.location.len() > LOCATION_BYTES_MAX {
+                return Err(bad(format!("SKU {:?} has a bad location id", name())));
+            }
+            let mut shard = self.shards[self.shard_of(&l.sku)].lock();
+            let sku = shard
+                .skus
+                .get_mut(&l.sku[..])
+                .ok_or_else(|| bad(format!("location of unknown SKU {:?}", name())))?;
+            let list = &mut sku.locations.get_or_insert_with(Box::default).list;
+            if list.iter().any(|x| x.id[..] == l.location[..]) {
+                return Err(bad(format!("SKU {:?} has a location twice", name())));
+            }
+            if list.len() >= usize::from(LOCATIONS_PER_SKU_MAX) {
+                return Err(bad(format!("SKU {:?} has too many locations", name())));
+            }
+            let stock = Counters { on_hand: l.on_hand, ..Counters::default() };
+            list.push(Location { id: Key::from(&l.location[..]), priority: l.priority, stock });
+            list.sort_by(|a, b| (a.priority, &a.id).cmp(&(b.priority, &b.id)));
+        }
+        // The SKU's count is the sum of its locations'.
+        for l in locations {
+            let shard = self.shards[self.shard_of(&l.sku)].lock();
+            let sku = &shard.skus[&l.sku[..]];
+            let list = &sku.locations.as_deref().expect("loaded above").list;
+            if list.iter().map(|x| x.stock.on_hand).sum::<u64>() != sku.on_hand {
+                let name = String::from_utf8_lossy(&l.sku);
+                return Err(bad(format!("SKU {name:?} on hand is not the sum of its locations")));
+            }
+        }
+        Ok(())
+    }
+
+    fn load_supply(&self, s: &SupplyImage) -> Result<(), ImageError> {
+        let name = || String::from_utf8_lossy(&s.sku).into_owned();
+        let mut shard = self.shards[self.shard_of(&s.sku)].lock();
+        let sku = shard
+            .skus
+            .get_mut(&s.sku[..])
+            .ok_or_else(|| bad(format!("supply of unknown SKU {:?}", name())))?;
+        if sku.supply.is_some() || (s.preorder_max == 0 && s.incoming.is_empty()) {
+            return Err(bad(format!("SKU {:?} has a duplicate or empty supply", name())));
+        }
+        if s.incoming.len() > usize::from(INCOMING_PER_SKU_MAX) {
+            return Err(bad(format!("SKU {:?} has too many deliveries", name())));
+        }
+        let mut incoming = Vec::with_capacity(s.incoming.len());
+        for i in &s.incoming {
+            let location = match (&sku.locations, &i.location[..]) {
+                (None, []) => None,
+                (Some(locations), id) if locations.list.iter().any(|l| l.id[..] == *id) => {
+                    Some(Key::from(id))
+                }
+                _ => return Err(bad(format!("SKU {:?} delivery at a bad location", name()))),
+            };
+            if i.qty == 0 || i.reference.is_empty() || i.reference.len() > REFERENCE_BYTES_MAX {
+                return Err(bad(format!("SKU {:?} has a bad delivery", name())));
+            }
+            let reference = Key::from(&i.reference[..]);
+            incoming.push(Incoming { location, reference, qty: i.qty, eta_ms: i.eta_ms });
+        }
+        let order = |i: &Incoming| (i.location.clone(), i.reference.clone());
+        if !incoming.windows(2).all(|w| order(&w[0]) < order(&w[1])) {
+            return Err(bad(format!("SKU {:?} deliveries not sorted and unique", name())));
+        }
+        sku.supply = Some(Box::new(Supply { preorder_max: s.preorder_max, incoming }));
+        Ok(())
+    }
+
+    fn load_reservation(
+        &self,
+        r: &ReservationImage,
+        allocations: &[&AllocationImage],
+    ) -> Result<(), ImageError> {
         let name = || String::from_utf8_lossy(&r.id).into_owned();
         let state = ReservationState::from_u8(r.state)
             .ok_or_else(|| bad(format!("reservation {} has state {}", name(), r.state)))?;
@@ -223,17 +413,34 @@ impl Engine {
             return Err(bad(format!("reservation {} retention does not match its state", name())));
         }
         let confirmed = matches!(state, ReservationState::Confirmed | ReservationState::Shipped);
+        let counted = matches!(state, ReservationState::Held | ReservationState::Confirmed);
         let mut lines = Vec::with_capacity(r.lines.len());
-        for line in &r.lines {
+        for (index, line) in r.lines.iter().enumerate() {
             if line.qty == 0 || line.confirmed > line.qty || (!confirmed && line.confirmed != 0) {
                 return Err(bad(format!("reservation {} has a bad line quantity", name())));
             }
             let shard = self.shards[self.shard_of(&line.sku)].lock();
-            let key = match shard.skus.get_key_value(&line.sku[..]) {
-                Some((key, _)) => key.clone(),
-                None => return Err(bad(format!("reservation {} names an unknown SKU", name()))),
+            let Some((key, sku)) = shard.skus.get_key_value(&line.sku[..]) else {
+                return Err(bad(format!("reservation {} names an unknown SKU", name())));
             };
-            lines.push(HeldLine { sku: key, qty: line.qty });
+            let mut at = Vec::new();
+            for a in allocations.iter().filter(|a| usize::from(a.line) == index) {
+                let location = sku
+                    .locations
+                    .as_deref()
+                    .and_then(|l| l.list.iter().find(|l| l.id[..] == a.location[..]))
+                    .ok_or_else(|| bad(format!("reservation {} at an unknown location", name())))?;
+                at.push((location.id.clone(), a.qty));
+            }
+            let total: u64 = at.iter().map(|(_, qty)| u64::from(*qty)).sum();
+            let expected = if counted && sku.locations.is_some() { u64::from(line.qty) } else { 0 };
+            if total != expected || at.iter().any(|(_, qty)| *qty == 0) {
+                return Err(bad(format!("reservation {} allocations do not match", name())));
+            }
+            lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: at.into() });
+        }
+        if allocations.iter().any(|a| usize::from(a.line) >= r.lines.len()) {
+            return Err(bad(format!("reservation {} allocation of no line", name())));
         }
         let id = Key::from(&r.id[..]);
         let tag = |bytes: &[u8]| (!bytes.is_empty()).then(|| bytes.into());
@@ -256,8 +463,8 @@ impl Engine {
             let mut shard = self.shards[self.shard_of(&line.sku)].lock();
             let sku = shard.skus.get_mut(&line.sku).expect("found above");
             match state {
-                ReservationState::Held => sku.hold(u64::from(line.qty), r.expires_at_ms),
-                ReservationState::Confirmed => sku.committed += u64::from(image.confirmed),
+                ReservationState::Held => sku.hold_line(line, r.expires_at_ms),
+                ReservationState::Confirmed => sku.commit_line(line, image.confirmed),
                 _ => {}
             }
             if let Some(limits) = &mut sku.limits {

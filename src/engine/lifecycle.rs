@@ -99,10 +99,10 @@ impl Engine {
         };
         for (index, line) in lines.iter().enumerate() {
             let sku = self.reserved_sku(locked, &line.sku);
-            sku.unhold(u64::from(line.qty), expires_at_ms);
+            sku.unhold_line(line, expires_at_ms);
             let bought = confirmed.as_ref().map(|confirmed| confirmed[index]);
             if let Some(bought) = bought {
-                sku.committed += u64::from(bought);
+                sku.commit_line(line, bought);
             }
             if let Some(limits) = &mut sku.limits {
                 limits.unhold(&tags, expires_at_ms, line.qty);
@@ -235,8 +235,7 @@ impl Engine {
         let (key, lines, tags) = (key.clone(), reservation.lines.clone(), reservation.counted());
         for line in lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
-            sku.unhold(u64::from(line.qty), old_ms);
-            sku.hold(u64::from(line.qty), new_ms);
+            sku.rehold_line(line, old_ms, new_ms);
             if let Some(limits) = &mut sku.limits {
                 limits.unhold(&tags, old_ms, line.qty);
                 limits.hold(&tags, new_ms, line.qty);
@@ -278,11 +277,7 @@ impl Engine {
             if let Some(limits) = &mut sku.limits {
                 limits.ship(&tags, *qty);
             }
-            let qty = u64::from(*qty);
-            assert!(sku.committed >= qty, "committed units are accounted for");
-            sku.committed -= qty;
-            // A physical count set below what was sold leaves nothing more to take out.
-            sku.on_hand = sku.on_hand.saturating_sub(qty);
+            sku.ship_line(line, *qty);
         }
         locked.shard(res_shard).reservations.get_mut(id).expect("locked").state =
             ReservationState::Shipped;

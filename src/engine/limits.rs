@@ -12,7 +12,8 @@
 //!
 //! A channel's **use** of a SKU is the units its reservations hold (not past their deadline)
 //! or have committed and not shipped: quotas split the stock that is on hand now. The
-//! **sellable** stock is `on_hand - safety_stock`; a quota's **allocation** is its fixed units
+//! **sellable** stock is `on_hand + preorder room - safety_stock` (the preorder room is what
+//! may be sold beyond `on_hand` against incoming stock, see `locations.rs`); a quota's **allocation** is its fixed units
 //! or its share (rounded down) of the sellable stock; the **pool** is the sellable stock no
 //! allocation covers. Use beyond a channel's allocation (possible when stock shrinks, or
 //! through the shared pool) counts against the pool, as does all use by channels without a
@@ -236,7 +237,7 @@ impl Limits {
 
     /// Per quota (allocation, use), the pool and its use, for `sku` at `now_ms`.
     fn allocations(&self, sku: &Sku, now_ms: u64) -> (Vec<(u64, u64)>, u64, u64) {
-        let sellable = sku.on_hand.saturating_sub(sku.safety_stock);
+        let sellable = sku.sellable();
         let per_quota: Vec<(u64, u64)> = self
             .quotas
             .iter()
@@ -367,7 +368,7 @@ impl Engine {
             return LimitsReply::refused(ResultCode::UnknownSku);
         };
         let Some(limits) = state.limits.as_deref() else {
-            let pool = state.on_hand.saturating_sub(state.safety_stock);
+            let pool = state.sellable();
             let pool_used = state.live_reserved(now_ms) + state.committed;
             return LimitsReply { pool, pool_used, ..LimitsReply::refused(ResultCode::Ok) };
         };

@@ -20,6 +20,7 @@ mod command;
 pub mod image;
 mod lifecycle;
 mod limits;
+mod locations;
 mod reserve;
 mod shard;
 mod stock;
@@ -28,10 +29,11 @@ mod view;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
-use stockd_protocol::{OpReply, ReservationReply, ResultCode, SkuInfo, SkuReply};
+use stockd_protocol::{OpReply, ReservationReply, ReserveAtReply, ResultCode, SkuInfo, SkuReply};
 
 pub use command::Command;
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
+use locations::Placement;
 use shard::{Locked, Shard};
 pub use view::{HoldRow, SkuFilter, SkuHolds, SkuPage, SkuRow, Summary};
 
@@ -105,7 +107,15 @@ impl Engine {
     /// code says whether they applied.
     pub fn apply(&self, command: &Command, now_ms: u64, on_change: impl FnOnce()) -> OpReply {
         match command {
-            Command::Reserve(r) => OpReply::Reserve(self.reserve(r, now_ms, on_change)),
+            Command::Reserve(r) => {
+                OpReply::Reserve(self.reserve(r, Placement::default(), false, now_ms, on_change).0)
+            }
+            Command::ReserveAt(r) => {
+                let placement = Placement { location: &r.location, split: r.split };
+                let (reply, allocations) =
+                    self.reserve(&r.reserve, placement, true, now_ms, on_change);
+                OpReply::ReserveAt(ReserveAtReply { reply, allocations })
+            }
             Command::Confirm(c) => OpReply::Confirm(self.confirm(c, now_ms, on_change)),
             Command::Release { id } => OpReply::Release(self.release(id, now_ms, on_change)),
             Command::Extend { id, ttl_ms } => {
@@ -121,6 +131,21 @@ impl Engine {
             Command::SetSafetyStock { .. } => {
                 OpReply::SetSafetyStock(self.change_stock(command, now_ms, on_change).0)
             }
+            Command::SetLocation { .. } => {
+                OpReply::SetLocation(self.change_stock(command, now_ms, on_change).0)
+            }
+            Command::AdjustLocation { .. } => {
+                OpReply::AdjustLocation(self.change_stock(command, now_ms, on_change).0)
+            }
+            Command::SetIncoming { .. } => {
+                OpReply::SetIncoming(self.change_stock(command, now_ms, on_change).0)
+            }
+            Command::ReceiveIncoming { .. } => {
+                OpReply::ReceiveIncoming(self.change_stock(command, now_ms, on_change).0)
+            }
+            Command::SetPreorder { .. } => {
+                OpReply::SetPreorder(self.change_stock(command, now_ms, on_change).0)
+            }
             Command::SetLimits { sku, limits } => {
                 OpReply::SetLimits(self.set_limits(sku, limits, now_ms, on_change))
             }
@@ -129,7 +154,8 @@ impl Engine {
         }
     }
 
-    /// Applies a stock command (`SetStock`, `AdjustStock`, `SetSafetyStock`) like [`apply`],
+    /// Applies a stock command (`SetStock`, `AdjustStock`, `SetSafetyStock`, `SetLocation`,
+    /// `AdjustLocation`, `SetIncoming`, `ReceiveIncoming`, `SetPreorder`) like [`apply`],
     /// and also returns the SKU's counters from just before the change (`None` if nothing
     /// changed). Panics on any other command.
     ///
@@ -149,6 +175,21 @@ impl Engine {
             }
             Command::SetSafetyStock { sku, safety_stock } => {
                 self.set_safety_stock(sku, *safety_stock, now_ms, on_change)
+            }
+            Command::SetLocation { sku, location, on_hand, priority, expected } => {
+                self.set_location(sku, location, *on_hand, *priority, *expected, now_ms, on_change)
+            }
+            Command::AdjustLocation { sku, location, delta, expected } => {
+                self.adjust_location(sku, location, *delta, *expected, now_ms, on_change)
+            }
+            Command::SetIncoming { sku, location, reference, qty, eta_ms } => {
+                self.set_incoming(sku, location, reference, *qty, *eta_ms, now_ms, on_change)
+            }
+            Command::ReceiveIncoming { sku, location, reference, qty } => {
+                self.receive_incoming(sku, location, reference, *qty, now_ms, on_change)
+            }
+            Command::SetPreorder { sku, preorder_max } => {
+                self.set_preorder(sku, *preorder_max, now_ms, on_change)
             }
             other => panic!("not a stock command: {other:?}"),
         }

@@ -4,10 +4,12 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use smallvec::SmallVec;
-use stockd_protocol::{Line, ReservationState, Reserve, ReserveReply, ResultCode};
+use stockd_protocol::{Allocation, Line, ReservationState, Reserve, ReserveReply, ResultCode};
 
 use super::limits::Counted;
+use super::locations::{Allocated, Placement};
 use super::shard::{HeldLine, Key, Reservation};
 use super::Engine;
 
@@ -46,8 +48,25 @@ fn tag(bytes: &[u8]) -> Option<Key> {
     (!bytes.is_empty()).then(|| Key::from(bytes))
 }
 
-fn rejected(code: ResultCode, failed_line: Option<u16>) -> ReserveReply {
-    ReserveReply { code, failed_line, expires_at_ms: 0 }
+/// A reserve's reply and, if asked for, where its lines were taken from.
+pub(super) type Reserved = (ReserveReply, Vec<Allocation>);
+
+fn rejected(code: ResultCode, failed_line: Option<u16>) -> Reserved {
+    (ReserveReply { code, failed_line, expires_at_ms: 0 }, Vec::new())
+}
+
+/// The allocations of stored lines, reported at the request index of each SKU's first line.
+fn allocations(held: &[HeldLine], lines: &[NormalLine<'_>]) -> Vec<Allocation> {
+    held.iter()
+        .zip(lines)
+        .flat_map(|(held, line)| {
+            held.at.iter().map(|(location, qty)| Allocation {
+                line: line.first_index,
+                location: Bytes::copy_from_slice(location),
+                qty: *qty,
+            })
+        })
+        .collect()
 }
 
 impl Reservation {
@@ -68,12 +87,17 @@ impl Engine {
         (u64::from(ttl_ms) <= self.config.hold_ms_max).then_some(u64::from(ttl_ms))
     }
 
+    /// Reserves every line or none. `placement` says where stock is taken from on SKUs with
+    /// locations; the allocations are returned when `report` is set (`RESERVE_AT`). A retry
+    /// returns the original allocations whatever placement it asks for.
     pub(super) fn reserve(
         &self,
         request: &Reserve,
+        placement: Placement<'_>,
+        report: bool,
         now_ms: u64,
         on_change: impl FnOnce(),
-    ) -> ReserveReply {
+    ) -> Reserved {
         if request.id.is_empty() || request.lines.is_empty() {
             return rejected(ResultCode::InvalidArgument, None);
         }
@@ -91,11 +115,13 @@ impl Engine {
 
         if let Some(existing) = locked.shard(res_shard).reservations.get(&request.id[..]) {
             return if existing.same_request(request, &lines) {
-                ReserveReply {
+                let reply = ReserveReply {
                     code: ResultCode::Ok,
                     failed_line: None,
                     expires_at_ms: existing.expires_at_ms,
-                }
+                };
+                let at = if report { allocations(&existing.lines, &lines) } else { Vec::new() };
+                (reply, at)
             } else {
                 rejected(ResultCode::IdConflict, None)
             };
@@ -103,7 +129,7 @@ impl Engine {
 
         // Every check before the first change: all lines or none. The reported line is the
         // first one in request order that cannot be served.
-        let mut keys: SmallVec<[Key; 4]> = SmallVec::with_capacity(lines.len());
+        let mut keys: SmallVec<[(Key, Allocated); 4]> = SmallVec::with_capacity(lines.len());
         let mut failure: Option<(u16, ResultCode)> = None;
         for (line, shard) in lines.iter().zip(&sku_shards) {
             let checked = match locked.shard(*shard).skus.get_key_value(line.sku) {
@@ -117,7 +143,8 @@ impl Engine {
                             }
                             None => Ok(()),
                         })
-                        .map(|()| keys.push(key.clone()))
+                        .and_then(|()| sku.allocate(line.qty, placement, now_ms))
+                        .map(|at| keys.push((key.clone(), at)))
                 }
             };
             if let Err(code) = checked {
@@ -132,15 +159,19 @@ impl Engine {
 
         let expires_at_ms = now_ms + ttl_ms;
         let tags = Counted { channel: tag(&request.channel), customer: tag(&request.customer) };
-        for ((line, shard), key) in lines.iter().zip(&sku_shards).zip(&keys) {
-            let sku = locked.shard(*shard).skus.get_mut(key).expect("checked above");
-            sku.hold(u64::from(line.qty), expires_at_ms);
+        let held: Arc<[HeldLine]> = lines
+            .iter()
+            .zip(keys)
+            .map(|(line, (sku, at))| HeldLine { sku, qty: line.qty, at: at.into_iter().collect() })
+            .collect();
+        for (line, shard) in held.iter().zip(&sku_shards) {
+            let sku = locked.shard(*shard).skus.get_mut(&line.sku).expect("checked above");
+            sku.hold_line(line, expires_at_ms);
             if let Some(limits) = &mut sku.limits {
                 limits.hold(&tags, expires_at_ms, line.qty);
             }
         }
-        let held: Arc<[HeldLine]> =
-            lines.iter().zip(keys).map(|(line, sku)| HeldLine { sku, qty: line.qty }).collect();
+        let at = if report { allocations(&held, &lines) } else { Vec::new() };
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
         shard.deadlines.insert((expires_at_ms, id.clone()));
@@ -159,6 +190,6 @@ impl Engine {
             },
         );
         on_change();
-        ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }
+        (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }, at)
     }
 }

@@ -2,6 +2,7 @@
 //! an operation holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,32 +11,26 @@ use smallvec::SmallVec;
 use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, ResultCode, SkuInfo};
 
 use super::limits::{Counted, Limits};
+use super::locations::{Locations, Supply};
 use super::Command;
 
 /// Interned id bytes, shared between the maps, the time indexes and reservation lines.
 pub(super) type Key = Arc<[u8]>;
 
-/// One SKU's counters.
+/// Stock counters: of a SKU as a whole, and of each of its locations.
 #[derive(Debug, Default)]
-pub(super) struct Sku {
+pub(super) struct Counters {
     pub on_hand: u64,
     /// Units held by reservations in state `Held`, including holds past their deadline that the
     /// sweep has not processed yet (`holds` tells which).
     pub reserved: u64,
     pub committed: u64,
-    pub safety_stock: u64,
     /// Held units by deadline. Reads subtract the units whose deadline has passed, which makes
     /// expiry exact without waiting for the sweep; the sweep keeps this range short.
     pub holds: BTreeMap<u64, u64>,
-    /// Units ever held (monotonic, not persisted): the dashboard's sell rate is its slope.
-    pub taken_total: u64,
-    /// `taken_total` when the activity sampler last looked (see `Engine::sample_activity`).
-    pub sampled_taken: u64,
-    /// Per-buyer limit and channel quotas, with the uses they are checked against.
-    pub limits: Option<Box<Limits>>,
 }
 
-impl Sku {
+impl Counters {
     /// Held units whose deadline has passed at `now_ms` but that the sweep has not expired yet.
     fn lapsed(&self, now_ms: u64) -> u64 {
         self.holds.range(..=now_ms).map(|(_, qty)| qty).sum()
@@ -45,9 +40,81 @@ impl Sku {
         self.reserved - self.lapsed(now_ms)
     }
 
-    /// Units not held or committed (may be below the safety stock).
+    /// Units held (live) or committed.
+    pub fn taken(&self, now_ms: u64) -> u64 {
+        self.live_reserved(now_ms) + self.committed
+    }
+
+    pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
+        self.reserved += qty;
+        *self.holds.entry(expires_at_ms).or_default() += qty;
+    }
+
+    pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
+        let slot = self.holds.get_mut(&expires_at_ms).expect("a held line has its deadline entry");
+        assert!(*slot >= qty && self.reserved >= qty, "held units are accounted for");
+        *slot -= qty;
+        if *slot == 0 {
+            self.holds.remove(&expires_at_ms);
+        }
+        self.reserved -= qty;
+    }
+
+    /// Takes `qty` committed units out of stock (shipping).
+    pub fn ship(&mut self, qty: u64) {
+        assert!(self.committed >= qty, "committed units are accounted for");
+        self.committed -= qty;
+        // A physical count set below what was sold leaves nothing more to take out.
+        self.on_hand = self.on_hand.saturating_sub(qty);
+    }
+}
+
+/// One SKU: its counters (as a whole; reachable as `sku.on_hand` and so on), and what is
+/// optional per SKU, boxed so that a plain SKU stays small.
+#[derive(Debug, Default)]
+pub(super) struct Sku {
+    pub counters: Counters,
+    pub safety_stock: u64,
+    /// Units ever held (monotonic, not persisted): the dashboard's sell rate is its slope.
+    pub taken_total: u64,
+    /// `taken_total` when the activity sampler last looked (see `Engine::sample_activity`).
+    pub sampled_taken: u64,
+    /// Per-buyer limit and channel quotas, with the uses they are checked against.
+    pub limits: Option<Box<Limits>>,
+    /// Stock per location (when the SKU has locations, `counters` are their sums).
+    pub locations: Option<Box<Locations>>,
+    /// Incoming deliveries and the preorder allowance.
+    pub supply: Option<Box<Supply>>,
+}
+
+impl Deref for Sku {
+    type Target = Counters;
+    fn deref(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+impl DerefMut for Sku {
+    fn deref_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+}
+
+impl Sku {
+    /// Units that may be sold beyond `on_hand` now: the preorder allowance, up to what is
+    /// incoming.
+    pub fn preorder_room(&self) -> u64 {
+        self.supply.as_deref().map_or(0, Supply::room)
+    }
+
+    /// Units that may be sold in all: on hand and preorder room, above the safety stock.
+    pub fn sellable(&self) -> u64 {
+        (self.on_hand + self.preorder_room()).saturating_sub(self.safety_stock)
+    }
+
+    /// Units not held or committed (may be below the safety stock), preorder room included.
     fn free(&self, now_ms: u64) -> u64 {
-        self.on_hand.saturating_sub(self.live_reserved(now_ms) + self.committed)
+        (self.on_hand + self.preorder_room()).saturating_sub(self.taken(now_ms))
     }
 
     pub fn info(&self, now_ms: u64) -> SkuInfo {
@@ -80,20 +147,48 @@ impl Sku {
         }
     }
 
-    pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
-        self.reserved += qty;
+    /// Holds a line: the SKU's counters and those of the locations it is taken from.
+    pub fn hold_line(&mut self, line: &HeldLine, expires_at_ms: u64) {
+        let qty = u64::from(line.qty);
+        self.counters.hold(qty, expires_at_ms);
         self.taken_total += qty;
-        *self.holds.entry(expires_at_ms).or_default() += qty;
+        for (location, qty) in line.at.iter() {
+            self.location_mut(location).stock.hold(u64::from(*qty), expires_at_ms);
+        }
     }
 
-    pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
-        let slot = self.holds.get_mut(&expires_at_ms).expect("a held line has its deadline entry");
-        assert!(*slot >= qty && self.reserved >= qty, "held units are accounted for");
-        *slot -= qty;
-        if *slot == 0 {
-            self.holds.remove(&expires_at_ms);
+    /// Moves a held line to a new deadline (an extension: nothing more is taken).
+    pub fn rehold_line(&mut self, line: &HeldLine, old_ms: u64, new_ms: u64) {
+        self.unhold_line(line, old_ms);
+        self.hold_line(line, new_ms);
+        self.taken_total -= u64::from(line.qty);
+    }
+
+    /// Undoes `hold_line`.
+    pub fn unhold_line(&mut self, line: &HeldLine, expires_at_ms: u64) {
+        self.counters.unhold(u64::from(line.qty), expires_at_ms);
+        for (location, qty) in line.at.iter() {
+            self.location_mut(location).stock.unhold(u64::from(*qty), expires_at_ms);
         }
-        self.reserved -= qty;
+    }
+
+    /// Commits `bought` units of a line that is no longer held, at the locations
+    /// `HeldLine::committed_at` names.
+    pub fn commit_line(&mut self, line: &HeldLine, bought: u32) {
+        self.counters.committed += u64::from(bought);
+        for (location, qty) in line.committed_at(bought) {
+            self.location_mut(location).stock.committed += u64::from(qty);
+        }
+    }
+
+    /// Ships the `bought` committed units of a line.
+    pub fn ship_line(&mut self, line: &HeldLine, bought: u32) {
+        self.counters.ship(u64::from(bought));
+        for (location, qty) in line.committed_at(bought) {
+            self.location_mut(location).stock.ship(u64::from(qty));
+        }
+        // Each location stops at zero on its own, so the sum is the SKU's count.
+        self.sum_locations();
     }
 }
 
@@ -102,6 +197,21 @@ impl Sku {
 pub(super) struct HeldLine {
     pub sku: Key,
     pub qty: u32,
+    /// Where the units are taken from, in the order they were allocated (empty for a SKU
+    /// without locations). The quantities add up to `qty`.
+    pub at: Box<[(Key, u32)]>,
+}
+
+impl HeldLine {
+    /// Where `bought` confirmed units of this line are committed: the allocations in order,
+    /// each up to its quantity, so a partial confirm gives back the last allocated units.
+    pub fn committed_at(&self, bought: u32) -> impl Iterator<Item = (&Key, u32)> {
+        self.at.iter().scan(bought, |left, (location, qty)| {
+            let take = (*left).min(*qty);
+            *left -= take;
+            Some((location, take))
+        })
+    }
 }
 
 #[derive(Debug)]

@@ -13,7 +13,7 @@ use super::Engine;
 /// A reply and the counters before the change, if there was one.
 pub(super) type Changed = (SkuReply, Option<SkuInfo>);
 
-fn refused(code: ResultCode) -> Changed {
+pub(super) fn refused(code: ResultCode) -> Changed {
     (SkuReply { code, info: SkuInfo::default() }, None)
 }
 
@@ -32,6 +32,10 @@ impl Engine {
             return refused(ResultCode::InvalidArgument);
         }
         let mut shard = self.shards[self.shard_of(sku)].lock();
+        if let Some(state) = shard.skus.get(sku).filter(|state| state.locations.is_some()) {
+            let info = state.info(now_ms);
+            return (SkuReply { code: ResultCode::LocationRequired, info }, None);
+        }
         let current = shard.skus.get(sku).map_or(0, |state| state.on_hand);
         if expected.is_some_and(|expected| expected != current) {
             let info = shard.skus.get(sku).map(|state| state.info(now_ms)).unwrap_or_default();
@@ -43,7 +47,7 @@ impl Engine {
         };
         let before = state.info(now_ms);
         let changed = created || state.on_hand != on_hand;
-        state.on_hand = on_hand;
+        state.counters.on_hand = on_hand;
         finish(state.info(now_ms), changed.then_some(before), on_change)
     }
 
@@ -60,6 +64,10 @@ impl Engine {
         let Some(state) = shard.skus.get_mut(sku) else {
             return refused(ResultCode::UnknownSku);
         };
+        if state.locations.is_some() {
+            let info = state.info(now_ms);
+            return (SkuReply { code: ResultCode::LocationRequired, info }, None);
+        }
         if expected.is_some_and(|expected| expected != state.on_hand) {
             let info = state.info(now_ms);
             return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
@@ -94,7 +102,7 @@ impl Engine {
     }
 }
 
-fn finish(info: SkuInfo, before: Option<SkuInfo>, on_change: impl FnOnce()) -> Changed {
+pub(super) fn finish(info: SkuInfo, before: Option<SkuInfo>, on_change: impl FnOnce()) -> Changed {
     if before.is_some() {
         on_change();
     }

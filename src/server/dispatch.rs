@@ -28,6 +28,7 @@ fn apply(shared: &Shared, op: Op, now_ms: u64) -> OpReply {
             OpReply::QueryReservation(engine.query_reservation(&id, now_ms))
         }
         Op::QueryLimits { sku } => OpReply::QueryLimits(engine.query_limits(&sku, now_ms)),
+        Op::QueryLocations { sku } => OpReply::QueryLocations(engine.query_locations(&sku, now_ms)),
         write => {
             if shared.wal.health() != Health::Ok {
                 return OpReply::refused(write.opcode(), ResultCode::ReadOnly);

@@ -7,7 +7,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"STKDSNAP"
-//!      8     4  version      u32, 2 (the layout of `engine::Image`; 1 is still read)
+//!      8     4  version      u32, 3 (the layout of `engine::Image`; 1 and 2 are still read)
 //!     12     4  reserved     zero
 //!     16     8  lsn          u64, last log record included
 //!     24     8  now_ms       u64, latest server time seen in the state
@@ -23,8 +23,11 @@
 //! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
 //! kept; if the newest is damaged, recovery falls back to the older one and the longer log.
 //!
-//! Versions: 2 added SKU limits (`SkuImage::limits`). Version 1 files (no limits) are read
-//! through `engine::image::ImageV1` and written back as version 2 by the next snapshot.
+//! Versions: 2 added SKU limits (`SkuImage::limits`); 3 added locations, deliveries and
+//! preorder allowances, and the allocations of reservation lines (`Image::locations`,
+//! `supplies`, `allocations`). Version 1 files (no limits) are read through
+//! `engine::image::ImageV1`, version 2 files through `ImageV2`; the next snapshot writes the
+//! current version.
 
 use std::io;
 
@@ -32,12 +35,12 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use tracing::warn;
 
-use crate::engine::image::{ArchivedImage, ArchivedImageV1, ImageV1};
+use crate::engine::image::{ArchivedImage, ArchivedImageV1, ArchivedImageV2, ImageV1, ImageV2};
 use crate::engine::{Engine, EngineConfig, Image};
 use crate::wal::storage::Storage;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// Snapshots kept on disk.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -119,10 +122,8 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         return Err("not a stockd snapshot".into());
     }
     let version = u32_at(8);
-    if version != SNAPSHOT_VERSION && version != 1 {
-        return Err(format!(
-            "format version {version}, this stockd reads 1 and {SNAPSHOT_VERSION}"
-        ));
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
+        return Err(format!("format version {version}, this stockd reads 1 to {SNAPSHOT_VERSION}"));
     }
     let body_len = usize::try_from(u64_at(32)).map_err(|_| "body length overflows")?;
     let body = data
@@ -146,6 +147,12 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         let archived = rkyv::access::<ArchivedImageV1, rancor::Error>(body)
             .map_err(|e| format!("invalid archive: {e}"))?;
         rkyv::deserialize::<ImageV1, rancor::Error>(archived)
+            .map_err(|e| format!("cannot deserialise: {e}"))?
+            .upgrade()
+    } else if version == 2 {
+        let archived = rkyv::access::<ArchivedImageV2, rancor::Error>(body)
+            .map_err(|e| format!("invalid archive: {e}"))?;
+        rkyv::deserialize::<ImageV2, rancor::Error>(archived)
             .map_err(|e| format!("cannot deserialise: {e}"))?
             .upgrade()
     } else {
@@ -191,6 +198,8 @@ mod tests {
     use super::*;
     use crate::engine::{Command, EngineConfig};
     use crate::wal::storage::MemStorage;
+    use bytes::Bytes;
+    use stockd_protocol::OpReply;
 
     fn engine_with_state() -> Engine {
         let engine = Engine::new(EngineConfig::default());
@@ -205,6 +214,59 @@ mod tests {
         });
         engine.apply(&reserve, 1, || {});
         engine
+    }
+
+    #[test]
+    fn locations_deliveries_and_allocations_round_trip() {
+        let engine = Engine::new(EngineConfig::default());
+        let apply = |command: Command| engine.apply(&command, 1, || {});
+        for (location, on_hand, priority) in [("east", 1, 0), ("west", 2, 1)] {
+            let (sku, location) = ("a".into(), location.into());
+            apply(Command::SetLocation { sku, location, on_hand, priority, expected: None });
+        }
+        let (sku, location, reference) = ("a".into(), "west".into(), "po-7".into());
+        apply(Command::SetIncoming { sku, location, reference, qty: 5, eta_ms: 99 });
+        let reserve = |id: &str, qty| {
+            Command::ReserveAt(stockd_protocol::ReserveAt {
+                reserve: stockd_protocol::Reserve {
+                    id: Bytes::copy_from_slice(id.as_bytes()),
+                    ttl_ms: 0,
+                    channel: "".into(),
+                    customer: "".into(),
+                    lines: vec![stockd_protocol::Line::new("a", qty)],
+                },
+                location: "".into(),
+                split: true,
+            })
+        };
+        let OpReply::ReserveAt(split) = apply(reserve("r1", 3)) else { panic!("reply") };
+        assert_eq!(split.allocations.len(), 2, "{split:?}");
+        apply(Command::SetPreorder { sku: "a".into(), preorder_max: 2 });
+        apply(Command::Confirm(stockd_protocol::Confirm {
+            id: "r1".into(),
+            lines: vec![stockd_protocol::Line::new("a", 2)],
+        }));
+        apply(reserve("r2", 1));
+        let image = engine.image();
+        assert_eq!((image.locations.len(), image.supplies.len()), (2, 1));
+        assert_eq!(image.allocations.len(), 3, "{:?}", image.allocations);
+
+        let storage = MemStorage::new();
+        let name = write(&storage, 5, 1, &image).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!(loaded.engine.image(), image);
+        assert_eq!(loaded.engine.query_locations(b"a", 1), engine.query_locations(b"a", 1));
+        assert_eq!(loaded.engine.query_sku(b"a", 1), engine.query_sku(b"a", 1));
+
+        // An image whose allocations do not add up to the line is refused.
+        let mut bad = image.clone();
+        bad.allocations[0].qty += 1;
+        let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
+        assert!(refused.to_string().contains("allocations"), "{refused}");
+        let mut bad = image;
+        bad.locations[0].on_hand += 1;
+        let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
+        assert!(refused.to_string().contains("sum of its locations"), "{refused}");
     }
 
     #[test]
@@ -230,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_snapshots_are_still_read() {
+    fn version_1_and_2_snapshots_are_still_read() {
         let engine = engine_with_state();
         let image = engine.image();
         let v1 = crate::engine::image::ImageV1 {
@@ -250,9 +312,17 @@ mod tests {
         let name = write_body(&storage, 8, 1, 1, &body).expect("write");
         let loaded = load(&storage, &name, EngineConfig::default()).expect("a v1 snapshot loads");
         assert_eq!(loaded.engine.image(), image);
-        let future = write_body(&storage, 9, 1, 3, &body).expect("write");
+        let v2 = crate::engine::image::ImageV2 {
+            skus: image.skus.clone(),
+            reservations: image.reservations.clone(),
+        };
+        let body = rkyv::to_bytes::<rancor::Error>(&v2).expect("serialise");
+        let name = write_body(&storage, 9, 1, 2, &body).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("a v2 snapshot loads");
+        assert_eq!(loaded.engine.image(), image);
+        let future = write_body(&storage, 10, 1, 4, &body).expect("write");
         let refused = load(&storage, &future, EngineConfig::default()).err().expect("refused");
-        assert!(refused.contains("format version 3"), "{refused}");
+        assert!(refused.contains("format version 4"), "{refused}");
     }
 
     #[test]

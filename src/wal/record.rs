@@ -82,23 +82,7 @@ fn encode_payload(command: &Command, buf: &mut BytesMut) {
             buf.put_u8(OPCODE_FORGET);
             return put_id(buf, id);
         }
-        Command::Reserve(r) => Op::Reserve(r.clone()),
-        Command::Confirm(c) => Op::Confirm(c.clone()),
-        Command::Release { id } => Op::Release { id: id.clone() },
-        Command::Extend { id, ttl_ms } => Op::Extend { id: id.clone(), ttl_ms: *ttl_ms },
-        Command::Ship { id } => Op::Ship { id: id.clone() },
-        Command::SetStock { sku, on_hand, expected } => {
-            Op::SetStock { sku: sku.clone(), on_hand: *on_hand, expected: *expected }
-        }
-        Command::AdjustStock { sku, delta, expected } => {
-            Op::AdjustStock { sku: sku.clone(), delta: *delta, expected: *expected }
-        }
-        Command::SetSafetyStock { sku, safety_stock } => {
-            Op::SetSafetyStock { sku: sku.clone(), safety_stock: *safety_stock }
-        }
-        Command::SetLimits { sku, limits } => {
-            Op::SetLimits { sku: sku.clone(), limits: limits.clone() }
-        }
+        command => command.to_op().expect("every other command is a wire operation"),
     };
     buf.put_u8(op.opcode() as u8);
     op.encode_body(buf);
@@ -188,7 +172,7 @@ pub fn scan(data: &[u8], offset: usize) -> Result<Scan, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stockd_protocol::{Confirm, Line, Reserve};
+    use stockd_protocol::{Confirm, Line, Reserve, ReserveAt};
 
     fn commands() -> Vec<Command> {
         vec![
@@ -206,6 +190,44 @@ mod tests {
             Command::SetStock { sku: "a".into(), on_hand: 3, expected: Some(2) },
             Command::AdjustStock { sku: "a".into(), delta: -3, expected: None },
             Command::SetSafetyStock { sku: "a".into(), safety_stock: 1 },
+            Command::ReserveAt(ReserveAt {
+                reserve: Reserve {
+                    id: "order-2".into(),
+                    ttl_ms: 0,
+                    channel: "".into(),
+                    customer: "".into(),
+                    lines: vec![Line::new("a", 2)],
+                },
+                location: "east".into(),
+                split: true,
+            }),
+            Command::SetLocation {
+                sku: "a".into(),
+                location: "east".into(),
+                on_hand: 4,
+                priority: 2,
+                expected: Some(1),
+            },
+            Command::AdjustLocation {
+                sku: "a".into(),
+                location: "east".into(),
+                delta: -1,
+                expected: None,
+            },
+            Command::SetIncoming {
+                sku: "a".into(),
+                location: "east".into(),
+                reference: "po-1".into(),
+                qty: 10,
+                eta_ms: 77,
+            },
+            Command::ReceiveIncoming {
+                sku: "a".into(),
+                location: "east".into(),
+                reference: "po-1".into(),
+                qty: 3,
+            },
+            Command::SetPreorder { sku: "a".into(), preorder_max: 5 },
             Command::Expire { id: "r".into() },
             Command::Forget { id: "r".into() },
         ]
