@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use stockd_protocol::frame::RawFrame;
 use stockd_protocol::message::{ExtendReply, ReservationReply, ReserveReply, SkuReply};
 use stockd_protocol::{
-    ChannelQuota, ChannelUse, Confirm, ErrorReply, FrameDecoder, Hello, HelloReply, LimitsReply,
-    Line, Op, OpReply, QuotaLimit, Reply, Request, ReservationInfo, ReservationLine,
-    ReservationState, Reserve, ResultCode, SkuInfo, SkuLimits,
+    Allocation, ChannelQuota, ChannelUse, Confirm, ErrorReply, FrameDecoder, Hello, HelloReply,
+    IncomingInfo, LimitsReply, Line, LocationInfo, LocationsReply, Op, OpReply, QuotaLimit, Reply,
+    Request, ReservationInfo, ReservationLine, ReservationState, Reserve, ReserveAt,
+    ReserveAtReply, ResultCode, SkuInfo, SkuLimits,
 };
 use tokio_util::codec::Decoder;
 
@@ -181,6 +182,136 @@ fn vectors() -> Vec<(&'static str, u64, Message)> {
             "query_limits_reply_unknown_sku",
             23,
             Rep(Reply::Op(OpReply::QueryLimits(LimitsReply::refused(ResultCode::UnknownSku)))),
+        ),
+        (
+            "reserve_at",
+            24,
+            Req(Request::Op(Op::ReserveAt(ReserveAt {
+                reserve: Reserve {
+                    id: "order-9".into(),
+                    ttl_ms: 0,
+                    channel: "".into(),
+                    customer: "".into(),
+                    lines: vec![Line::new("tee-m", 3)],
+                },
+                location: "".into(),
+                split: true,
+            }))),
+        ),
+        (
+            "reserve_at_reply",
+            24,
+            Rep(Reply::Op(OpReply::ReserveAt(ReserveAtReply {
+                reply: ReserveReply {
+                    code: ResultCode::Ok,
+                    failed_line: None,
+                    expires_at_ms: 1_700_000_600_000,
+                },
+                allocations: vec![
+                    Allocation { line: 0, location: "east".into(), qty: 2 },
+                    Allocation { line: 0, location: "west".into(), qty: 1 },
+                ],
+            }))),
+        ),
+        (
+            "reserve_at_reply_unknown_location",
+            25,
+            Rep(Reply::Op(OpReply::ReserveAt(ReserveAtReply {
+                reply: ReserveReply {
+                    code: ResultCode::UnknownLocation,
+                    failed_line: Some(0),
+                    expires_at_ms: 0,
+                },
+                allocations: vec![],
+            }))),
+        ),
+        (
+            "set_location",
+            26,
+            Req(Request::Op(Op::SetLocation {
+                sku: "tee-m".into(),
+                location: "east".into(),
+                on_hand: 40,
+                priority: 1,
+                expected: None,
+            })),
+        ),
+        (
+            "set_location_reply",
+            26,
+            Rep(Reply::Op(OpReply::SetLocation(SkuReply { code: ResultCode::Ok, info: sku }))),
+        ),
+        (
+            "adjust_location",
+            27,
+            Req(Request::Op(Op::AdjustLocation {
+                sku: "tee-m".into(),
+                location: "east".into(),
+                delta: -2,
+                expected: Some(40),
+            })),
+        ),
+        (
+            "set_incoming",
+            28,
+            Req(Request::Op(Op::SetIncoming {
+                sku: "tee-m".into(),
+                location: "west".into(),
+                reference: "po-311".into(),
+                qty: 500,
+                eta_ms: 1_700_086_400_000,
+            })),
+        ),
+        (
+            "receive_incoming",
+            29,
+            Req(Request::Op(Op::ReceiveIncoming {
+                sku: "tee-m".into(),
+                location: "west".into(),
+                reference: "po-311".into(),
+                qty: 0,
+            })),
+        ),
+        (
+            "set_preorder",
+            30,
+            Req(Request::Op(Op::SetPreorder { sku: "tee-m".into(), preorder_max: 200 })),
+        ),
+        ("query_locations", 31, Req(Request::Op(Op::QueryLocations { sku: "tee-m".into() }))),
+        (
+            "query_locations_reply",
+            31,
+            Rep(Reply::Op(OpReply::QueryLocations(LocationsReply {
+                code: ResultCode::Ok,
+                preorder_max: 200,
+                preordered: 0,
+                locations: vec![
+                    LocationInfo {
+                        location: "east".into(),
+                        priority: 1,
+                        on_hand: 38,
+                        reserved: 2,
+                        committed: 0,
+                        incoming: 0,
+                        available: 36,
+                    },
+                    LocationInfo {
+                        location: "west".into(),
+                        priority: 2,
+                        on_hand: 0,
+                        reserved: 1,
+                        committed: 0,
+                        incoming: 500,
+                        available: 499,
+                    },
+                ],
+                incoming: vec![IncomingInfo {
+                    location: "west".into(),
+                    reference: "po-311".into(),
+                    qty: 500,
+                    eta_ms: 1_700_086_400_000,
+                }],
+            }))),
         ),
         ("query_reservation", 12, Req(Request::Op(Op::QueryReservation { id: "order-1".into() }))),
         (

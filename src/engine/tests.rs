@@ -334,3 +334,38 @@ fn holds_of_a_sku_and_the_summary_count_only_live_holds() {
     assert_eq!((lapsed.holds_open, lapsed.held_units), (1, 3));
     assert_eq!(e.sku_holds(b"b", 10, T0 + 1_000).expect("known").count, 0);
 }
+
+#[test]
+fn a_split_line_uses_at_most_four_locations_and_locations_follow_the_hold_deadline() {
+    let engine = engine();
+    for location in ["l1", "l2", "l3", "l4", "l5"] {
+        let command = Command::SetLocation {
+            sku: id("tee"),
+            location: id(location),
+            on_hand: 1,
+            priority: 0,
+            expected: None,
+        };
+        assert_eq!(apply(&engine, command, T0).0.code(), ResultCode::Ok);
+    }
+    let split = |order: &str, qty| {
+        let Command::Reserve(reserve) = reserve(order, &[("tee", qty)]) else { unreachable!() };
+        Command::ReserveAt(stockd_protocol::ReserveAt {
+            reserve,
+            location: Bytes::new(),
+            split: true,
+        })
+    };
+    // Five units exist, one per location, but a line may only be split four ways.
+    let (reply, changed) = apply(&engine, split("o1", 5), T0);
+    assert_eq!((reply.code(), changed), (ResultCode::InsufficientStock, false));
+    let (reply, _) = apply(&engine, split("o1", 4), T0);
+    let OpReply::ReserveAt(reply) = reply else { panic!("{reply:?}") };
+    let used: Vec<_> = reply.allocations.iter().map(|a| (a.location.clone(), a.qty)).collect();
+    assert_eq!(used, [(id("l1"), 1), (id("l2"), 1), (id("l3"), 1), (id("l4"), 1)]);
+    // Past the deadline the held units are free again at their locations, before any sweep.
+    let later = engine.query_locations(b"tee", T0 + 1_000);
+    assert!(later.locations.iter().all(|l| l.reserved == 0 && l.available == 1), "{later:?}");
+    let now = engine.query_locations(b"tee", T0);
+    assert_eq!(now.locations.iter().map(|l| l.available).sum::<u64>(), 1);
+}
