@@ -134,38 +134,55 @@ impl AuditLog {
     /// Appends one entry and makes it durable. Blocking (a write and an `fdatasync`): call it
     /// off the async runtime's worker threads.
     pub fn append(&self, entry: NewEntry) -> Result<Arc<AuditEntry>, AuditError> {
+        let mut entries = self.append_all(vec![entry])?;
+        Ok(entries.pop().expect("one entry appended"))
+    }
+
+    /// Appends entries with consecutive sequence numbers in one write and one `fdatasync`
+    /// (a bulk change). Blocking, like `append`.
+    pub fn append_all(&self, new: Vec<NewEntry>) -> Result<Vec<Arc<AuditEntry>>, AuditError> {
         let mut journal = self.journal.lock();
         if let Some(why) = &journal.failed {
             return Err(AuditError::Failed(why.clone()));
         }
-        let entry = AuditEntry {
-            v: AUDIT_VERSION,
-            seq: journal.next_seq,
-            at_ms: entry.at_ms,
-            actor: entry.actor,
-            action: entry.action.to_string(),
-            target: entry.target,
-            reason: entry.reason,
-            before: entry.before,
-            after: entry.after,
-            lsn: entry.lsn,
-        };
-        let mut line = serde_json::to_vec(&entry).expect("an audit entry serialises");
-        line.push(b'\n');
+        let first_seq = journal.next_seq;
+        let entries: Vec<AuditEntry> = new
+            .into_iter()
+            .zip(first_seq..)
+            .map(|(entry, seq)| AuditEntry {
+                v: AUDIT_VERSION,
+                seq,
+                at_ms: entry.at_ms,
+                actor: entry.actor,
+                action: entry.action.to_string(),
+                target: entry.target,
+                reason: entry.reason,
+                before: entry.before,
+                after: entry.after,
+                lsn: entry.lsn,
+            })
+            .collect();
+        let mut lines = Vec::new();
+        for entry in &entries {
+            serde_json::to_writer(&mut lines, entry).expect("an audit entry serialises");
+            lines.push(b'\n');
+        }
         let end = journal.end;
-        let written = journal.file.write_at(end, &line).and_then(|()| journal.file.sync_data());
+        let written = journal.file.write_at(end, &lines).and_then(|()| journal.file.sync_data());
         if let Err(e) = written {
             journal.failed = Some(e.to_string());
             return Err(AuditError::Io { file: AUDIT_FILE, source: e });
         }
-        journal.end += line.len() as u64;
-        journal.next_seq += 1;
-        let entry = Arc::new(entry);
-        if journal.recent.len() == RECENT_MAX {
-            journal.recent.pop_front();
+        journal.end += lines.len() as u64;
+        journal.next_seq += entries.len() as u64;
+        let entries: Vec<Arc<AuditEntry>> = entries.into_iter().map(Arc::new).collect();
+        for entry in &entries {
+            if journal.recent.len() == RECENT_MAX {
+                journal.recent.pop_front();
+            }
+            journal.recent.push_back(entry.clone());
         }
-        journal.recent.push_back(entry.clone());
-        Ok(entry)
+        Ok(entries)
     }
 
     /// The newest entries (up to `limit`) with `seq < before_seq` that concern `target` (all

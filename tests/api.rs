@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{http_get, http_request, test_config, TestServer, T0, WAIT};
+use common::{call, get, http_get, http_request, refused, test_config, TestServer, T0, WAIT};
 use serde_json::{json, Value};
 use stockd::clock::Clock;
 use stockd::server::Server;
@@ -24,25 +24,6 @@ fn reserve(id: &str, sku: &str, qty: u32, ttl_ms: u32) -> Reserve {
         customer: Bytes::from_static(b"c-1"),
         lines: vec![Line::new(Bytes::copy_from_slice(sku.as_bytes()), qty)],
     }
-}
-
-async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, content_type, text) = http_request(addr, method, path, body.as_deref()).await;
-    assert!(content_type.starts_with("application/json"), "{path}: {content_type} {text}");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")))
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
-    call(addr, "GET", path, None).await
-}
-
-/// Asserts a JSON error with this status and code.
-fn refused(reply: (u16, Value), status: u16, code: &str) -> String {
-    assert_eq!((reply.0, reply.1["code"].as_str()), (status, Some(code)), "{}", reply.1);
-    let message = reply.1["message"].as_str().expect("an error has a message");
-    assert!(!message.is_empty());
-    message.to_string()
 }
 
 fn adjust(delta: i64) -> Value {

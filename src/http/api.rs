@@ -21,16 +21,17 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stockd_protocol::limits::{ID_BYTES_MAX, QUOTAS_PER_SKU_MAX, SKU_BYTES_MAX, TAG_BYTES_MAX};
+use stockd_protocol::limits::{ID_BYTES_MAX, SKU_BYTES_MAX};
 use stockd_protocol::{
-    ChannelQuota, LimitsReply, OpReply, QuotaLimit, ReservationState, ResultCode, SkuInfo,
-    SkuLimits,
+    LimitsReply, OpReply, QuotaLimit, ReservationState, ResultCode, SkuInfo, SkuLimits,
 };
 
 use super::sampler::{Sample, Trend};
+use super::supply::{sku_limits, supply_view, SupplyView};
 use super::AppState;
 use crate::audit::{AuditEntry, AuditError, NewEntry};
 use crate::engine::{Command, SkuFilter};
+use crate::server::Shared;
 use crate::wal::{Health, Wal};
 
 /// Most rows one listing returns.
@@ -51,6 +52,14 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into() }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     fn invalid(message: impl Into<String>) -> ApiError {
@@ -270,6 +279,8 @@ pub struct SkuDetail {
     pub holds_count: usize,
     /// Per-buyer limit and channel quotas with their allocation and use (`null`: none).
     pub limits: Option<LimitsView>,
+    /// Locations, incoming deliveries and preorders (`null`: none).
+    pub supply: Option<SupplyView>,
     /// The newest administrative changes of this SKU.
     pub changes: Vec<Arc<AuditEntry>>,
 }
@@ -366,6 +377,7 @@ pub async fn get_sku(
             holds: holds.collect(),
             holds_count: found.count,
             limits: limits_view(&app.shared.engine.query_limits(sku.as_bytes(), now_ms)),
+            supply: supply_view(&app.shared.engine.query_locations(sku.as_bytes(), now_ms)),
             changes: app.shared.audit.recent(Some(&sku), None, 20),
             sku,
         })
@@ -419,7 +431,7 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    fn check(&self) -> Result<(), ApiError> {
+    pub(super) fn check(&self) -> Result<(), ApiError> {
         for (name, value, max) in
             [("actor", &self.actor, ACTOR_BYTES_MAX), ("reason", &self.reason, REASON_BYTES_MAX)]
         {
@@ -533,28 +545,7 @@ pub async fn set_limits(
     body: Result<Json<LimitsBody>, JsonRejection>,
 ) -> ApiResult<Changed> {
     let Json(body) = body?;
-    if body.quotas.len() > usize::from(QUOTAS_PER_SKU_MAX) {
-        return Err(ApiError::invalid(format!("at most {QUOTAS_PER_SKU_MAX} quotas")));
-    }
-    let mut quotas = Vec::with_capacity(body.quotas.len());
-    for quota in &body.quotas {
-        if quota.channel.is_empty() || quota.channel.len() > TAG_BYTES_MAX {
-            return Err(ApiError::invalid(format!("a channel has 1..={TAG_BYTES_MAX} bytes")));
-        }
-        let limit = match (quota.units, quota.percent.map(QuotaLimit::from_percent)) {
-            (Some(units), None) => QuotaLimit::Units(units),
-            (None, Some(Some(share))) => share,
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "quota {:?} needs either `units` or `percent` (0 to 100)",
-                    quota.channel
-                )))
-            }
-        };
-        quotas.push(ChannelQuota { channel: Bytes::from(quota.channel.clone()), limit });
-    }
-    let limits =
-        SkuLimits { max_per_buyer: body.max_per_buyer, shared_pool: body.shared_pool, quotas };
+    let limits = sku_limits(body.max_per_buyer, body.shared_pool, &body.quotas)?;
     let command = Command::SetLimits { sku: Bytes::from(sku.clone()), limits };
     let who = Attribution { actor: body.actor, reason: body.reason };
     change(app, sku, command, "set_limits", who).await
@@ -562,31 +553,66 @@ pub async fn set_limits(
 
 /// Applies a stock or limits command, waits for its log record to be durable, audits it, and
 /// replies.
-async fn change(
+pub(super) async fn change(
     app: AppState,
     sku: String,
     command: Command,
     action: &'static str,
     who: Attribution,
 ) -> ApiResult<Changed> {
-    check_sku(&sku)?;
     who.check()?;
     let shared = app.shared.clone();
-    shared.audit.check()?;
-    let health = shared.wal.health();
-    if health != Health::Ok {
-        return Err(ApiError::read_only(health));
-    }
+    ready_for_changes(&shared)?;
     let now_ms = shared.clock.now_ms();
+    let applied = apply_change(&shared, &sku, &command, action, &who, now_ms)?;
+    let Some(entry) = applied.entry else {
+        return Ok(Json(Changed {
+            sku,
+            changed: false,
+            counters: applied.info.into(),
+            audit_seq: None,
+        }));
+    };
+    let mut audited = make_durable_and_audit(&shared, vec![entry]).await?;
+    let seq = audited.pop().expect("one entry audited").seq;
+    Ok(Json(Changed { sku, changed: true, counters: applied.info.into(), audit_seq: Some(seq) }))
+}
+
+/// Refuses changes while the audit log or the write-ahead log cannot take them.
+pub(super) fn ready_for_changes(shared: &Shared) -> Result<(), ApiError> {
+    shared.audit.check()?;
+    match shared.wal.health() {
+        Health::Ok => Ok(()),
+        health => Err(ApiError::read_only(health)),
+    }
+}
+
+/// A change applied to the engine and appended to the log (not yet durable).
+pub(super) struct Applied {
+    pub info: SkuInfo,
+    /// The audit entry to write once the log record is durable; `None` when nothing changed.
+    pub entry: Option<NewEntry>,
+}
+
+/// Applies one change and appends it to the log; refusals become errors.
+pub(super) fn apply_change(
+    shared: &Shared,
+    sku: &str,
+    command: &Command,
+    action: &'static str,
+    who: &Attribution,
+    now_ms: u64,
+) -> Result<Applied, ApiError> {
+    check_sku(sku)?;
     let mut logged = None;
-    let mut log = || logged = Some(shared.wal.append(now_ms, &command));
+    let mut log = || logged = Some(shared.wal.append(now_ms, command));
     // The audit entry's before and after: the counters for stock changes, the limits for limit
     // changes (read just before; concurrent limit changes are serialised by the engine).
-    let (reply, before, after) = match &command {
+    let (reply, before, after) = match command {
         Command::SetLimits { sku: id, .. } => {
             let before = limits_view(&shared.engine.query_limits(id, now_ms));
             let mut changed = false;
-            let reply = match shared.engine.apply(&command, now_ms, || {
+            let reply = match shared.engine.apply(command, now_ms, || {
                 changed = true;
                 log();
             }) {
@@ -598,60 +624,89 @@ async fn change(
             (reply, changed.then(|| json(before)), json(after))
         }
         _ => {
-            let (reply, before) = shared.engine.change_stock(&command, now_ms, log);
+            let (reply, before) = shared.engine.change_stock(command, now_ms, log);
             let json =
                 |info: SkuInfo| serde_json::to_value(Counters::from(info)).expect("serialises");
             (reply, before.map(json), json(reply.info))
         }
     };
-    match reply.code {
-        ResultCode::Ok => {}
-        ResultCode::UnknownSku => return Err(ApiError::unknown_sku(&sku)),
-        ResultCode::ExpectedMismatch => {
-            let message = format!(
-                "the SKU's on-hand count is {}, not the expected value",
-                reply.info.on_hand
-            );
-            return Err(ApiError::new(StatusCode::CONFLICT, "expected_mismatch", message));
-        }
-        ResultCode::InvalidArgument if matches!(command, Command::SetLimits { .. }) => {
-            return Err(ApiError::invalid("a quota names an empty or repeated channel"))
-        }
-        ResultCode::InvalidArgument => {
-            return Err(ApiError::invalid("the change would take the on-hand count below zero"))
-        }
-        other => {
-            let message = format!("the change was refused: {}", other.name());
-            return Err(ApiError::new(StatusCode::CONFLICT, other.name(), message));
-        }
-    }
-    let Some(before) = before else {
-        return Ok(Json(Changed {
-            sku,
-            changed: false,
-            counters: reply.info.into(),
-            audit_seq: None,
-        }));
-    };
+    refusal(command, sku, reply.code, &reply.info)?;
+    let Some(before) = before else { return Ok(Applied { info: reply.info, entry: None }) };
     let lsn = match logged {
         Some(Ok(lsn)) => lsn,
         _ => return Err(ApiError::read_only(shared.wal.health())),
     };
-    if Wal::wait_durable(&mut shared.wal.subscribe(), lsn).await.is_err() {
-        return Err(ApiError::read_only(shared.wal.health()));
-    }
     let entry = NewEntry {
         at_ms: now_ms,
-        actor: who.actor,
+        actor: who.actor.clone(),
         action,
-        target: sku.clone(),
-        reason: who.reason,
+        target: sku.to_string(),
+        reason: who.reason.clone(),
         before,
         after,
         lsn,
     };
-    let audit = tokio::task::spawn_blocking(move || shared.audit.append(entry));
-    let entry = audit.await.expect("an audit append does not panic").map_err(|e| {
+    Ok(Applied { info: reply.info, entry: Some(entry) })
+}
+
+/// The API error for a refused change.
+fn refusal(command: &Command, sku: &str, code: ResultCode, info: &SkuInfo) -> Result<(), ApiError> {
+    let conflict = |message: String| Err(ApiError::new(StatusCode::CONFLICT, code.name(), message));
+    match code {
+        ResultCode::Ok => Ok(()),
+        ResultCode::UnknownSku => Err(ApiError::unknown_sku(sku)),
+        ResultCode::UnknownLocation => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_location",
+            format!("SKU {sku:?} has no such location"),
+        )),
+        ResultCode::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("SKU {sku:?} has no such incoming delivery"),
+        )),
+        ResultCode::ExpectedMismatch => conflict(match command {
+            Command::SetLocation { .. } | Command::AdjustLocation { .. } => {
+                "the location's on-hand count is not the expected value".into()
+            }
+            _ => format!("the SKU's on-hand count is {}, not the expected value", info.on_hand),
+        }),
+        ResultCode::LocationRequired => {
+            conflict(format!("SKU {sku:?} keeps its stock per location: change a location instead"))
+        }
+        ResultCode::LocationConflict => conflict(format!(
+            "SKU {sku:?} has {} units on hand (or holds or deliveries) outside any location: \
+             bring them to zero before giving it locations",
+            info.on_hand
+        )),
+        ResultCode::TooLarge => {
+            conflict("the SKU has the most locations or deliveries it may have".into())
+        }
+        ResultCode::InvalidArgument => Err(ApiError::invalid(match command {
+            Command::SetLimits { .. } => "a quota names an empty or repeated channel",
+            Command::ReceiveIncoming { .. } => "more units than the delivery has",
+            Command::SetIncoming { .. } | Command::SetLocation { .. } => {
+                "an empty location or reference"
+            }
+            _ => "the change would take the on-hand count below zero",
+        })),
+        other => conflict(format!("the change was refused: {}", other.name())),
+    }
+}
+
+/// Waits until the log holds every entry's change durably, then writes the entries to the
+/// audit log (one write and sync).
+pub(super) async fn make_durable_and_audit(
+    shared: &Arc<Shared>,
+    entries: Vec<NewEntry>,
+) -> Result<Vec<Arc<AuditEntry>>, ApiError> {
+    let lsn = entries.iter().map(|e| e.lsn).max().unwrap_or(0);
+    if Wal::wait_durable(&mut shared.wal.subscribe(), lsn).await.is_err() {
+        return Err(ApiError::read_only(shared.wal.health()));
+    }
+    let shared = shared.clone();
+    let audit = tokio::task::spawn_blocking(move || shared.audit.append_all(entries));
+    audit.await.expect("an audit append does not panic").map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "audit_unavailable",
@@ -660,13 +715,7 @@ async fn change(
                  further changes are refused"
             ),
         )
-    })?;
-    Ok(Json(Changed {
-        sku,
-        changed: true,
-        counters: reply.info.into(),
-        audit_seq: Some(entry.seq),
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize)]

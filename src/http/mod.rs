@@ -6,6 +6,7 @@
 pub mod api;
 pub mod dashboard;
 pub mod sampler;
+pub mod supply;
 
 use std::sync::Arc;
 
@@ -41,10 +42,19 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route("/skus/{sku}/adjustments", post(api::adjust_stock))
         .route("/skus/{sku}/safety-stock", put(api::set_safety_stock))
         .route("/skus/{sku}/limits", put(api::set_limits))
+        .route("/skus/{sku}/locations/{location}", put(supply::set_location))
+        .route("/skus/{sku}/locations/{location}/adjustments", post(supply::adjust_location))
+        .route("/skus/{sku}/incoming/{reference}", put(supply::set_incoming))
+        .route("/skus/{sku}/incoming/{reference}/receipts", post(supply::receive_incoming))
+        .route("/skus/{sku}/preorder", put(supply::set_preorder))
         .route("/reservations/{id}", get(api::get_reservation))
         .route("/audit", get(api::audit))
         .route("/events", get(dashboard::events))
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX));
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .route(
+            "/bulk",
+            post(supply::bulk).layer(DefaultBodyLimit::max(supply::BULK_BODY_BYTES_MAX)),
+        );
     Router::new()
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::script))

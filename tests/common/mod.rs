@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use serde_json::Value;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -288,4 +290,24 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A JSON API call: the status and the parsed body (which must be JSON).
+pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string());
+    let (status, content_type, text) = http_request(addr, method, path, body.as_deref()).await;
+    assert!(content_type.starts_with("application/json"), "{path}: {content_type} {text}");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")))
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    call(addr, "GET", path, None).await
+}
+
+/// Asserts a JSON error with this status and code.
+pub fn refused(reply: (u16, Value), status: u16, code: &str) -> String {
+    assert_eq!((reply.0, reply.1["code"].as_str()), (status, Some(code)), "{}", reply.1);
+    let message = reply.1["message"].as_str().expect("an error has a message");
+    assert!(!message.is_empty());
+    message.to_string()
 }

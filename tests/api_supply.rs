@@ -1,0 +1,185 @@
+//! Locations, incoming deliveries, preorders and bulk changes over the JSON admin API: each
+//! endpoint, its refusals, the SKU view, one result per bulk item, and audit entries for every
+//! applied change.
+
+mod common;
+
+use common::{call, get, refused, test_config, TestServer};
+use serde_json::{json, Value};
+
+fn who(mut body: Value) -> Value {
+    body["actor"] = json!("alice");
+    body["reason"] = json!("goods in");
+    body
+}
+
+#[tokio::test]
+async fn locations_deliveries_and_preorders_are_set_shown_and_audited() {
+    let server = TestServer::start(test_config()).await;
+    let addr = server.http_addr;
+    let put = |path: &'static str, body: Value| call(addr, "PUT", path, Some(who(body)));
+    let post = |path: &'static str, body: Value| call(addr, "POST", path, Some(who(body)));
+
+    let (status, east) =
+        put("/api/v1/skus/tee/locations/east", json!({ "on_hand": 4, "priority": 1 })).await;
+    assert_eq!(
+        (status, &east["on_hand"], &east["changed"]),
+        (200, &json!(4), &json!(true)),
+        "{east}"
+    );
+    let (status, _) =
+        put("/api/v1/skus/tee/locations/west", json!({ "on_hand": 6, "priority": 2 })).await;
+    assert_eq!(status, 200);
+    let (status, adjusted) =
+        post("/api/v1/skus/tee/locations/east/adjustments", json!({ "delta": -1, "expected": 4 }))
+            .await;
+    assert_eq!((status, &adjusted["on_hand"]), (200, &json!(9)), "{adjusted}");
+    let (status, delivery) = put(
+        "/api/v1/skus/tee/incoming/po-7",
+        json!({ "location": "west", "qty": 20, "eta_ms": 1_700_100_000_000u64 }),
+    )
+    .await;
+    assert_eq!((status, &delivery["available"]), (200, &json!(9)), "{delivery}");
+    let (status, preorder) = put("/api/v1/skus/tee/preorder", json!({ "preorder_max": 5 })).await;
+    assert_eq!((status, &preorder["available"]), (200, &json!(14)), "{preorder}");
+    let (status, received) =
+        post("/api/v1/skus/tee/incoming/po-7/receipts", json!({ "location": "west", "qty": 8 }))
+            .await;
+    assert_eq!((status, &received["on_hand"]), (200, &json!(17)), "{received}");
+
+    let (status, view) = get(addr, "/api/v1/skus/tee").await;
+    assert_eq!(status, 200);
+    let supply = &view["supply"];
+    assert_eq!(supply["preorder_max"], 5);
+    let locations = supply["locations"].as_array().expect("locations");
+    let rows: Vec<(&str, u64, u64)> = locations
+        .iter()
+        .map(|l| {
+            (
+                l["location"].as_str().unwrap(),
+                l["on_hand"].as_u64().unwrap(),
+                l["incoming"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("east", 3, 0), ("west", 14, 12)]);
+    assert_eq!(supply["incoming"][0]["reference"], "po-7");
+    assert_eq!(supply["incoming"][0]["qty"], 12);
+    // Six changes, six audit entries with their actions.
+    let actions: Vec<&str> =
+        view["changes"].as_array().unwrap().iter().map(|c| c["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "receive_incoming",
+            "set_preorder",
+            "set_incoming",
+            "adjust_location",
+            "set_location",
+            "set_location"
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_name_the_location_problem() {
+    let server = TestServer::start(test_config()).await;
+    let addr = server.http_addr;
+    let client = server.client().await;
+    client.set_location("tee", "east", 4, 0, None).await.unwrap();
+    client.set_stock("cap", 3, None).await.unwrap();
+    let put = |path: &'static str, body: Value| call(addr, "PUT", path, Some(who(body)));
+    let post = |path: &'static str, body: Value| call(addr, "POST", path, Some(who(body)));
+
+    let message = refused(
+        put("/api/v1/skus/tee/stock", json!({ "on_hand": 1 })).await,
+        409,
+        "location_required",
+    );
+    assert!(message.contains("per location"), "{message}");
+    refused(
+        post("/api/v1/skus/tee/locations/south/adjustments", json!({ "delta": 1 })).await,
+        404,
+        "unknown_location",
+    );
+    let message = refused(
+        put("/api/v1/skus/cap/locations/east", json!({ "on_hand": 1 })).await,
+        409,
+        "location_conflict",
+    );
+    assert!(message.contains("3 units"), "{message}");
+    refused(
+        put("/api/v1/skus/tee/incoming/po-1", json!({ "qty": 1 })).await,
+        409,
+        "location_required",
+    );
+    refused(
+        post("/api/v1/skus/tee/incoming/po-1/receipts", json!({ "location": "east" })).await,
+        404,
+        "not_found",
+    );
+    refused(
+        put("/api/v1/skus/nope/preorder", json!({ "preorder_max": 1 })).await,
+        404,
+        "unknown_sku",
+    );
+    let long = "x".repeat(33);
+    let body = who(json!({ "on_hand": 1 }));
+    refused(
+        call(addr, "PUT", &format!("/api/v1/skus/tee/locations/{long}"), Some(body)).await,
+        400,
+        "invalid_argument",
+    );
+    // Nothing of it changed the SKUs.
+    assert_eq!(client.query_sku("tee").await.unwrap().info.on_hand, 4);
+    assert_eq!(client.query_sku("cap").await.unwrap().info.on_hand, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bulk_request_answers_every_item_and_audits_what_it_applied() {
+    let server = TestServer::start(test_config()).await;
+    let addr = server.http_addr;
+    let client = server.client().await;
+    client.set_stock("a", 1, None).await.unwrap();
+    let items = json!([
+        { "op": "set_stock", "sku": "a", "on_hand": 10 },
+        { "op": "set_stock", "sku": "b", "on_hand": 5 },
+        { "op": "adjust_stock", "sku": "missing", "delta": 3 },
+        { "op": "set_safety_stock", "sku": "b", "safety_stock": 1 },
+        { "op": "set_limits", "sku": "a", "max_per_buyer": 2, "quotas": [{ "channel": "live", "percent": 40.0 }] },
+        { "op": "set_location", "sku": "c", "location": "east", "on_hand": 7 },
+        { "op": "adjust_stock", "sku": "a", "delta": 0 },
+        { "op": "set_stock", "sku": "a", "on_hand": 10 },
+    ]);
+    let (status, reply) =
+        call(addr, "POST", "/api/v1/bulk", Some(who(json!({ "items": items })))).await;
+    assert_eq!(status, 200, "{reply}");
+    let results = reply["results"].as_array().expect("results");
+    let codes: Vec<&str> = results.iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["ok", "ok", "unknown_sku", "ok", "ok", "ok", "invalid_argument", "ok"]);
+    assert_eq!((reply["applied"].as_u64(), reply["refused"].as_u64()), (Some(6), Some(2)));
+    // The last item asked for what the first had set: ok, but nothing changed or audited.
+    assert_eq!((&results[7]["changed"], &results[7]["audit_seq"]), (&json!(false), &Value::Null));
+    let seqs: Vec<u64> = results.iter().filter_map(|r| r["audit_seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), 5);
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(client.query_sku("a").await.unwrap().info.on_hand, 10);
+    assert_eq!(client.query_sku("b").await.unwrap().info.safety_stock, 1);
+    assert_eq!(client.query_limits("a").await.unwrap().limits.max_per_buyer, 2);
+    assert_eq!(client.query_sku("c").await.unwrap().info.on_hand, 7);
+    let (_, audit) = get(addr, "/api/v1/audit?limit=10").await;
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5);
+
+    // A request that is not a list of known operations changes nothing.
+    let unknown = json!({ "items": [{ "op": "set_stock", "sku": "a", "on_hand": 1 }, { "op": "explode", "sku": "a" }] });
+    refused(call(addr, "POST", "/api/v1/bulk", Some(who(unknown))).await, 400, "invalid_argument");
+    refused(
+        call(addr, "POST", "/api/v1/bulk", Some(who(json!({ "items": [] })))).await,
+        400,
+        "invalid_argument",
+    );
+    assert_eq!(client.query_sku("a").await.unwrap().info.on_hand, 10);
+    server.stop().await;
+}
