@@ -4,15 +4,15 @@
 //! Exit status: 0 when the operation succeeded (`ok`), 3 when the server answered with another
 //! result code (printed), 1 for errors (cannot connect, bad arguments, bad configuration).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use stockd_protocol::{
-    ChannelQuota, Client, ClientOptions, Line, ReservationInfo, Reserve, ResultCode, SkuInfo,
-    SkuLimits,
+    ChannelQuota, Client, ClientOptions, Line, LocationsReply, Op, ReservationInfo, Reserve,
+    ReserveAt, ResultCode, SkuInfo, SkuLimits,
 };
 
 use crate::config::{Config, LogFormat, DEFAULT_TOML};
@@ -66,6 +66,12 @@ enum Command {
         channel: String,
         #[arg(long, default_value = "")]
         customer: String,
+        /// Take every line from this location (SKUs with locations).
+        #[arg(long)]
+        location: Option<String>,
+        /// Let a line that no single location can serve be split across locations.
+        #[arg(long)]
+        split: bool,
     },
     /// Confirm a hold, fully or (with SKU:QTY lines) partially.
     Confirm {
@@ -142,6 +148,78 @@ enum StockCommand {
         #[command(flatten)]
         client: ClientArgs,
         sku: String,
+    },
+    /// Set one location's physical count and priority (lower is chosen first).
+    Location {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        location: String,
+        on_hand: u64,
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        /// Only apply if the location's current count is this value.
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Add a (possibly negative) delta to one location's physical count.
+    AdjustLocation {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        location: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+        #[arg(long)]
+        expected: Option<u64>,
+    },
+    /// Record (or replace; QTY 0 removes) an incoming delivery.
+    Incoming {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        reference: String,
+        qty: u64,
+        /// Location it arrives at (required on SKUs with locations).
+        #[arg(long, default_value = "")]
+        location: String,
+        /// Expected arrival, UTC milliseconds since the Unix epoch.
+        #[arg(long, default_value_t = 0)]
+        eta_ms: u64,
+    },
+    /// Move units of an incoming delivery into on_hand (all of it without QTY).
+    Receive {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        reference: String,
+        #[arg(default_value_t = 0)]
+        qty: u64,
+        #[arg(long, default_value = "")]
+        location: String,
+    },
+    /// Allow selling up to MAX units beyond on_hand against incoming stock (0 = no preorders).
+    Preorder {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+        preorder_max: u64,
+    },
+    /// Show a SKU's locations, incoming deliveries and preorders.
+    Locations {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+    },
+    /// Apply many stock changes in batch frames, one result line per row. Each line of FILE
+    /// (`-` for stdin) is one change; `#` starts a comment:
+    /// `set SKU ON_HAND` | `adjust SKU DELTA` | `safety SKU N` |
+    /// `location SKU LOCATION ON_HAND [PRIORITY]` | `incoming SKU LOCATION|- REFERENCE QTY [ETA_MS]` |
+    /// `preorder SKU MAX`.
+    Import {
+        #[command(flatten)]
+        client: ClientArgs,
+        file: PathBuf,
     },
 }
 
@@ -361,6 +439,134 @@ fn print_sku(code: ResultCode, info: &SkuInfo) {
     }
 }
 
+fn print_locations(reply: &LocationsReply) -> anyhow::Result<ResultCode> {
+    if !reply.code.is_ok() {
+        println!("{}", reply.code);
+        return Ok(reply.code);
+    }
+    println!("ok preorder_max={} preordered={}", reply.preorder_max, reply.preordered);
+    for l in &reply.locations {
+        println!(
+            "  location {} priority={} on_hand={} reserved={} committed={} incoming={} available={}",
+            String::from_utf8_lossy(&l.location),
+            l.priority,
+            l.on_hand,
+            l.reserved,
+            l.committed,
+            l.incoming,
+            l.available
+        );
+    }
+    for i in &reply.incoming {
+        println!(
+            "  incoming {} at {:?} qty={} eta_ms={}",
+            String::from_utf8_lossy(&i.reference),
+            String::from_utf8_lossy(&i.location),
+            i.qty,
+            i.eta_ms
+        );
+    }
+    Ok(reply.code)
+}
+
+/// One change of an import file, as the operation it sends.
+fn import_op(line: &str) -> Result<Option<Op>, String> {
+    let line = line.split('#').next().unwrap_or_default().trim();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let Some((&kind, args)) = fields.split_first() else { return Ok(None) };
+    let number = |index: usize, what: &str| -> Result<u64, String> {
+        let text = args.get(index).ok_or_else(|| format!("{kind}: {what} is missing"))?;
+        text.parse().map_err(|_| format!("{kind}: {what} {text:?} is not a count"))
+    };
+    let text = |index: usize, what: &str| -> Result<Bytes, String> {
+        args.get(index).map(|t| bytes(t)).ok_or_else(|| format!("{kind}: {what} is missing"))
+    };
+    let expect_fields = |min: usize, max: usize| {
+        if (min..=max).contains(&args.len()) {
+            Ok(())
+        } else {
+            Err(format!("{kind} takes {min} to {max} fields, not {}", args.len()))
+        }
+    };
+    let op = match kind {
+        "set" => {
+            expect_fields(2, 2)?;
+            Op::SetStock { sku: text(0, "SKU")?, on_hand: number(1, "ON_HAND")?, expected: None }
+        }
+        "adjust" => {
+            expect_fields(2, 2)?;
+            let delta =
+                args[1].parse().map_err(|_| format!("adjust: {:?} is not a delta", args[1]))?;
+            Op::AdjustStock { sku: text(0, "SKU")?, delta, expected: None }
+        }
+        "safety" => {
+            expect_fields(2, 2)?;
+            Op::SetSafetyStock { sku: text(0, "SKU")?, safety_stock: number(1, "N")? }
+        }
+        "location" => {
+            expect_fields(3, 4)?;
+            let priority = if args.len() == 4 { number(3, "PRIORITY")? } else { 0 };
+            Op::SetLocation {
+                sku: text(0, "SKU")?,
+                location: text(1, "LOCATION")?,
+                on_hand: number(2, "ON_HAND")?,
+                priority: u32::try_from(priority).map_err(|_| "location: PRIORITY is too large")?,
+                expected: None,
+            }
+        }
+        "incoming" => {
+            expect_fields(4, 5)?;
+            let location = if args[1] == "-" { Bytes::new() } else { text(1, "LOCATION")? };
+            Op::SetIncoming {
+                sku: text(0, "SKU")?,
+                location,
+                reference: text(2, "REFERENCE")?,
+                qty: number(3, "QTY")?,
+                eta_ms: if args.len() == 5 { number(4, "ETA_MS")? } else { 0 },
+            }
+        }
+        "preorder" => {
+            expect_fields(2, 2)?;
+            Op::SetPreorder { sku: text(0, "SKU")?, preorder_max: number(1, "MAX")? }
+        }
+        other => return Err(format!("unknown change {other:?}")),
+    };
+    op.check_limits().map_err(|e| e.to_string())?;
+    Ok(Some(op))
+}
+
+/// Sends an import file in batch frames; prints one result per change. The first bad line
+/// stops the import before anything is sent.
+async fn import(client: &ClientArgs, file: &Path) -> anyhow::Result<ResultCode> {
+    let contents = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let mut ops = Vec::new();
+    for (number, line) in contents.lines().enumerate() {
+        match import_op(line) {
+            Ok(Some(op)) => ops.push((number + 1, op)),
+            Ok(None) => {}
+            Err(e) => bail!("{}:{}: {e}; nothing was sent", file.display(), number + 1),
+        }
+    }
+    let client = connect(client).await?;
+    let mut refused = 0usize;
+    for chunk in ops.chunks(IMPORT_BATCH) {
+        let replies = client.batch(chunk.iter().map(|(_, op)| op.clone()).collect()).await?;
+        for ((number, _), reply) in chunk.iter().zip(replies) {
+            println!("{}:{number}: {}", file.display(), reply.code());
+            refused += usize::from(!reply.code().is_ok());
+        }
+    }
+    println!("{} changes, {} refused", ops.len(), refused);
+    Ok(if refused == 0 { ResultCode::Ok } else { ResultCode::InvalidArgument })
+}
+
+/// Changes per batch frame of an import.
+const IMPORT_BATCH: usize = 1000;
+
 fn print_reservation(info: &ReservationInfo) {
     let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     println!(
@@ -395,6 +601,35 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                 StockCommand::Get { client, sku } => {
                     connect(client).await?.query_sku(bytes(sku)).await?
                 }
+                StockCommand::Location { client, sku, location, on_hand, priority, expected } => {
+                    let (sku, location) = (bytes(sku), bytes(location));
+                    let client = connect(client).await?;
+                    client.set_location(sku, location, *on_hand, *priority, *expected).await?
+                }
+                StockCommand::AdjustLocation { client, sku, location, delta, expected } => {
+                    let (sku, location) = (bytes(sku), bytes(location));
+                    connect(client).await?.adjust_location(sku, location, *delta, *expected).await?
+                }
+                StockCommand::Incoming { client, sku, reference, qty, location, eta_ms } => {
+                    let (sku, location, reference) =
+                        (bytes(sku), bytes(location), bytes(reference));
+                    let client = connect(client).await?;
+                    client.set_incoming(sku, location, reference, *qty, *eta_ms).await?
+                }
+                StockCommand::Receive { client, sku, reference, qty, location } => {
+                    let (sku, location, reference) =
+                        (bytes(sku), bytes(location), bytes(reference));
+                    connect(client).await?.receive_incoming(sku, location, reference, *qty).await?
+                }
+                StockCommand::Preorder { client, sku, preorder_max } => {
+                    connect(client).await?.set_preorder(bytes(sku), *preorder_max).await?
+                }
+                StockCommand::Locations { client, sku } => {
+                    return print_locations(
+                        &connect(client).await?.query_locations(bytes(sku)).await?,
+                    );
+                }
+                StockCommand::Import { client, file } => return import(client, file).await,
             };
             print_sku(reply.code, &reply.info);
             reply.code
@@ -430,7 +665,7 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
             }
             reply.code
         }
-        Command::Reserve { client, id, lines, ttl_ms, channel, customer } => {
+        Command::Reserve { client, id, lines, ttl_ms, channel, customer, location, split } => {
             let reserve = Reserve {
                 id: bytes(&id),
                 ttl_ms,
@@ -438,7 +673,22 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                 customer: bytes(&customer),
                 lines,
             };
-            let reply = connect(&client).await?.reserve(reserve).await?;
+            let client = connect(&client).await?;
+            let reply = if location.is_some() || split {
+                let location = bytes(location.as_deref().unwrap_or_default());
+                let at = client.reserve_at(ReserveAt { reserve, location, split }).await?;
+                for a in &at.allocations {
+                    println!(
+                        "  line {} from {}: {}",
+                        a.line,
+                        String::from_utf8_lossy(&a.location),
+                        a.qty
+                    );
+                }
+                at.reply
+            } else {
+                client.reserve(reserve).await?
+            };
             match reply.failed_line {
                 Some(line) => println!("{} failed_line={line}", reply.code),
                 None if reply.code.is_ok() => println!("ok expires_at_ms={}", reply.expires_at_ms),

@@ -92,6 +92,58 @@ fn serve_and_use_the_cli() {
 }
 
 #[test]
+fn locations_preorders_and_an_import_file_from_the_cli() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(dir.path());
+    let file = dir.path().join("changes.txt");
+    let changes = "# warehouse counts\n\
+                   location TEE east 2 1\n\
+                   location TEE west 5 2\n\
+                   incoming TEE west PO-1 10 1700000000000\n\
+                   preorder TEE 3\n\
+                   set CAP 4   # unlocated\n\
+                   adjust NOPE 1\n";
+    std::fs::write(&file, changes).expect("write import file");
+    let (code, out) = cli(&daemon, &["stock", "import", file.to_str().unwrap()]);
+    assert_eq!(code, 3, "one change is refused: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].ends_with(":2: ok") && lines[5].ends_with(":7: unknown_sku"), "{out}");
+    assert_eq!(lines[6], "6 changes, 1 refused");
+
+    let split = ["reserve", "ORDER-1", "TEE:4", "--split"];
+    let (code, out) = cli(&daemon, &split);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("  line 0 from west: 4\nok expires_at_ms="), "{out}");
+    let named = ["reserve", "ORDER-2", "TEE:3", "--location", "east"];
+    assert_eq!(cli(&daemon, &named), (3, "insufficient_stock failed_line=0\n".into()));
+    let (code, out) = cli(&daemon, &["stock", "locations", "TEE"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "ok preorder_max=3 preordered=0\n  \
+         location east priority=1 on_hand=2 reserved=0 committed=0 incoming=0 available=2\n  \
+         location west priority=2 on_hand=5 reserved=4 committed=0 incoming=10 available=11\n  \
+         incoming PO-1 at \"west\" qty=10 eta_ms=1700000000000\n"
+    );
+    let (code, out) = cli(&daemon, &["stock", "receive", "TEE", "PO-1", "4", "--location", "west"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok on_hand=11 "), "{out}");
+    assert_eq!(cli(&daemon, &["stock", "set", "TEE", "1"]).0, 3, "location_required");
+
+    // A bad line stops the import before anything is sent.
+    std::fs::write(&file, "set CAP 9\nset CAP nine\n").expect("write import file");
+    let output = Command::new(BIN)
+        .args(["stock", "import", file.to_str().unwrap(), "--server", &daemon.addr])
+        .output()
+        .expect("run stockd");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(":2: set: ON_HAND \"nine\" is not a count"), "{stderr}");
+    assert!(cli(&daemon, &["stock", "get", "CAP"]).1.starts_with("ok on_hand=4 "));
+    assert_eq!(terminate(daemon), Some(0));
+}
+
+#[test]
 fn client_errors_exit_with_one() {
     let output = Command::new(BIN)
         .args(["ping", "--server", "127.0.0.1:1"])
