@@ -218,8 +218,22 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     wait_text(&browser, &cell("BOARD-A", "available"), "90").await;
     assert_eq!(client.query_sku("BOARD-A").await.unwrap().info.on_hand, 97);
 
-    // Most active first: BOARD-A is the only SKU that took holds.
+    // A SKU kept in two warehouses shows its locations and incoming delivery.
+    client.set_location("BOARD-L", "east", 6, 1, None).await.unwrap();
+    client.set_location("BOARD-L", "west", 4, 2, None).await.unwrap();
+    client.set_incoming("BOARD-L", "west", "PO-42", 25, 1_900_000_000_000).await.unwrap();
     search.clear().await.unwrap();
+    search.send_keys("BOARD-L").await.unwrap();
+    wait_text(&browser, &cell("BOARD-L", "on_hand"), "10").await;
+    browser.find(Locator::Css(&cell("BOARD-L", "sku"))).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "#detail-locations tr[data-location=\"west\"] td:nth-child(6)", "25").await;
+    wait_text(&browser, "#detail-locations tr[data-location=\"east\"] td:nth-child(3)", "6").await;
+    wait_text(&browser, "#detail-incoming tr:first-child td:first-child", "PO-42").await;
+
+    // Most active first: BOARD-A is the only SKU that took holds. (Clearing a field fires no
+    // input event, so the search is typed anew.)
+    search.clear().await.unwrap();
+    search.send_keys("BOARD").await.unwrap();
     sort.select_by_value("activity").await.unwrap();
     wait_text(&browser, "#rows tr:first-child td[data-field=\"sku\"]", "BOARD-A").await;
 

@@ -245,6 +245,31 @@ async function refreshDetail() {
     }
     $("detail-quotas").replaceChildren(quotas);
   }
+  const supply = data.supply;
+  $("detail-supply").hidden = !supply;
+  if (supply) {
+    $("detail-supply-summary").textContent = supply.preorder_max
+      ? `preorders: ${fmtInt(supply.preordered)} of at most ${fmtInt(supply.preorder_max)} sold against incoming stock`
+      : "no preorders: incoming stock is shown, not sold";
+    const rows = document.createDocumentFragment();
+    for (const l of supply.locations) {
+      const tr = el("tr");
+      tr.dataset.location = l.location;
+      tr.append(el("td", l.location), el("td", fmtInt(l.priority), "num"), el("td", fmtInt(l.on_hand), "num"),
+        el("td", fmtInt(l.held), "num"), el("td", fmtInt(l.committed), "num"),
+        el("td", fmtInt(l.incoming), "num"), el("td", fmtInt(l.available), "num"));
+      rows.appendChild(tr);
+    }
+    $("detail-locations").replaceChildren(rows);
+    const deliveries = document.createDocumentFragment();
+    for (const i of supply.incoming) {
+      const tr = el("tr");
+      tr.append(el("td", i.reference), el("td", i.location || "-"), el("td", fmtInt(i.qty), "num"),
+        el("td", i.eta_ms ? fmtTime(i.eta_ms) : "-"));
+      deliveries.appendChild(tr);
+    }
+    $("detail-incoming").replaceChildren(deliveries);
+  }
   $("detail-holds-count").textContent = fmtInt(data.holds_count);
   const holds = document.createDocumentFragment();
   for (const h of data.holds) {
