@@ -482,7 +482,8 @@ pub struct SkuInfo {
     /// Units confirmed but not shipped.
     pub committed: u64,
     pub safety_stock: u64,
-    /// `on_hand - reserved - committed - safety_stock`, never below zero.
+    /// `on_hand + preorder room - reserved - committed - safety_stock`, never below zero (the
+    /// preorder room is 0 unless the SKU takes preorders, see `QUERY_LOCATIONS`).
     pub available: u64,
     /// Selling is paused because the safety stock has been reached.
     pub paused: bool,

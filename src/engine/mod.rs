@@ -11,7 +11,8 @@
 //! state change: that is the order the write-ahead log records.
 //!
 //! Guarantees, checked by the property test against a reference model (`tests/engine_model.rs`):
-//! a new hold never takes a SKU below `reserved + committed + safety_stock <= on_hand`;
+//! a new hold never takes a SKU past `reserved + committed + safety_stock <= on_hand +
+//! preorder room`, nor a location past its own stock (`locations.rs`);
 //! a multi-line reserve holds all lines or none; a retried reserve with the same id and content
 //! returns the original result; a hold is never counted once `now >= expires_at`, whether or not
 //! the sweep has run.
