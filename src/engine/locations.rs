@@ -187,7 +187,7 @@ impl Sku {
     }
 
     /// Drops the supply record when it holds nothing.
-    fn tidy_supply(&mut self) {
+    pub fn tidy_supply(&mut self) {
         if self.supply.as_deref().is_some_and(|s| s.preorder_max == 0 && s.incoming.is_empty()) {
             self.supply = None;
         }
@@ -328,27 +328,20 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Changed {
-        let mut shard = self.shards[self.shard_of(sku)].lock();
-        let Some(state) = shard.skus.get_mut(sku) else {
-            return refused(ResultCode::UnknownSku);
-        };
-        let info = state.info(now_ms);
-        let Some(entry) = state
-            .locations
-            .as_deref()
-            .and_then(|locations| locations.list.iter().find(|l| &l.id[..] == location))
-        else {
-            return (SkuReply { code: ResultCode::UnknownLocation, info }, None);
-        };
-        if expected.is_some_and(|expected| expected != entry.stock.on_hand) {
-            return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
-        }
-        let Some(on_hand) = entry.stock.on_hand.checked_add_signed(delta) else {
-            return (SkuReply { code: ResultCode::InvalidArgument, info }, None);
-        };
-        state.location_mut(location).stock.on_hand = on_hand;
-        state.sum_locations();
-        finish(state.info(now_ms), (delta != 0).then_some(info), on_change)
+        self.change_sku(sku, now_ms, on_change, |state| {
+            let entry = state
+                .locations
+                .as_deref_mut()
+                .and_then(|locations| locations.list.iter_mut().find(|l| &l.id[..] == location))
+                .ok_or(ResultCode::UnknownLocation)?;
+            if expected.is_some_and(|expected| expected != entry.stock.on_hand) {
+                return Err(ResultCode::ExpectedMismatch);
+            }
+            entry.stock.on_hand =
+                entry.stock.on_hand.checked_add_signed(delta).ok_or(ResultCode::InvalidArgument)?;
+            state.sum_locations();
+            Ok(delta != 0)
+        })
     }
 
     /// Records, replaces or (with `qty` 0) removes an incoming delivery.
@@ -366,41 +359,31 @@ impl Engine {
         if reference.is_empty() {
             return refused(ResultCode::InvalidArgument);
         }
-        let mut shard = self.shards[self.shard_of(sku)].lock();
-        let Some(state) = shard.skus.get_mut(sku) else {
-            return refused(ResultCode::UnknownSku);
-        };
-        let info = state.info(now_ms);
-        let location = match state.delivery_location(location) {
-            Ok(location) => location,
-            Err(code) => return (SkuReply { code, info }, None),
-        };
-        let supply = state.supply.get_or_insert_with(Box::default);
-        let found = supply.find(location.as_deref(), reference);
-        let changed = match (found, qty) {
-            (Err(_), 0) => false,
-            (Ok(index), 0) => {
-                supply.incoming.remove(index);
-                true
-            }
-            (Ok(index), _) => {
-                let entry = &mut supply.incoming[index];
-                let changed = entry.qty != qty || entry.eta_ms != eta_ms;
-                (entry.qty, entry.eta_ms) = (qty, eta_ms);
-                changed
-            }
-            (Err(_), _) if supply.incoming.len() >= usize::from(INCOMING_PER_SKU_MAX) => {
-                state.tidy_supply();
-                return (SkuReply { code: ResultCode::TooLarge, info }, None);
-            }
-            (Err(index), _) => {
-                let reference = Key::from(reference);
-                supply.incoming.insert(index, Incoming { location, reference, qty, eta_ms });
-                true
-            }
-        };
-        state.tidy_supply();
-        finish(state.info(now_ms), changed.then_some(info), on_change)
+        self.change_sku(sku, now_ms, on_change, |state| {
+            let location = state.delivery_location(location)?;
+            let supply = state.supply.get_or_insert_with(Box::default);
+            Ok(match (supply.find(location.as_deref(), reference), qty) {
+                (Err(_), 0) => false,
+                (Ok(index), 0) => {
+                    supply.incoming.remove(index);
+                    true
+                }
+                (Ok(index), _) => {
+                    let entry = &mut supply.incoming[index];
+                    let changed = entry.qty != qty || entry.eta_ms != eta_ms;
+                    (entry.qty, entry.eta_ms) = (qty, eta_ms);
+                    changed
+                }
+                (Err(_), _) if supply.incoming.len() >= usize::from(INCOMING_PER_SKU_MAX) => {
+                    return Err(ResultCode::TooLarge);
+                }
+                (Err(index), _) => {
+                    let reference = Key::from(reference);
+                    supply.incoming.insert(index, Incoming { location, reference, qty, eta_ms });
+                    true
+                }
+            })
+        })
     }
 
     /// Moves `qty` units (0 = all) of an incoming delivery into `on_hand`.
@@ -413,39 +396,29 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Changed {
-        let mut shard = self.shards[self.shard_of(sku)].lock();
-        let Some(state) = shard.skus.get_mut(sku) else {
-            return refused(ResultCode::UnknownSku);
-        };
-        let info = state.info(now_ms);
-        let location = match state.delivery_location(location) {
-            Ok(location) => location,
-            Err(code) => return (SkuReply { code, info }, None),
-        };
-        let Some(supply) = state.supply.as_deref_mut() else {
-            return (SkuReply { code: ResultCode::NotFound, info }, None);
-        };
-        let Ok(index) = supply.find(location.as_deref(), reference) else {
-            return (SkuReply { code: ResultCode::NotFound, info }, None);
-        };
-        let entry = &mut supply.incoming[index];
-        let qty = if qty == 0 { entry.qty } else { qty };
-        if qty > entry.qty {
-            return (SkuReply { code: ResultCode::InvalidArgument, info }, None);
-        }
-        entry.qty -= qty;
-        if entry.qty == 0 {
-            supply.incoming.remove(index);
-        }
-        match &location {
-            Some(location) => {
-                state.location_mut(location).stock.on_hand += qty;
-                state.sum_locations();
+        self.change_sku(sku, now_ms, on_change, |state| {
+            let location = state.delivery_location(location)?;
+            let supply = state.supply.as_deref_mut().ok_or(ResultCode::NotFound)?;
+            let index =
+                supply.find(location.as_deref(), reference).map_err(|_| ResultCode::NotFound)?;
+            let entry = &mut supply.incoming[index];
+            let qty = if qty == 0 { entry.qty } else { qty };
+            if qty > entry.qty {
+                return Err(ResultCode::InvalidArgument);
             }
-            None => state.counters.on_hand += qty,
-        }
-        state.tidy_supply();
-        finish(state.info(now_ms), Some(info), on_change)
+            entry.qty -= qty;
+            if entry.qty == 0 {
+                supply.incoming.remove(index);
+            }
+            match &location {
+                Some(location) => {
+                    state.location_mut(location).stock.on_hand += qty;
+                    state.sum_locations();
+                }
+                None => state.counters.on_hand += qty,
+            }
+            Ok(true)
+        })
     }
 
     /// Sets how many units may be sold beyond `on_hand` against incoming stock.
@@ -456,16 +429,12 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Changed {
-        let mut shard = self.shards[self.shard_of(sku)].lock();
-        let Some(state) = shard.skus.get_mut(sku) else {
-            return refused(ResultCode::UnknownSku);
-        };
-        let info = state.info(now_ms);
-        let supply = state.supply.get_or_insert_with(Box::default);
-        let changed = supply.preorder_max != preorder_max;
-        supply.preorder_max = preorder_max;
-        state.tidy_supply();
-        finish(state.info(now_ms), changed.then_some(info), on_change)
+        self.change_sku(sku, now_ms, on_change, |state| {
+            let supply = state.supply.get_or_insert_with(Box::default);
+            let changed = supply.preorder_max != preorder_max;
+            supply.preorder_max = preorder_max;
+            Ok(changed)
+        })
     }
 
     /// A SKU's locations, incoming deliveries and preorder allowance as of `now_ms`.

@@ -7,7 +7,7 @@
 
 use stockd_protocol::{ResultCode, SkuInfo, SkuReply};
 
-use super::shard::Key;
+use super::shard::{Key, Sku};
 use super::Engine;
 
 /// A reply and the counters before the change, if there was one.
@@ -60,28 +60,19 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Changed {
-        let mut shard = self.shards[self.shard_of(sku)].lock();
-        let Some(state) = shard.skus.get_mut(sku) else {
-            return refused(ResultCode::UnknownSku);
-        };
-        if state.locations.is_some() {
-            let info = state.info(now_ms);
-            return (SkuReply { code: ResultCode::LocationRequired, info }, None);
-        }
-        if expected.is_some_and(|expected| expected != state.on_hand) {
-            let info = state.info(now_ms);
-            return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
-        }
-        let Some(on_hand) = state.on_hand.checked_add_signed(delta) else {
-            return (
-                SkuReply { code: ResultCode::InvalidArgument, info: state.info(now_ms) },
-                None,
-            );
-        };
-        let before = state.info(now_ms);
-        let changed = state.on_hand != on_hand;
-        state.on_hand = on_hand;
-        finish(state.info(now_ms), changed.then_some(before), on_change)
+        self.change_sku(sku, now_ms, on_change, |state| {
+            if state.locations.is_some() {
+                return Err(ResultCode::LocationRequired);
+            }
+            if expected.is_some_and(|expected| expected != state.on_hand) {
+                return Err(ResultCode::ExpectedMismatch);
+            }
+            let on_hand =
+                state.on_hand.checked_add_signed(delta).ok_or(ResultCode::InvalidArgument)?;
+            let changed = state.on_hand != on_hand;
+            state.counters.on_hand = on_hand;
+            Ok(changed)
+        })
     }
 
     pub(super) fn set_safety_stock(
@@ -91,14 +82,34 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Changed {
+        self.change_sku(sku, now_ms, on_change, |state| {
+            let changed = state.safety_stock != safety_stock;
+            state.safety_stock = safety_stock;
+            Ok(changed)
+        })
+    }
+
+    /// Applies `change` to an existing SKU under its shard lock: `Ok(changed)`, or a refusal
+    /// answered with the counters as they were (`unknown_sku` for an unknown SKU). A supply
+    /// record left empty by the change is dropped.
+    pub(super) fn change_sku(
+        &self,
+        sku: &[u8],
+        now_ms: u64,
+        on_change: impl FnOnce(),
+        change: impl FnOnce(&mut Sku) -> Result<bool, ResultCode>,
+    ) -> Changed {
         let mut shard = self.shards[self.shard_of(sku)].lock();
         let Some(state) = shard.skus.get_mut(sku) else {
             return refused(ResultCode::UnknownSku);
         };
         let before = state.info(now_ms);
-        let changed = state.safety_stock != safety_stock;
-        state.safety_stock = safety_stock;
-        finish(state.info(now_ms), changed.then_some(before), on_change)
+        let result = change(state);
+        state.tidy_supply();
+        match result {
+            Ok(changed) => finish(state.info(now_ms), changed.then_some(before), on_change),
+            Err(code) => (SkuReply { code, info: before }, None),
+        }
     }
 }
 
