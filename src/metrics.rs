@@ -22,8 +22,24 @@ struct OperationLabels {
     code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelOutcomeLabels {
+    channel: String,
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    channel_token_expiry: Family<ChannelLabels, Gauge>,
+    channel_failed_pulls: Family<ChannelLabels, Gauge>,
+    channel_backlog: Family<ChannelLabels, Gauge>,
+    channel_orders: Family<ChannelOutcomeLabels, Counter>,
+    alerts_firing: Gauge,
     operations: Family<OperationLabels, Counter>,
     request_seconds: Histogram,
     commit_wait_seconds: Histogram,
@@ -111,6 +127,32 @@ impl Metrics {
             gauge("skus_paused", "SKUs with a safety stock and nothing available above it");
         let disk_free_bytes =
             gauge("disk_free_bytes", "Free bytes on the data directory's file system");
+        let alerts_firing = gauge("alerts_firing", "Alerts firing (acknowledged or not)");
+        let channel_token_expiry = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "channel_token_expiry_seconds",
+            "When the channel's access token expires (UTC seconds since the Unix epoch)",
+            channel_token_expiry.clone(),
+        );
+        let channel_failed_pulls = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "channel_failed_pulls",
+            "Consecutive failed order pulls of the channel",
+            channel_failed_pulls.clone(),
+        );
+        let channel_backlog = Family::<ChannelLabels, Gauge>::default();
+        registry.register(
+            "channel_backlog",
+            "Orders being applied plus SKUs waiting to be pushed, per channel",
+            channel_backlog.clone(),
+        );
+        let channel_orders = Family::<ChannelOutcomeLabels, Counter>::default();
+        registry.register(
+            "channel_orders",
+            "Order events from channels by outcome (applied, rejected, duplicate) and refused \
+             webhooks (bad_signature), since start",
+            channel_orders.clone(),
+        );
         let expired_holds = Counter::default();
         registry.register(
             "holds_expired",
@@ -119,6 +161,11 @@ impl Metrics {
         );
         Metrics {
             registry,
+            channel_token_expiry,
+            channel_failed_pulls,
+            channel_backlog,
+            channel_orders,
+            alerts_firing,
             operations,
             request_seconds,
             commit_wait_seconds,
@@ -202,6 +249,25 @@ impl Metrics {
         self.paused_skus.set(summary.paused_skus as i64);
         if let Some(free) = shared.storage.free_bytes() {
             self.disk_free_bytes.set(free as i64);
+        }
+        self.alerts_firing.set(shared.alerts.open_alerts().len() as i64);
+        for channel in &shared.sync.channels {
+            let status = channel.status(shared);
+            let labels = ChannelLabels { channel: status.name.clone() };
+            if let Some(at_ms) = status.token_expires_at_ms {
+                self.channel_token_expiry.get_or_create(&labels).set((at_ms / 1000) as i64);
+            }
+            self.channel_failed_pulls.get_or_create(&labels).set(i64::from(status.failed_pulls));
+            self.channel_backlog.get_or_create(&labels).set(status.backlog as i64);
+            for (outcome, value) in [
+                ("applied", status.orders_applied),
+                ("rejected", status.orders_rejected),
+                ("duplicate", status.orders_duplicate),
+                ("bad_signature", status.bad_signatures),
+            ] {
+                let labels = ChannelOutcomeLabels { channel: status.name.clone(), outcome };
+                catch_up(&self.channel_orders.get_or_create(&labels), value);
+            }
         }
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");

@@ -2,6 +2,8 @@
 //! binary), overridden by environment variables and command-line flags. Unknown keys and
 //! out-of-range values are errors that name the key, never silently ignored.
 
+mod modules;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use crate::limits::{
     FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SHARDS_MAX,
 };
 use crate::wal::{FsyncMode, WalConfig};
+pub use modules::{AlertingConfig, ChannelConfig, SyncSection, CHANNEL_NAME_BYTES_MAX};
 
 /// The documented default configuration, as shipped.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -38,6 +41,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub sync: SyncSection,
+    /// Sales channels whose orders are synchronised (none by default).
+    pub channels: Vec<ChannelConfig>,
+    pub alerting: AlertingConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -260,6 +267,7 @@ impl Config {
                 "this version has no API key store; only `true` is supported",
             ));
         }
+        modules::validate(&self.sync, &self.channels, &self.alerting, self.engine.hold_ms_max)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
         Ok(())

@@ -5,6 +5,16 @@
 use bytes::Bytes;
 use stockd_protocol::{Confirm, Op, Reserve, ReserveAt, SkuLimits};
 
+/// What a command changes (see [`Command::touches`]).
+#[derive(Debug)]
+pub enum Touches<'a> {
+    Sku(&'a Bytes),
+    Lines(&'a [stockd_protocol::Line]),
+    Reservation(&'a Bytes),
+    /// Forgetting a finished reservation changes no stock.
+    Nothing,
+}
+
 /// A state-changing command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -81,6 +91,29 @@ pub enum Command {
 }
 
 impl Command {
+    /// What the command changes: the SKUs it names, or the reservation whose SKUs it changes.
+    pub fn touches(&self) -> Touches<'_> {
+        match self {
+            Command::Reserve(r) => Touches::Lines(&r.lines),
+            Command::ReserveAt(r) => Touches::Lines(&r.reserve.lines),
+            Command::Confirm(c) => Touches::Reservation(&c.id),
+            Command::Release { id }
+            | Command::Extend { id, .. }
+            | Command::Ship { id }
+            | Command::Expire { id } => Touches::Reservation(id),
+            Command::Forget { .. } => Touches::Nothing,
+            Command::SetStock { sku, .. }
+            | Command::AdjustStock { sku, .. }
+            | Command::SetSafetyStock { sku, .. }
+            | Command::SetLimits { sku, .. }
+            | Command::SetLocation { sku, .. }
+            | Command::AdjustLocation { sku, .. }
+            | Command::SetIncoming { sku, .. }
+            | Command::ReceiveIncoming { sku, .. }
+            | Command::SetPreorder { sku, .. } => Touches::Sku(sku),
+        }
+    }
+
     /// The wire operation this command was made from (`None` for `Expire` and `Forget`).
     pub fn to_op(&self) -> Option<Op> {
         Some(match self.clone() {

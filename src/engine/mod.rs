@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use stockd_protocol::{OpReply, ReservationReply, ReserveAtReply, ResultCode, SkuInfo, SkuReply};
 
-pub use command::Command;
+pub use command::{Command, Touches};
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use locations::Placement;
 use shard::{Locked, Shard};

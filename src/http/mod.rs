@@ -3,7 +3,9 @@
 //! (recovered and accepting writes; 503 while read-only) and `/metrics` (Prometheus /
 //! OpenMetrics text). Errors are JSON with a code and a message.
 
+pub mod alerts;
 pub mod api;
+pub mod channels;
 pub mod dashboard;
 pub mod sampler;
 pub mod supply;
@@ -49,6 +51,16 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route("/skus/{sku}/preorder", put(supply::set_preorder))
         .route("/reservations/{id}", get(api::get_reservation))
         .route("/audit", get(api::audit))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/history", get(alerts::history))
+        .route("/alerts/{id}/ack", post(alerts::acknowledge))
+        .route("/channels", get(channels::list))
+        .route("/channels/{name}", get(channels::get))
+        .route("/channels/{name}/sync", post(channels::sync_now))
+        .route("/channels/{name}/pulls", get(channels::pulls))
+        .route("/channels/{name}/orders", get(channels::orders))
+        .route("/channels/{name}/orders/{order}", get(channels::order))
+        .route("/channels/{name}/webhook", post(channels::webhook))
         .route("/events", get(dashboard::events))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .route(

@@ -47,6 +47,10 @@ pub struct Shared {
     pub started_ms: u64,
     /// The audit log of administrative changes.
     pub audit: crate::audit::AuditLog,
+    /// Order sync with the configured sales channels.
+    pub sync: crate::sync::OrderSync,
+    /// Alert rules, open alerts and their history.
+    pub alerts: crate::alerting::Alerting,
 }
 
 /// Why the server could not start.
@@ -59,6 +63,8 @@ pub enum StartError {
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot start the log writer: {0}")]
     Wal(io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -106,6 +112,8 @@ impl Server {
         }
         clock.not_before(recovered.max_now_ms);
         let audit = crate::audit::AuditLog::open(&*storage)?;
+        let sync = crate::sync::OrderSync::open(&config, &*storage)?;
+        let alerts = crate::alerting::Alerting::open(&config.alerting, &*storage)?;
         let tail = recovered.tail(&*storage)?;
         let wal =
             Wal::start(storage.clone(), config.wal_config(), tail).map_err(StartError::Wal)?;
@@ -128,6 +136,8 @@ impl Server {
             metrics: crate::metrics::Metrics::new(),
             started_ms,
             audit,
+            sync,
+            alerts,
         };
         Ok(Server { listener, http_listener, shared: Arc::new(shared) })
     }
@@ -153,6 +163,15 @@ impl Server {
         let permits = Arc::new(Semaphore::new(shared.config.server.connections_max));
         let mut connections = JoinSet::new();
         let sweeper = tokio::spawn(sweeper::run(shared.clone(), stop_rx.clone()));
+        let mut modules = JoinSet::new();
+        modules.spawn(crate::alerting::run(shared.clone(), stop_rx.clone()));
+        for channel in &shared.sync.channels {
+            modules.spawn(crate::sync::channel::run(
+                channel.clone(),
+                shared.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let (stop_snapshots, snapshot_stop_rx) = crossbeam_channel::bounded::<()>(1);
         let snapshotter = {
             let shared = shared.clone();
@@ -219,6 +238,7 @@ impl Server {
             connections.abort_all();
         }
         let _ = sweeper.await;
+        while modules.join_next().await.is_some() {}
         // The sampler's end closes the dashboards' event streams, so the HTTP server can finish.
         let _ = sampler.await;
         let _ = http.await;

@@ -15,6 +15,7 @@ pub mod record;
 pub mod recovery;
 pub mod segment;
 pub mod storage;
+pub mod tail;
 pub mod writer;
 
 pub use recovery::{recover, repair, RecoverOptions, Recovered, RecoveryError};
