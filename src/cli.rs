@@ -50,6 +50,21 @@ enum Command {
     /// Set or show a SKU's flash-sale limits: per-buyer limit and channel quotas.
     #[command(subcommand)]
     Limits(LimitsCommand),
+    /// Send a warehouse (WMS) feed: physical counts and incoming stock, as CSV (the columns
+    /// are in the README, "WMS feed"). The file is checked first; a bad row sends nothing.
+    WmsImport {
+        /// Address of the server's HTTP side.
+        #[arg(long, env = "STOCKD_HTTP", default_value = "127.0.0.1:7879")]
+        http: String,
+        /// Who sends it (recorded in the audit log).
+        #[arg(long)]
+        actor: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// The CSV file (`-` for standard input).
+        file: PathBuf,
+    },
     /// Reserve stock: `stockd reserve ORDER-1 SKU-A:2 SKU-B:1`.
     Reserve {
         #[command(flatten)]
@@ -564,6 +579,49 @@ async fn import(client: &ClientArgs, file: &Path) -> anyhow::Result<ResultCode> 
     Ok(if refused == 0 { ResultCode::Ok } else { ResultCode::InvalidArgument })
 }
 
+/// Checks a WMS feed, posts it to `/api/v1/feeds/wms` and prints one result per row.
+async fn wms_import(
+    http: &str,
+    actor: &str,
+    reason: &str,
+    file: &Path,
+) -> anyhow::Result<ResultCode> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    if let Err(e) = crate::wms::parse(&text) {
+        bail!("{}: {e}; nothing was sent", file.display());
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/feeds/wms"))
+        .query(&[("actor", actor), ("reason", reason)])
+        .header("content-type", "text/csv")
+        .body(text)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {http}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("the reply is not JSON")?;
+    if !status.is_success() {
+        bail!("refused ({status}): {} {}", body["code"], body["message"]);
+    }
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    for (row, result) in results.iter().enumerate() {
+        let message = result["message"].as_str().map(|m| format!(" ({m})")).unwrap_or_default();
+        println!(
+            "{}:{}: {} {}{message}",
+            file.display(),
+            row + 2,
+            result["code"].as_str().unwrap_or("?"),
+            result["sku"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} rows, {} refused", results.len(), body["refused"]);
+    Ok(if body["refused"] == 0 { ResultCode::Ok } else { ResultCode::InvalidArgument })
+}
+
 /// Changes per batch frame of an import.
 const IMPORT_BATCH: usize = 1000;
 
@@ -695,6 +753,9 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                 None => println!("{}", reply.code),
             }
             reply.code
+        }
+        Command::WmsImport { http, actor, reason, file } => {
+            return wms_import(&http, &actor, &reason, &file).await
         }
         Command::Confirm { client, id, lines } => {
             let code = connect(&client).await?.confirm(bytes(&id), lines).await?;

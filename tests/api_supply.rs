@@ -183,3 +183,53 @@ async fn a_bulk_request_answers_every_item_and_audits_what_it_applied() {
     assert_eq!(client.query_sku("a").await.unwrap().info.on_hand, 10);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_wms_feed_sets_counts_and_deliveries_and_a_bad_feed_changes_nothing() {
+    let server = TestServer::start(test_config()).await;
+    let addr = server.http_addr;
+    let located = json!({"on_hand": 1, "priority": 4});
+    assert_eq!(
+        call(addr, "PUT", "/api/v1/skus/TEE/locations/east", Some(who(located))).await.0,
+        200
+    );
+    let feed = "kind,sku,location,qty,reference,eta\n\
+                count,CAP,,40,,\n\
+                count,TEE,east,12,,\n\
+                incoming,TEE,east,500,PO-7,2026-12-01T08:00:00Z\n\
+                count,CAP,east,1,,\n";
+    let path = "/api/v1/feeds/wms?actor=wms-bot&reason=nightly%20count";
+    let (status, _, body) = common::http_request(addr, "POST", path, Some(feed)).await;
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (reply["applied"].as_u64(), reply["refused"].as_u64()),
+        (Some(3), Some(1)),
+        "{reply}"
+    );
+    assert_eq!(reply["results"][3]["code"], "location_conflict", "CAP's 40 units have no location");
+    let (_, cap) = get(addr, "/api/v1/skus/CAP").await;
+    assert_eq!(cap["on_hand"], 40);
+    let (_, tee) = get(addr, "/api/v1/skus/TEE").await;
+    let east = &tee["supply"]["locations"][0];
+    assert_eq!(
+        (east["on_hand"].as_u64(), east["priority"].as_u64()),
+        (Some(12), Some(4)),
+        "priority kept: {tee}"
+    );
+    let delivery = &tee["supply"]["incoming"][0];
+    assert_eq!(
+        (delivery["reference"].as_str(), delivery["qty"].as_u64()),
+        (Some("PO-7"), Some(500))
+    );
+    assert_eq!(delivery["eta_ms"], 1_796_112_000_000u64);
+    let (_, audit) = get(addr, "/api/v1/audit?target=CAP").await;
+    assert_eq!(audit["entries"][0]["actor"], "wms-bot");
+
+    let bad = "kind,sku,location,qty\ncount,CAP,,41\ncount,CAP,,lots\n";
+    let (status, _, body) = common::http_request(addr, "POST", path, Some(bad)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("line 3"), "{body}");
+    assert_eq!(get(addr, "/api/v1/skus/CAP").await.1["on_hand"], 40, "nothing applied");
+    server.stop().await;
+}

@@ -174,3 +174,18 @@ fn the_default_configuration_is_printable_and_valid() {
     let text = String::from_utf8(output.stdout).expect("utf-8");
     assert!(text.contains("[engine]") && text.contains("listen = \"127.0.0.1:7878\""));
 }
+
+#[test]
+fn a_bad_wms_feed_is_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("feed.csv");
+    std::fs::write(&file, "kind,sku,qty\ncount,A,1\ncount,B,minus\n").expect("write feed");
+    let output = Command::new(BIN)
+        .args(["wms-import", "--actor", "wms", "--reason", "test", "--http", "127.0.0.1:1"])
+        .arg(&file)
+        .output()
+        .expect("run stockd");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3") && stderr.contains("nothing was sent"), "{stderr}");
+}

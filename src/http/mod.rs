@@ -66,6 +66,10 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route(
             "/bulk",
             post(supply::bulk).layer(DefaultBodyLimit::max(supply::BULK_BODY_BYTES_MAX)),
+        )
+        .route(
+            "/feeds/wms",
+            post(supply::wms_feed).layer(DefaultBodyLimit::max(supply::BULK_BODY_BYTES_MAX)),
         );
     Router::new()
         .route("/", get(dashboard::index))

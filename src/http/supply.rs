@@ -6,6 +6,8 @@
 //! unit), waits once until all of them are durable, writes their audit entries in one append,
 //! and answers one result per item: a refused item does not stop the others.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -22,6 +24,8 @@ use super::api::{
 };
 use super::AppState;
 use crate::engine::Command;
+use crate::server::Shared;
+use crate::wms::FeedRow;
 
 /// Most items in one bulk request.
 pub const BULK_ITEMS_MAX: usize = 10_000;
@@ -432,20 +436,30 @@ pub async fn bulk(
     body: Result<Json<BulkBody>, JsonRejection>,
 ) -> Result<Json<BulkReply>, ApiError> {
     let Json(body) = body?;
-    if body.items.is_empty() || body.items.len() > BULK_ITEMS_MAX {
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    apply_items(&app.shared, body.items, who).await.map(Json)
+}
+
+/// Applies bulk items one by one (each may be refused on its own), then waits once for the
+/// log and writes the audit entries in one append.
+pub(super) async fn apply_items(
+    shared: &Arc<Shared>,
+    items: Vec<Item>,
+    who: Attribution,
+) -> Result<BulkReply, ApiError> {
+    if items.is_empty() || items.len() > BULK_ITEMS_MAX {
         return Err(invalid(format!("a bulk request has 1..={BULK_ITEMS_MAX} items")));
     }
-    let who = Attribution { actor: body.actor, reason: body.reason };
     who.check()?;
-    let shared = app.shared.clone();
+    let shared = shared.clone();
     ready_for_changes(&shared)?;
     let apply = {
         let shared = shared.clone();
         move || {
             let now_ms = shared.clock.now_ms();
-            let mut results = Vec::with_capacity(body.items.len());
+            let mut results = Vec::with_capacity(items.len());
             let mut entries = Vec::new();
-            for item in body.items {
+            for item in items {
                 let sku = match &item {
                     Item::SetStock { sku, .. }
                     | Item::AdjustStock { sku, .. }
@@ -496,5 +510,51 @@ pub async fn bulk(
         }
     }
     let applied = results.iter().filter(|r| r.code == "ok").count();
-    Ok(Json(BulkReply { applied, refused: results.len() - applied, results }))
+    Ok(BulkReply { applied, refused: results.len() - applied, results })
+}
+
+/// Who sends a WMS feed and why (query string: the body is the CSV).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    pub actor: String,
+    pub reason: String,
+}
+
+/// `POST /api/v1/feeds/wms?actor=..&reason=..` with a CSV body (format: `crate::wms`):
+/// physical counts and incoming stock, applied as one bulk change.
+pub async fn wms_feed(
+    State(app): State<AppState>,
+    query: Result<axum::extract::Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+    body: String,
+) -> Result<Json<BulkReply>, ApiError> {
+    let axum::extract::Query(query) = query?;
+    let rows = crate::wms::parse(&body).map_err(|e| invalid(format!("WMS feed: {e}")))?;
+    if rows.len() > BULK_ITEMS_MAX {
+        return Err(invalid(format!("a feed has at most {BULK_ITEMS_MAX} rows")));
+    }
+    let now_ms = app.shared.clock.now_ms();
+    let items = rows
+        .into_iter()
+        .map(|row| match row {
+            FeedRow::Count { sku, location: None, on_hand, .. } => {
+                Item::SetStock { sku, on_hand, expected: None }
+            }
+            FeedRow::Count { sku, location: Some(location), on_hand, priority } => {
+                // Keep the location's priority unless the feed gives one.
+                let priority = priority.unwrap_or_else(|| {
+                    let reply = app.shared.engine.query_locations(sku.as_bytes(), now_ms);
+                    let current =
+                        reply.locations.iter().find(|l| l.location == location.as_bytes());
+                    current.map_or(0, |l| l.priority)
+                });
+                Item::SetLocation { sku, location, on_hand, priority, expected: None }
+            }
+            FeedRow::Incoming { sku, location, reference, qty, eta_ms } => {
+                Item::SetIncoming { sku, location, reference, qty, eta_ms }
+            }
+        })
+        .collect();
+    let who = Attribution { actor: query.actor, reason: query.reason };
+    apply_items(&app.shared, items, who).await.map(Json)
 }
