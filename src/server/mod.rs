@@ -238,7 +238,15 @@ impl Server {
             connections.abort_all();
         }
         let _ = sweeper.await;
-        while modules.join_next().await.is_some() {}
+        // A channel round may be waiting on a slow marketplace: give the modules the grace
+        // period, then stop them where they are (their state is journaled step by step).
+        let finished =
+            tokio::time::timeout(grace, async { while modules.join_next().await.is_some() {} })
+                .await;
+        if finished.is_err() {
+            warn!("companion modules still busy after the grace period: stopped");
+            modules.abort_all();
+        }
         // The sampler's end closes the dashboards' event streams, so the HTTP server can finish.
         let _ = sampler.await;
         let _ = http.await;
