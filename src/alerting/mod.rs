@@ -205,7 +205,7 @@ impl Alerting {
 
     /// Evaluates every rule once at `now_ms` and applies the transitions. Blocking.
     pub fn evaluate(&self, shared: &Shared, now_ms: u64) {
-        let conditions = self.conditions(shared);
+        let conditions = self.conditions(shared, now_ms);
         let mut inner = self.inner.lock();
         let mut events = Vec::new();
         let mut current: HashMap<(String, String), Condition> = HashMap::new();
@@ -314,8 +314,8 @@ impl Alerting {
         }
     }
 
-    /// Every condition that holds now.
-    pub fn conditions(&self, shared: &Shared) -> Vec<Condition> {
+    /// Every condition that holds at `now_ms`.
+    pub fn conditions(&self, shared: &Shared, now_ms: u64) -> Vec<Condition> {
         let config = &self.config;
         let mut found = Vec::new();
         let mut add = |rule, subject: &str, severity, message: String| {
@@ -370,7 +370,6 @@ impl Alerting {
                 }
             }
         }
-        let now_ms = shared.clock.now_ms();
         for channel in &shared.sync.channels {
             let status = channel.status(shared);
             let name = status.name.as_str();

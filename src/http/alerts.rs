@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{ApiError, PAGE_MAX};
+use super::api::{page_limit, ApiError};
 use super::AppState;
 use crate::alerting::Alert;
 
@@ -31,14 +31,7 @@ pub async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Value> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("limit must be in 1..={PAGE_MAX}"),
-        ));
-    }
+    let limit = page_limit(query.limit, 100)?;
     Ok(Json(json!({ "events": app.shared.alerts.history(limit) })))
 }
 

@@ -185,12 +185,18 @@ pub struct BoardQuery {
     pub limit: Option<usize>,
 }
 
-/// The stock board for a query, as of now.
-pub fn board(app: &AppState, query: &BoardQuery, sample: &Sample) -> Result<Board, ApiError> {
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+/// A listing's `limit` (its default when absent), refused outside `1..=PAGE_MAX`.
+pub fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
     if !(1..=PAGE_MAX).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be in 1..={PAGE_MAX}")));
     }
+    Ok(limit)
+}
+
+/// The stock board for a query, as of now.
+pub fn board(app: &AppState, query: &BoardQuery, sample: &Sample) -> Result<Board, ApiError> {
+    let limit = page_limit(query.limit, PAGE_DEFAULT)?;
     let non_empty = |s: &Option<String>| s.as_ref().filter(|s| !s.is_empty()).cloned();
     let filter = SkuFilter {
         contains: non_empty(&query.q).map(String::into_bytes),
@@ -731,10 +737,7 @@ pub async fn audit(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Value> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
-    if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit must be in 1..={PAGE_MAX}")));
-    }
+    let limit = page_limit(query.limit, PAGE_DEFAULT)?;
     let entries = app.shared.audit.recent(query.target.as_deref(), query.before_seq, limit);
     Ok(Json(json!({ "entries": entries })))
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use super::api::{ApiError, PAGE_MAX};
+use super::api::{page_limit, ApiError};
 use super::AppState;
 use crate::sync::channel::ChannelStatus;
 use crate::sync::{apply_order, verify_signature, ApplyError, Channel, Order, Outcome, Source};
@@ -63,25 +63,13 @@ pub struct ListQuery {
     pub state: Option<String>,
 }
 
-fn limit(query: &ListQuery) -> Result<usize, ApiError> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=PAGE_MAX).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_argument",
-            format!("limit must be in 1..={PAGE_MAX}"),
-        ));
-    }
-    Ok(limit)
-}
-
 pub async fn pulls(
     State(app): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Value> {
     let Query(query) = query?;
-    let limit = limit(&query)?;
+    let limit = page_limit(query.limit, 50)?;
     find(&app, &name)?;
     let pulls = app.shared.sync.store.lock().pulls(&name, limit);
     Ok(Json(json!({ "pulls": pulls })))
@@ -93,7 +81,7 @@ pub async fn orders(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Value> {
     let Query(query) = query?;
-    let limit = limit(&query)?;
+    let limit = page_limit(query.limit, 50)?;
     find(&app, &name)?;
     let (orders, matched) =
         app.shared.sync.store.lock().orders(&name, query.state.as_deref(), limit);

@@ -43,7 +43,7 @@ use stockd_protocol::ResultCode;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{apply_order, ApplyError, Order, OrderStats, Pull, Source};
+use super::{apply_order, journal, ApplyError, Order, OrderStats, Pull, Source};
 use crate::config::ChannelConfig;
 use crate::engine::{SkuFilter, Touches};
 use crate::pacer::Pacer;
@@ -436,16 +436,11 @@ impl Channel {
                 break;
             }
             if let Some(cursor) = page.cursor {
-                let saved = {
-                    let shared = shared.clone();
-                    let name = name.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let now_ms = shared.clock.now_ms();
-                        shared.sync.store.lock().set_cursor(&*shared.storage, &name, cursor, now_ms)
-                    })
-                    .await
-                    .expect("a journal append does not panic")
-                };
+                let name = name.clone();
+                let saved = journal(shared, move |store, storage, now_ms| {
+                    store.set_cursor(storage, &name, cursor, now_ms)
+                })
+                .await;
                 if let Err(e) = saved {
                     result = Err(e.to_string());
                     break;
@@ -470,15 +465,10 @@ impl Channel {
             Some(e) => warn!(channel = %name, error = %e, "order pull failed"),
         }
         self.state.lock().last_pull = Some(pull.clone());
-        let log = {
-            let (shared, pull) = (shared.clone(), pull.clone());
-            tokio::task::spawn_blocking(move || {
-                let now_ms = shared.clock.now_ms();
-                shared.sync.store.lock().add_pull(&*shared.storage, pull, now_ms)
-            })
-            .await
-            .expect("a journal append does not panic")
-        };
+        let logged = pull.clone();
+        let log =
+            journal(shared, move |store, storage, now_ms| store.add_pull(storage, logged, now_ms))
+                .await;
         if let Err(e) = log {
             warn!(channel = %name, error = %e, "cannot log the pull");
         }
@@ -633,14 +623,11 @@ impl Channel {
             }
         };
         if let Some(lsn) = save {
-            let shared = shared.clone();
             let name = self.config.name.clone();
-            let saved = tokio::task::spawn_blocking(move || {
-                let now_ms = shared.clock.now_ms();
-                shared.sync.store.lock().set_pushed(&*shared.storage, &name, lsn, now_ms)
+            let saved = journal(shared, move |store, storage, now_ms| {
+                store.set_pushed(storage, &name, lsn, now_ms)
             })
-            .await
-            .expect("a journal append does not panic");
+            .await;
             if let Err(e) = saved {
                 warn!(channel = %self.config.name, error = %e, "cannot save the push position");
             }

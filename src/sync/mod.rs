@@ -356,15 +356,24 @@ pub async fn apply_order(
         info!(channel = name, order = %order.id, state, "order applied");
         channel.stats.applied.fetch_add(1, Ordering::Relaxed);
     }
-    let store_shared = shared.clone();
     let stored = record.clone();
+    journal(shared, move |store, storage, now_ms| store.put_order(storage, stored, now_ms)).await?;
+    Ok(Outcome { record, duplicate: false })
+}
+
+/// Changes the sync journal off the async workers (a write and an `fdatasync`); `change` gets
+/// the store, the storage and the time now.
+pub(crate) async fn journal<R: Send + 'static>(
+    shared: &Arc<Shared>,
+    change: impl FnOnce(&mut Store, &dyn Storage, u64) -> R + Send + 'static,
+) -> R {
+    let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
-        let storage = &*store_shared.storage;
-        store_shared.sync.store.lock().put_order(storage, stored, now_ms)
+        let now_ms = shared.clock.now_ms();
+        change(&mut shared.sync.store.lock(), &*shared.storage, now_ms)
     })
     .await
-    .expect("a journal append does not panic")?;
-    Ok(Outcome { record, duplicate: false })
+    .expect("a journal append does not panic")
 }
 
 /// Counters of one channel's orders since the server started.

@@ -254,15 +254,6 @@ impl Store {
         matched.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then_with(|| a.order.cmp(&b.order)));
         (matched.into_iter().take(limit).cloned().collect(), count)
     }
-
-    /// Orders per state for a channel.
-    pub fn order_counts(&self, channel: &str) -> HashMap<String, u64> {
-        let mut counts = HashMap::new();
-        for order in self.orders.values().filter(|o| o.channel == channel) {
-            *counts.entry(order.state.clone()).or_default() += 1;
-        }
-        counts
-    }
 }
 
 #[cfg(test)]
