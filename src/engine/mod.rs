@@ -10,7 +10,7 @@
 //! callback runs (it runs while the locks are held) is therefore a valid serial order of every
 //! state change: that is the order the write-ahead log records.
 //!
-//! Guarantees, checked by the property test against a reference model (`tests/engine_model.rs`):
+//! Guarantees, checked by the property test against a reference model (`tests/it/engine_model.rs`):
 //! a new hold never takes a SKU past `reserved + committed + safety_stock <= on_hand +
 //! preorder room`, nor a location past its own stock (`locations.rs`);
 //! a multi-line reserve holds all lines or none; a retried reserve with the same id and content

@@ -1,5 +1,5 @@
 //! Scenario tests of the engine's rules. The property test against a reference model lives in
-//! `tests/engine_model.rs`.
+//! `tests/it/engine_model.rs`.
 
 use bytes::Bytes;
 use stockd_protocol::{Confirm, Line, OpReply, ReservationState, Reserve, ResultCode};

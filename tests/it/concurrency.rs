@@ -1,7 +1,7 @@
 //! Many clients against one server at once: exactly the stock is granted, never more, and
 //! multi-line reserves taking SKUs in every order never deadlock.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

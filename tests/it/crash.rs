@@ -4,7 +4,7 @@
 //! have been applied without an acknowledgement), and no SKU is oversold. Repeated over
 //! several cycles; `STOCKD_CRASH_CYCLES=50` runs more, `STOCKD_CRASH_SEED` replays one run.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The JSON admin API over real HTTP: every endpoint, its bad input, the audit trail of stock
 //! changes (durable across a restart), refusal while read-only, and the live event stream.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

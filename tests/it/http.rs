@@ -1,6 +1,6 @@
 //! The HTTP operations endpoints: health, readiness, Prometheus metrics, JSON errors.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

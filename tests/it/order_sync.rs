@@ -4,9 +4,8 @@
 //! of expiry (manual clock), stock is pushed back (0 when paused by safety stock), and the
 //! module's state survives a restart.
 
-mod common;
-#[path = "common/marketplace.rs"]
-mod marketplace;
+use crate::common;
+use crate::common::marketplace;
 
 use common::{get, test_config, TestServer, T0};
 use marketplace::{order, send_webhook, Marketplace, CLIENT_ID, CLIENT_SECRET, WEBHOOK_SECRET};

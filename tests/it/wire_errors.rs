@@ -1,7 +1,7 @@
 //! Every bad-input path of the wire protocol against the real server: each gets a clear error
 //! frame (or a clean close), and never disturbs another connection.
 
-mod common;
+use crate::common;
 
 use bytes::{BufMut, BytesMut};
 use common::{crc32c_reference, hello, ping_frame, test_config, Raw, TestServer};

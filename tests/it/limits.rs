@@ -2,7 +2,7 @@
 //! shared pool), live changes recounting what is already reserved, every rejection code, and
 //! limits surviving a restart.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{test_config, TestServer};

@@ -7,7 +7,7 @@
 //! Without chromedriver the test says so and passes, unless `STOCKD_REQUIRE_BROWSER=1` (set by
 //! `.ci/run`, which installs the browser), where a missing browser fails it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -1,8 +1,8 @@
 //! Durability: recovery from the log and snapshots, torn tails, corruption, storage failures.
 //! Faults are injected through the in-memory storage; the crash test with the real binary and
-//! `kill -9` is `tests/crash.rs`.
+//! `kill -9` is `tests/it/crash.rs`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! endpoint, its refusals, the SKU view, one result per bulk item, and audit entries for every
 //! applied change.
 
-mod common;
+use crate::common;
 
 use common::{call, get, refused, test_config, TestServer};
 use serde_json::{json, Value};

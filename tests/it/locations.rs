@@ -2,7 +2,7 @@
 //! priority, a named location, splitting, every rejection code, confirm and ship acting on the
 //! allocated locations, preorders up to their cap, receiving, and all of it surviving a restart.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{test_config, TestServer};

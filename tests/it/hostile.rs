@@ -2,7 +2,7 @@
 //! connections by the thousand, batches at and over the limit. The server stays bounded and
 //! keeps serving everyone else.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Every operation and every business result code through the real server and the client.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{test_config, TestServer, T0};

@@ -3,9 +3,8 @@
 //! minutes unless acknowledged, throttling, token expiry, SKU rules, the read-only rule, and
 //! open alerts surviving a restart. Sinks are real HTTP endpoints on 127.0.0.1.
 
-mod common;
-#[path = "common/marketplace.rs"]
-mod marketplace;
+use crate::common;
+use crate::common::marketplace;
 
 use std::sync::Arc;
 

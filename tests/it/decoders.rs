@@ -2,7 +2,7 @@
 //! clear error, never panic, never loop, never allocate beyond its limits. (Coverage-guided
 //! fuzzing belongs in a cargo-fuzz crate; these run in every CI run.)
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
