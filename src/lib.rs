@@ -4,6 +4,7 @@
 //! [`engine`] (the pure state machine), [`server`] (TCP, connections, sweeper), [`config`],
 //! [`clock`], [`limits`] and [`cli`] (the `stockd` command: server and client subcommands).
 
+pub mod aftersales;
 pub mod alerting;
 pub mod audit;
 pub mod cli;

@@ -1,9 +1,11 @@
 //! Commands: every way the engine's state can change. Wire operations map onto them one to one;
-//! `Expire` and `Forget` are produced by the server's sweep. The write-ahead log records
+//! `Expire` and `Forget` are produced by the server's sweep, `Aftersales` by the ticket API. The write-ahead log records
 //! commands with the time they were applied, and replaying them reproduces the state.
 
 use bytes::Bytes;
 use stockd_protocol::{Confirm, Op, Reserve, ReserveAt, SkuLimits};
+
+use crate::aftersales::AftersalesCommand;
 
 /// What a command changes (see [`Command::touches`]).
 #[derive(Debug)]
@@ -11,6 +13,8 @@ pub enum Touches<'a> {
     Sku(&'a Bytes),
     Lines(&'a [stockd_protocol::Line]),
     Reservation(&'a Bytes),
+    /// SKUs named by an after-sales step (restocked or replaced).
+    Skus(Vec<Bytes>),
     /// Forgetting a finished reservation changes no stock.
     Nothing,
 }
@@ -80,6 +84,8 @@ pub enum Command {
         sku: Bytes,
         preorder_max: u64,
     },
+    /// A change to the return tickets (and the stock a step restocks or replaces).
+    Aftersales(Box<AftersalesCommand>),
     /// End a hold whose deadline has passed.
     Expire {
         id: Bytes,
@@ -102,6 +108,13 @@ impl Command {
             | Command::Ship { id }
             | Command::Expire { id } => Touches::Reservation(id),
             Command::Forget { .. } => Touches::Nothing,
+            Command::Aftersales(command) => Touches::Skus(
+                command
+                    .stock_skus()
+                    .into_iter()
+                    .map(|sku| Bytes::copy_from_slice(sku.as_bytes()))
+                    .collect(),
+            ),
             Command::SetStock { sku, .. }
             | Command::AdjustStock { sku, .. }
             | Command::SetSafetyStock { sku, .. }
@@ -114,7 +127,8 @@ impl Command {
         }
     }
 
-    /// The wire operation this command was made from (`None` for `Expire` and `Forget`).
+    /// The wire operation this command was made from (`None` for `Expire`, `Forget` and
+    /// `Aftersales`).
     pub fn to_op(&self) -> Option<Op> {
         Some(match self.clone() {
             Command::Reserve(r) => Op::Reserve(r),
@@ -144,7 +158,9 @@ impl Command {
                 Op::ReceiveIncoming { sku, location, reference, qty }
             }
             Command::SetPreorder { sku, preorder_max } => Op::SetPreorder { sku, preorder_max },
-            Command::Expire { .. } | Command::Forget { .. } => return None,
+            Command::Expire { .. } | Command::Forget { .. } | Command::Aftersales(_) => {
+                return None
+            }
         })
     }
 

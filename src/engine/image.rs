@@ -17,6 +17,7 @@ use super::limits::Limits;
 use super::locations::{Incoming, Location, Supply};
 use super::shard::{Counters, HeldLine, Key, Reservation, Shard, Sku};
 use super::{Engine, EngineConfig};
+use crate::aftersales::AftersalesImage;
 
 /// The engine's state, sorted by id so that equal states give equal images.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
@@ -30,6 +31,32 @@ pub struct Image {
     /// Where held and confirmed lines on SKUs with locations take their units from, by
     /// reservation, line, then allocation order.
     pub allocations: Vec<AllocationImage>,
+    /// Return tickets and unmatched parcels (snapshot version 4).
+    pub aftersales: AftersalesImage,
+}
+
+/// The image layout of snapshot format version 3 (before tickets), still read.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageV3 {
+    pub skus: Vec<SkuImage>,
+    pub reservations: Vec<ReservationImage>,
+    pub locations: Vec<LocationImage>,
+    pub supplies: Vec<SupplyImage>,
+    pub allocations: Vec<AllocationImage>,
+}
+
+impl ImageV3 {
+    /// The same state in the current layout (no tickets).
+    pub fn upgrade(self) -> Image {
+        Image {
+            skus: self.skus,
+            reservations: self.reservations,
+            locations: self.locations,
+            supplies: self.supplies,
+            allocations: self.allocations,
+            aftersales: AftersalesImage::default(),
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -277,6 +304,7 @@ impl Engine {
         image.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
         // Stable: allocations of one line keep their order.
         image.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
+        image.aftersales = self.aftersales_image();
         image
     }
 
@@ -320,6 +348,7 @@ impl Engine {
             let id = String::from_utf8_lossy(&a.id);
             return Err(bad(format!("allocation of {id:?} out of order or of no reservation")));
         }
+        engine.load_aftersales(&image.aftersales).map_err(bad)?;
         Ok(engine)
     }
 

@@ -83,7 +83,7 @@ impl Engine {
 
     /// Ends the hold of reservation `id` in state `to`: held units go back to stock, except the
     /// `confirmed` ones, which become committed.
-    fn end_hold(
+    pub(super) fn end_hold(
         &self,
         locked: &mut Locked<'_>,
         res_shard: usize,

@@ -17,6 +17,7 @@
 //! returns the original result; a hold is never counted once `now >= expires_at`, whether or not
 //! the sweep has run.
 
+mod aftersales;
 mod command;
 pub mod image;
 mod lifecycle;
@@ -32,6 +33,9 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use stockd_protocol::{OpReply, ReservationReply, ReserveAtReply, ResultCode, SkuInfo, SkuReply};
 
+use crate::aftersales::Aftersales;
+
+pub use aftersales::{Outcome as TicketOutcome, REPLACEMENT_CHANNEL};
 pub use command::{Command, Touches};
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use locations::Placement;
@@ -69,6 +73,8 @@ pub struct Engine {
     shard_mask: usize,
     hasher: ahash::RandomState,
     config: EngineConfig,
+    /// Return tickets. Taken before any shard lock, never while holding one.
+    aftersales: Mutex<Aftersales>,
 }
 
 impl Engine {
@@ -83,6 +89,7 @@ impl Engine {
             // reproducible; the per-shard maps use randomly seeded hashers.
             hasher: ahash::RandomState::with_seeds(0x5354_4b44, 0x7368_6172, 0x6473, 0x1),
             config,
+            aftersales: Mutex::default(),
         }
     }
 
@@ -149,6 +156,12 @@ impl Engine {
             }
             Command::SetLimits { sku, limits } => {
                 OpReply::SetLimits(self.set_limits(sku, limits, now_ms, on_change))
+            }
+            Command::Aftersales(command) => {
+                OpReply::Release(match self.aftersales(command, now_ms, on_change) {
+                    Ok(_) => ResultCode::Ok,
+                    Err(_) => ResultCode::InvalidArgument,
+                })
             }
             Command::Expire { id } => OpReply::Release(self.expire(id, now_ms, on_change)),
             Command::Forget { id } => OpReply::Release(self.forget(id, now_ms, on_change)),

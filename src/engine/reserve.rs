@@ -98,6 +98,21 @@ impl Engine {
         now_ms: u64,
         on_change: impl FnOnce(),
     ) -> Reserved {
+        self.reserve_then(request, placement, report, false, now_ms, on_change)
+    }
+
+    /// Like `reserve`, and with `confirm` set the new hold is confirmed in full under the same
+    /// locks, so nothing can come between (an exchange's replacement). A reservation that
+    /// already exists is answered as a retry, unchanged.
+    pub(super) fn reserve_then(
+        &self,
+        request: &Reserve,
+        placement: Placement<'_>,
+        report: bool,
+        confirm: bool,
+        now_ms: u64,
+        on_change: impl FnOnce(),
+    ) -> Reserved {
         if request.id.is_empty() || request.lines.is_empty() {
             return rejected(ResultCode::InvalidArgument, None);
         }
@@ -172,6 +187,7 @@ impl Engine {
             }
         }
         let at = if report { allocations(&held, &lines) } else { Vec::new() };
+        let quantities: Box<[u32]> = held.iter().map(|line| line.qty).collect();
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
         shard.deadlines.insert((expires_at_ms, id.clone()));
@@ -189,6 +205,10 @@ impl Engine {
                 forget_at_ms: 0,
             },
         );
+        if confirm {
+            let state = ReservationState::Confirmed;
+            self.end_hold(&mut locked, res_shard, &request.id, state, Some(quantities), now_ms);
+        }
         on_change();
         (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }, at)
     }

@@ -494,6 +494,7 @@ impl Channel {
                         Touches::Lines(lines) => {
                             changed.extend(lines.iter().map(|l| l.sku.clone()));
                         }
+                        Touches::Skus(skus) => changed.extend(skus),
                         Touches::Reservation(id) => {
                             if let Some(info) = engine.query_reservation(id, now_ms).info {
                                 changed.extend(info.lines.iter().map(|l| l.sku.clone()));

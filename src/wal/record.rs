@@ -15,8 +15,11 @@
 //!
 //! The payload of a command record is a one-byte opcode followed by the operation's body in the
 //! wire protocol's encoding (`protocol/PROTOCOL.md` section 4), with two internal opcodes:
-//! `0x80` EXPIRE and `0x81` FORGET, each followed by the reservation id as `str8`. Replaying a
-//! record is `engine.apply(command, now_ms)`.
+//! `0x80` EXPIRE and `0x81` FORGET, each followed by the reservation id as `str8`, and `0x82`
+//! AFTERSALES: a one-byte version (1) and then the `aftersales::AftersalesCommand` as a JSON
+//! object (`{"op":"open"|"move"|"scan", ...}`, the field names of that type; tickets change
+//! at human speed, so a self-describing payload costs nothing). Replaying a record is
+//! `engine.apply(command, now_ms)`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use stockd_protocol::Op;
@@ -34,6 +37,9 @@ pub const RECORD_TYPE_COMMAND: u8 = 1;
 
 const OPCODE_EXPIRE: u8 = 0x80;
 const OPCODE_FORGET: u8 = 0x81;
+const OPCODE_AFTERSALES: u8 = 0x82;
+const AFTERSALES_VERSION: u8 = 1;
+const _: () = assert!(crate::aftersales::COMMAND_JSON_BYTES_MAX + 2 <= RECORD_PAYLOAD_BYTES_MAX);
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +88,12 @@ fn encode_payload(command: &Command, buf: &mut BytesMut) {
             buf.put_u8(OPCODE_FORGET);
             return put_id(buf, id);
         }
+        Command::Aftersales(command) => {
+            buf.put_u8(OPCODE_AFTERSALES);
+            buf.put_u8(AFTERSALES_VERSION);
+            let json = serde_json::to_vec(command).expect("a command serialises");
+            return buf.put_slice(&json);
+        }
         command => command.to_op().expect("every other command is a wire operation"),
     };
     buf.put_u8(op.opcode() as u8);
@@ -90,6 +102,14 @@ fn encode_payload(command: &Command, buf: &mut BytesMut) {
 
 fn decode_payload(payload: &[u8]) -> Result<Command, String> {
     let (&opcode, body) = payload.split_first().ok_or("empty payload")?;
+    if opcode == OPCODE_AFTERSALES {
+        let (&version, json) = body.split_first().ok_or("truncated after-sales record")?;
+        if version != AFTERSALES_VERSION {
+            return Err(format!("after-sales record version {version}, this stockd reads 1"));
+        }
+        let command = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        return Ok(Command::Aftersales(Box::new(command)));
+    }
     if opcode == OPCODE_EXPIRE || opcode == OPCODE_FORGET {
         let (&len, id) = body.split_first().ok_or("truncated id")?;
         if id.len() != usize::from(len) || id.is_empty() {
