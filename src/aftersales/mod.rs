@@ -148,9 +148,15 @@ impl TicketState {
         }
     }
 
-    /// Still being worked on (not closed, and not a final decision waiting to be closed).
+    /// Not closed.
     pub fn is_open(self) -> bool {
         !matches!(self, TicketState::Closed)
+    }
+
+    /// In a stage with a time limit (see `sla`): waiting for a decision, a parcel or a refund.
+    pub fn is_timed(self) -> bool {
+        use TicketState::*;
+        matches!(self, Requested | Approved | AwaitingReturn | Received | Inspected)
     }
 }
 
@@ -569,6 +575,12 @@ impl Aftersales {
 
     pub fn tickets(&self) -> impl DoubleEndedIterator<Item = &Ticket> {
         self.tickets.values()
+    }
+
+    /// Tickets with ids after `after`, in id order.
+    pub fn tickets_after<'a>(&'a self, after: &str) -> impl Iterator<Item = &'a Ticket> + 'a {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.tickets.range::<str, _>((Excluded(after), Unbounded)).map(|(_, t)| t)
     }
 
     pub fn parcels(&self) -> &[Parcel] {

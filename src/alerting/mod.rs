@@ -17,6 +17,8 @@
 //! | `sold_out`             | SKU     | nothing available (with `sold_out = true`)           |
 //! | `low_stock`            | SKU     | 1..=`low_stock_units` available                      |
 //! | `sku_alerts_truncated` | server  | more SKUs qualify than `sku_alerts_max`              |
+//! | `ticket_overdue`       | ticket  | over its stage's limit (`[aftersales]`, `sla.rs`)     |
+//! | `ticket_alerts_truncated` | server | more overdue tickets than `sku_alerts_max`          |
 //!
 //! # Life cycle
 //!
@@ -53,6 +55,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::aftersales::{sla, TicketState};
 use crate::config::AlertingConfig;
 use crate::engine::SkuFilter;
 use crate::journal::{Journal, JournalError};
@@ -474,8 +477,54 @@ impl Alerting {
                 );
             }
         }
+        let (overdue, total) = overdue_tickets(shared, now_ms, config.sku_alerts_max);
+        for (id, state, late) in &overdue {
+            let over_h = (now_ms - late.due_at_ms) as f64 / 3_600_000.0;
+            add(
+                "ticket_overdue",
+                id,
+                "warning",
+                format!(
+                    "ticket {id} is {} and over its {} stage limit by {over_h:.1} h",
+                    state.name(),
+                    late.stage.name()
+                ),
+            );
+        }
+        if total > overdue.len() {
+            add(
+                "ticket_alerts_truncated",
+                "server",
+                "warning",
+                format!(
+                    "{total} tickets are overdue; alerts are raised for the first {}",
+                    overdue.len()
+                ),
+            );
+        }
         found
     }
+}
+
+/// Up to `max` overdue tickets (id order) and how many there are in all.
+fn overdue_tickets(
+    shared: &Shared,
+    now_ms: u64,
+    max: usize,
+) -> (Vec<(String, TicketState, sla::Overdue)>, usize) {
+    let limits = &shared.config.aftersales;
+    shared.engine.with_aftersales(|state| {
+        let mut total = 0;
+        let mut first = Vec::new();
+        let open = state.tickets().filter(|t| t.state.is_timed());
+        for (ticket, late) in open.filter_map(|t| Some((t, sla::overdue(t, limits, now_ms)?))) {
+            total += 1;
+            if first.len() < max {
+                first.push((ticket.id.clone(), ticket.state, late));
+            }
+        }
+        (first, total)
+    })
 }
 
 impl Inner {

@@ -45,6 +45,8 @@ pub struct Config {
     /// Sales channels whose orders are synchronised (none by default).
     pub channels: Vec<ChannelConfig>,
     pub alerting: AlertingConfig,
+    /// Service levels of return tickets.
+    pub aftersales: crate::aftersales::sla::SlaConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -86,6 +88,7 @@ pub struct EngineSection {
     pub ttl_ms_default: u32,
     pub hold_ms_max: u64,
     pub retention_ms: u64,
+    pub shipped_retention_ms: u64,
     pub sweep_interval_ms: u64,
 }
 
@@ -163,6 +166,7 @@ impl Default for EngineSection {
             ttl_ms_default: engine.ttl_ms_default,
             hold_ms_max: engine.hold_ms_max,
             retention_ms: engine.retention_ms,
+            shipped_retention_ms: engine.shipped_retention_ms,
             sweep_interval_ms: 100,
         }
     }
@@ -300,6 +304,7 @@ impl Config {
             ttl_ms_default: self.engine.ttl_ms_default,
             hold_ms_max: self.engine.hold_ms_max,
             retention_ms: self.engine.retention_ms,
+            shipped_retention_ms: self.engine.shipped_retention_ms,
         }
     }
 }

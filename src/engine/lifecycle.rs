@@ -123,9 +123,14 @@ impl Engine {
         }
     }
 
-    /// Schedules a finished reservation to be forgotten after the retention period.
+    /// Schedules a finished reservation to be forgotten after the retention period (the
+    /// longer return window for a shipped one).
     fn retire(&self, locked: &mut Locked<'_>, res_shard: usize, key: Key, now_ms: u64) {
-        let forget_at_ms = now_ms.saturating_add(self.config.retention_ms);
+        let shard = locked.shard(res_shard);
+        let shipped = shard.reservations[&key].state == ReservationState::Shipped;
+        let retention_ms =
+            if shipped { self.config.shipped_retention_ms } else { self.config.retention_ms };
+        let forget_at_ms = now_ms.saturating_add(retention_ms);
         let shard = locked.shard(res_shard);
         shard.reservations.get_mut(&key).expect("locked").forget_at_ms = forget_at_ms;
         shard.retired.insert((forget_at_ms, key));

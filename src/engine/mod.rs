@@ -54,6 +54,9 @@ pub struct EngineConfig {
     /// How long a finished reservation (released, expired, shipped) is remembered, so that
     /// retries with its id stay idempotent. After that the id may be reused.
     pub retention_ms: u64,
+    /// How long a shipped reservation is remembered: what return tickets are checked against,
+    /// so it is the return window.
+    pub shipped_retention_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             ttl_ms_default: 10 * 60 * 1000,
             hold_ms_max: 60 * 60 * 1000,
             retention_ms: 24 * 60 * 60 * 1000,
+            shipped_retention_ms: 30 * 24 * 60 * 60 * 1000,
         }
     }
 }

@@ -14,6 +14,7 @@ fn engine() -> Engine {
         ttl_ms_default: 1_000,
         hold_ms_max: 5_000,
         retention_ms: 10_000,
+        shipped_retention_ms: 10_000,
     })
 }
 

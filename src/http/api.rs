@@ -70,7 +70,7 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "unknown_sku", format!("no SKU {sku:?}"))
     }
 
-    fn read_only(health: Health) -> ApiError {
+    pub(super) fn read_only(health: Health) -> ApiError {
         let message = match health {
             Health::NoSpace => "the disk is full: changes are refused until space is freed",
             _ => "the write-ahead log failed: changes are refused until restart",
@@ -287,6 +287,8 @@ pub struct SkuDetail {
     pub limits: Option<LimitsView>,
     /// Locations, incoming deliveries and preorders (`null`: none).
     pub supply: Option<SupplyView>,
+    /// Units returned damaged (inspected return tickets); not part of `on_hand`.
+    pub damaged: u64,
     /// The newest administrative changes of this SKU.
     pub changes: Vec<Arc<AuditEntry>>,
 }
@@ -385,6 +387,7 @@ pub async fn get_sku(
             limits: limits_view(&app.shared.engine.query_limits(sku.as_bytes(), now_ms)),
             supply: supply_view(&app.shared.engine.query_locations(sku.as_bytes(), now_ms)),
             changes: app.shared.audit.recent(Some(&sku), None, 20),
+            damaged: app.shared.engine.with_aftersales(|tickets| tickets.damaged(&sku)),
             sku,
         })
     });

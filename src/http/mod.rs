@@ -9,6 +9,7 @@ pub mod channels;
 pub mod dashboard;
 pub mod sampler;
 pub mod supply;
+pub mod tickets;
 
 use std::sync::Arc;
 
@@ -61,6 +62,12 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route("/channels/{name}/orders", get(channels::orders))
         .route("/channels/{name}/orders/{order}", get(channels::order))
         .route("/channels/{name}/webhook", post(channels::webhook))
+        .route("/tickets", get(tickets::list).post(tickets::open))
+        .route("/tickets/{id}", get(tickets::get))
+        .route("/tickets/{id}/transitions", post(tickets::transition))
+        .route("/aftersales/scan", post(tickets::scan))
+        .route("/aftersales/parcels", get(tickets::parcels))
+        .route("/aftersales/report", get(tickets::report))
         .route("/events", get(dashboard::events))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .route(

@@ -189,3 +189,64 @@ fn a_bad_wms_feed_is_refused_before_anything_is_sent() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 3") && stderr.contains("nothing was sent"), "{stderr}");
 }
+
+fn tickets(daemon: &Daemon, args: &[&str]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .arg("tickets")
+        .args(["--http", &daemon.http])
+        .args(args)
+        .output()
+        .expect("run stockd tickets");
+    (output.status.code().expect("exit code"), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn return_tickets_from_the_cli_survive_a_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let daemon = Daemon::start(dir.path());
+    assert_eq!(cli(&daemon, &["stock", "set", "TEE", "5"]).0, 0);
+    assert_eq!(cli(&daemon, &["reserve", "O-1", "TEE:2"]).0, 0);
+    assert_eq!(cli(&daemon, &["confirm", "O-1"]).0, 0);
+    assert_eq!(cli(&daemon, &["ship", "O-1"]).0, 0, "a shipped order can still be returned");
+    let open = ["open", "--kind", "return", "--order", "O-1", "--reason", "too big"];
+    let (code, out) = tickets(&daemon, &[&open[..], &["--actor", "anna", "TEE:2"]].concat());
+    assert_eq!((code, out.trim()), (0, "RMA-00000001 return requested order=O-1 tracking="));
+    let (code, out) = tickets(&daemon, &[&open[..], &["--actor", "anna", "TEE:1"]].concat());
+    assert_eq!(code, 3, "over-return is a refusal");
+    assert!(out.starts_with("over_return: order \"O-1\" confirmed 2"), "{out}");
+    for step in [
+        &["move", "RMA-00000001", "approved", "--actor", "lead"][..],
+        &["move", "RMA-00000001", "awaiting_return", "--tracking", "1Z9", "--actor", "lead"],
+    ] {
+        assert_eq!(tickets(&daemon, step).0, 0, "{step:?}");
+    }
+    let (code, out) = tickets(&daemon, &["scan", "1Z9", "--actor", "dock"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "matched RMA-00000001 return received order=O-1 tracking=1Z9")
+    );
+    let inspect = ["move", "RMA-00000001", "inspected", "--inspect", "TEE:1:1", "--actor", "qc"];
+    assert_eq!(tickets(&daemon, &inspect).0, 0);
+    let (code, out) = tickets(&daemon, &["scan", "MYSTERY", "--actor", "dock"]);
+    assert_eq!((code, out.trim()), (0, "unmatched parcel=2"));
+    let (_, stock) = cli(&daemon, &["stock", "get", "TEE"]);
+    assert!(stock.starts_with("ok on_hand=4 "), "shipped 2, restocked 1: {stock}");
+
+    // No clean shutdown: the tickets come back from the log alone.
+    daemon.signal("-KILL");
+    drop(daemon);
+    let daemon = Daemon::start(dir.path());
+    let (code, out) = tickets(&daemon, &["list"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "RMA-00000001 return inspected order=O-1 tracking=1Z9\n1 tickets");
+    let (code, shown) = tickets(&daemon, &["show", "RMA-00000001"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!((code, &shown["lines"][0]["damaged"]), (0, &serde_json::json!(1)));
+    let (_, stock) = cli(&daemon, &["stock", "get", "TEE"]);
+    assert!(stock.starts_with("ok on_hand=4 "), "the restock replayed once: {stock}");
+    assert_eq!(tickets(&daemon, &["move", "RMA-00000001", "refunded", "--actor", "fin"]).0, 0);
+    let (code, report) = tickets(&daemon, &["report"]);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("JSON");
+    assert_eq!((code, &report["stages"][2]["handled"]), (0, &serde_json::json!(1)));
+    assert_eq!(terminate(daemon), Some(0));
+}

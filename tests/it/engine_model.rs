@@ -21,8 +21,13 @@ use stockd_protocol::{
     ResultCode, SkuInfo, SkuLimits, SkuReply,
 };
 
-const CONFIG: EngineConfig =
-    EngineConfig { shards: 4, ttl_ms_default: 100, hold_ms_max: 500, retention_ms: 300 };
+const CONFIG: EngineConfig = EngineConfig {
+    shards: 4,
+    ttl_ms_default: 100,
+    hold_ms_max: 500,
+    retention_ms: 300,
+    shipped_retention_ms: 300,
+};
 const SKUS: [&str; 4] = ["a", "b", "c", "unknown"];
 const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 const TTLS: [u32; 4] = [0, 50, 200, 600];

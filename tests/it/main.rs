@@ -4,6 +4,7 @@
 
 mod common;
 
+mod aftersales;
 mod alerting;
 mod api;
 mod api_supply;

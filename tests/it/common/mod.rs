@@ -231,6 +231,8 @@ pub fn hello() -> Request {
 pub struct Daemon {
     pub child: std::process::Child,
     pub addr: String,
+    /// The HTTP side's address.
+    pub http: String,
 }
 
 impl Daemon {
@@ -263,13 +265,22 @@ impl Daemon {
         // Drain stderr for the daemon's whole life so its logging never blocks.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(http) = line.split("dashboard=http://").nth(1) {
+                    let _ = tx.send(("http", http.trim().trim_end_matches('/').to_string()));
+                }
                 if let Some(addr) = line.split("addr=").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send(("tcp", addr.trim().to_string()));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logs its address");
-        Daemon { child, addr }
+        let (mut addr, mut http) = (None, None);
+        while addr.is_none() || http.is_none() {
+            let (kind, value) =
+                rx.recv_timeout(Duration::from_secs(30)).expect("server logs its addresses");
+            *(if kind == "tcp" { &mut addr } else { &mut http }) = Some(value);
+        }
+        let (addr, http) = (addr.expect("logged"), http.expect("logged"));
+        Daemon { child, addr, http }
     }
 
     /// Sends a signal to the daemon (only the process this test started).

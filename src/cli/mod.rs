@@ -1,5 +1,6 @@
 //! The `stockd` command: `serve` runs the daemon; the other subcommands are a terminal client
-//! for the binary protocol (set stock, reserve, confirm, release, query...).
+//! for the binary protocol (set stock, reserve, confirm, release, query...) and, over HTTP,
+//! for the WMS feed and return tickets.
 //!
 //! Exit status: 0 when the operation succeeded (`ok`), 3 when the server answered with another
 //! result code (printed), 1 for errors (cannot connect, bad arguments, bad configuration).
@@ -14,6 +15,8 @@ use stockd_protocol::{
     ChannelQuota, Client, ClientOptions, Line, LocationsReply, Op, ReservationInfo, Reserve,
     ReserveAt, ResultCode, SkuInfo, SkuLimits,
 };
+
+mod tickets;
 
 use crate::config::{Config, LogFormat, DEFAULT_TOML};
 use crate::server::Server;
@@ -65,6 +68,8 @@ enum Command {
         /// The CSV file (`-` for standard input).
         file: PathBuf,
     },
+    /// Return tickets: open, move, scan, list, show, report (over HTTP).
+    Tickets(tickets::TicketArgs),
     /// Reserve stock: `stockd reserve ORDER-1 SKU-A:2 SKU-B:1`.
     Reserve {
         #[command(flatten)]
@@ -757,6 +762,7 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
         Command::WmsImport { http, actor, reason, file } => {
             return wms_import(&http, &actor, &reason, &file).await
         }
+        Command::Tickets(args) => return tickets::run(args).await,
         Command::Confirm { client, id, lines } => {
             let code = connect(&client).await?.confirm(bytes(&id), lines).await?;
             println!("{code}");
