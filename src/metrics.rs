@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::aftersales::{sla, TicketState};
 use crate::server::Shared;
 use crate::wal::Health;
 
@@ -28,6 +29,11 @@ struct ChannelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TicketLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ChannelOutcomeLabels {
     channel: String,
     outcome: &'static str,
@@ -40,6 +46,9 @@ pub struct Metrics {
     channel_backlog: Family<ChannelLabels, Gauge>,
     channel_orders: Family<ChannelOutcomeLabels, Counter>,
     alerts_firing: Gauge,
+    tickets: Family<TicketLabels, Gauge>,
+    tickets_overdue: Gauge,
+    parcels_unmatched: Gauge,
     operations: Family<OperationLabels, Counter>,
     request_seconds: Histogram,
     commit_wait_seconds: Histogram,
@@ -128,6 +137,11 @@ impl Metrics {
         let disk_free_bytes =
             gauge("disk_free_bytes", "Free bytes on the data directory's file system");
         let alerts_firing = gauge("alerts_firing", "Alerts firing (acknowledged or not)");
+        let tickets_overdue = gauge("tickets_overdue", "Return tickets over their stage's limit");
+        let parcels_unmatched =
+            gauge("parcels_unmatched", "Scanned parcels no return ticket matched (kept)");
+        let tickets = Family::<TicketLabels, Gauge>::default();
+        registry.register("tickets", "Return tickets by state", tickets.clone());
         let channel_token_expiry = Family::<ChannelLabels, Gauge>::default();
         registry.register(
             "channel_token_expiry_seconds",
@@ -166,6 +180,9 @@ impl Metrics {
             channel_backlog,
             channel_orders,
             alerts_firing,
+            tickets,
+            tickets_overdue,
+            parcels_unmatched,
             operations,
             request_seconds,
             commit_wait_seconds,
@@ -251,6 +268,24 @@ impl Metrics {
             self.disk_free_bytes.set(free as i64);
         }
         self.alerts_firing.set(shared.alerts.open_alerts().len() as i64);
+        let now_ms = shared.clock.now_ms();
+        let limits = &shared.config.aftersales;
+        let (by_state, overdue, parcels) = shared.engine.with_aftersales(|state| {
+            let mut by_state = [0i64; TicketState::ALL.len()];
+            let mut overdue = 0i64;
+            for ticket in state.tickets() {
+                by_state[ticket.state as usize] += 1;
+                let late =
+                    ticket.state.is_timed() && sla::overdue(ticket, limits, now_ms).is_some();
+                overdue += i64::from(late);
+            }
+            (by_state, overdue, state.parcels().len() as i64)
+        });
+        for (state, count) in TicketState::ALL.iter().zip(by_state) {
+            self.tickets.get_or_create(&TicketLabels { state: state.name() }).set(count);
+        }
+        self.tickets_overdue.set(overdue);
+        self.parcels_unmatched.set(parcels);
         for channel in &shared.sync.channels {
             let status = channel.status(shared);
             let labels = ChannelLabels { channel: status.name.clone() };

@@ -9,7 +9,7 @@ use crate::common;
 use crate::common::marketplace::Marketplace;
 
 use bytes::Bytes;
-use common::{call, get, refused, test_config, TestServer, T0};
+use common::{call, get, http_get, refused, test_config, TestServer, T0};
 use serde_json::{json, Value};
 use stockd::clock::Clock;
 use stockd_protocol::{Line, Reserve, ResultCode};
@@ -288,6 +288,14 @@ async fn an_overdue_ticket_is_flagged_alerts_escalates_and_shows_in_the_report()
     assert_eq!(ticket["overdue"]["due_at_ms"], T0 + 50 * HOUR_MS);
     let (_, overdue) = get(server.http_addr, "/api/v1/tickets?overdue=true").await;
     assert_eq!(overdue["matched"], 1);
+    let (_, _, metrics) = http_get(server.http_addr, "/metrics").await;
+    for line in [
+        "stockd_tickets_overdue 1",
+        "stockd_tickets{state=\"awaiting_return\"} 1",
+        "stockd_parcels_unmatched 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in the metrics:\n{metrics}");
+    }
     let chat = hooks.hooks_received(1).await;
     assert_eq!((chat[0].0.as_str(), &chat[0].1["event"]), ("chat", &json!("fired")));
 

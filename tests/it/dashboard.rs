@@ -237,6 +237,32 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     sort.select_by_value("activity").await.unwrap();
     wait_text(&browser, "#rows tr:first-child td[data-field=\"sku\"]", "BOARD-A").await;
 
+    // A return ticket appears in the returns panel and among the recent changes.
+    assert!(client.confirm("order-1", Vec::new()).await.unwrap().is_ok());
+    let ticket = serde_json::json!({
+        "kind": "return", "order": "order-1", "lines": [{"sku": "BOARD-A", "qty": 2}],
+        "reason": "wrong size", "actor": "cs-anna",
+    });
+    let (status, body) =
+        crate::common::call(server.http_addr, "POST", "/api/v1/tickets", Some(ticket)).await;
+    assert_eq!(status, 201, "{body}");
+    wait_text(
+        &browser,
+        "#returns-summary",
+        "1 open tickets (1 requested); 0 overdue; 0 unmatched parcels",
+    )
+    .await;
+    wait_text(&browser, "#tickets tr[data-ticket=\"RMA-00000001\"] td:nth-child(3)", "requested")
+        .await;
+    wait_text(&browser, "#tickets tr[data-ticket=\"RMA-00000001\"] td:nth-child(6)", "on time")
+        .await;
+    wait_text(
+        &browser,
+        "#changes li:first-child span",
+        " RMA-00000001: ticket open new → requested by cs-anna (wrong size)",
+    )
+    .await;
+
     let png = browser.screenshot().await.expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");
     let artifact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -171,9 +171,14 @@ function renderChanges(list, changes) {
   for (const c of changes || []) {
     const li = el("li");
     li.appendChild(el("time", fmtTime(c.at_ms)));
+    const state = (v) => (v && v.state) || "new";
     const what = c.action === "set_safety_stock"
       ? `safety stock ${c.before.safety_stock} → ${c.after.safety_stock}`
-      : `on hand ${c.before.on_hand} → ${c.after.on_hand}`;
+      : c.action.startsWith("ticket_") || c.action === "parcel_scan"
+        ? `${c.action.replace("_", " ")} ${state(c.before)} → ${state(c.after)}`
+        : c.before && c.after && "on_hand" in c.before
+          ? `on hand ${c.before.on_hand} → ${c.after.on_hand}`
+          : c.action.replaceAll("_", " ");
     li.appendChild(el("span", ` ${c.target}: ${what} by ${c.actor} (${c.reason})`));
     fragment.appendChild(li);
   }
@@ -199,12 +204,53 @@ function openStream() {
     renderStatus(data.status);
     renderBoard(data.board);
     renderChanges($("changes"), data.changes);
+    refreshReturns();
     if (detailSku) refreshDetail();
   });
   stream.addEventListener("error", () => {
     $("live").classList.remove("on");
     $("live-text").textContent = "reconnecting";
   });
+}
+
+// Open return tickets, overdue first, and the parcels no ticket matched.
+let returnsBusy = false;
+async function refreshReturns() {
+  if (returnsBusy) return;
+  returnsBusy = true;
+  try {
+    const [tickets, parcels] = await Promise.all([
+      fetch("/api/v1/tickets?open=true&limit=200").then((r) => r.json()),
+      fetch("/api/v1/aftersales/parcels").then((r) => r.json()),
+    ]);
+    const list = tickets.tickets || [];
+    const overdue = list.filter((t) => t.overdue);
+    const counts = {};
+    for (const t of list) counts[t.state] = (counts[t.state] || 0) + 1;
+    const states = Object.entries(counts).map(([s, n]) => `${n} ${s.replace("_", " ")}`).join(", ");
+    setText($("returns-summary"),
+      `${fmtInt(tickets.matched || 0)} open tickets${states ? ` (${states})` : ""}; ` +
+      `${fmtInt(overdue.length)} overdue; ${fmtInt((parcels.parcels || []).length)} unmatched parcels`);
+    const rows = document.createDocumentFragment();
+    for (const t of [...overdue, ...list.filter((t) => !t.overdue)].slice(0, 50)) {
+      const tr = el("tr");
+      tr.dataset.ticket = t.id;
+      const since = t.history.length ? t.history[t.history.length - 1].at_ms : t.created_at_ms;
+      tr.append(el("td", t.id), el("td", t.kind.replace("_", " ")), el("td", t.state.replace("_", " ")),
+        el("td", t.order), el("td", fmtTime(since)));
+      const sla = el("td");
+      sla.appendChild(t.overdue
+        ? el("span", `overdue (${t.overdue.stage})`, "badge bad")
+        : el("span", "on time", "badge ok"));
+      tr.appendChild(sla);
+      rows.appendChild(tr);
+    }
+    $("tickets").replaceChildren(rows);
+  } catch (e) {
+    setText($("returns-summary"), `returns unavailable: ${e}`);
+  } finally {
+    returnsBusy = false;
+  }
 }
 
 async function refreshDetail() {
@@ -219,7 +265,7 @@ async function refreshDetail() {
   const counters = $("detail-counters");
   const fragment = document.createDocumentFragment();
   for (const [name, key] of [["On hand", "on_hand"], ["Available", "available"], ["Held", "held"],
-    ["Committed", "committed"], ["Safety stock", "safety_stock"]]) {
+    ["Committed", "committed"], ["Safety stock", "safety_stock"], ["Damaged (returns)", "damaged"]]) {
     const box = el("div", null, "counter");
     box.appendChild(el("span", name, "muted"));
     const value = el("strong", fmtInt(data[key]));
