@@ -51,8 +51,8 @@ pub struct EngineConfig {
     pub ttl_ms_default: u32,
     /// Longest a hold may last from its creation, extensions included.
     pub hold_ms_max: u64,
-    /// How long a finished reservation (released, expired, shipped) is remembered, so that
-    /// retries with its id stay idempotent. After that the id may be reused.
+    /// How long a released or expired reservation is remembered, so that retries with its id
+    /// stay idempotent. After that the id may be reused.
     pub retention_ms: u64,
     /// How long a shipped reservation is remembered: what return tickets are checked against,
     /// so it is the return window.

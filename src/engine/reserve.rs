@@ -187,7 +187,9 @@ impl Engine {
             }
         }
         let at = if report { allocations(&held, &lines) } else { Vec::new() };
-        let quantities: Box<[u32]> = held.iter().map(|line| line.qty).collect();
+        // Only an exchange's replacement pays for this; a plain reserve allocates nothing more.
+        let confirmed: Option<Box<[u32]>> =
+            confirm.then(|| held.iter().map(|line| line.qty).collect());
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
         shard.deadlines.insert((expires_at_ms, id.clone()));
@@ -205,9 +207,9 @@ impl Engine {
                 forget_at_ms: 0,
             },
         );
-        if confirm {
+        if confirmed.is_some() {
             let state = ReservationState::Confirmed;
-            self.end_hold(&mut locked, res_shard, &request.id, state, Some(quantities), now_ms);
+            self.end_hold(&mut locked, res_shard, &request.id, state, confirmed, now_ms);
         }
         on_change();
         (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }, at)
