@@ -206,6 +206,75 @@ impl AuditLog {
     }
 }
 
+/// Which entries a query wants; every field left `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub target: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// From this time on (UTC ms, inclusive).
+    pub from_ms: Option<u64>,
+    /// Before this time (UTC ms, exclusive).
+    pub to_ms: Option<u64>,
+    /// Entries older than this one (paging).
+    pub before_seq: Option<u64>,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        let is =
+            |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
+        is(&self.target, &entry.target)
+            && is(&self.actor, &entry.actor)
+            && is(&self.action, &entry.action)
+            && self.from_ms.is_none_or(|from| entry.at_ms >= from)
+            && self.to_ms.is_none_or(|to| entry.at_ms < to)
+            && self.before_seq.is_none_or(|before| entry.seq < before)
+    }
+}
+
+impl AuditLog {
+    /// The newest `limit` entries matching `filter`, newest first, over the whole journal:
+    /// from memory when the newest entries kept there answer it, otherwise by reading
+    /// `audit.jsonl` (appends only extend it, so the part written so far is read as of now).
+    /// Blocking when it reads the file.
+    pub fn query(
+        &self,
+        storage: &dyn Storage,
+        filter: &AuditFilter,
+        limit: usize,
+    ) -> Result<Vec<Arc<AuditEntry>>, AuditError> {
+        let end = {
+            let journal = self.journal.lock();
+            let found: Vec<Arc<AuditEntry>> = journal
+                .recent
+                .iter()
+                .rev()
+                .filter(|entry| filter.matches(entry))
+                .take(limit)
+                .cloned()
+                .collect();
+            let everything_in_memory = journal.recent.front().is_none_or(|first| first.seq == 1);
+            if found.len() == limit || everything_in_memory {
+                return Ok(found);
+            }
+            journal.end
+        };
+        let io = |source| AuditError::Io { file: AUDIT_FILE, source };
+        let contents = storage.read(AUDIT_FILE).map_err(io)?;
+        let written =
+            usize::try_from(end).map_or(&contents[..], |end| &contents[..end.min(contents.len())]);
+        let (entries, _) = parse(written)?;
+        Ok(entries
+            .into_iter()
+            .rev()
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .map(Arc::new)
+            .collect())
+    }
+}
+
 /// Parses every complete line; returns the entries and the length of the complete lines.
 fn parse(contents: &[u8]) -> Result<(Vec<AuditEntry>, u64), AuditError> {
     let mut entries: Vec<AuditEntry> = Vec::new();
@@ -248,6 +317,42 @@ mod tests {
             after: json!({ "on_hand": n + 1 }),
             lsn: n,
         }
+    }
+
+    #[test]
+    fn queries_filter_by_actor_time_and_target_and_reach_past_the_memory_window() {
+        let storage = MemStorage::new();
+        let log = AuditLog::open(&storage).unwrap();
+        let total = RECENT_MAX as u64 + 50;
+        let entries: Vec<NewEntry> = (0..total)
+            .map(|n| NewEntry {
+                actor: if n < 10 { "bob".into() } else { "alice".into() },
+                ..change(n)
+            })
+            .collect();
+        log.append_all(entries).unwrap();
+        // Bob's entries are older than the newest 10 000 kept in memory: read from the file.
+        let bob = AuditFilter { actor: Some("bob".into()), ..AuditFilter::default() };
+        let found = log.query(&storage, &bob, 100).unwrap();
+        assert_eq!(
+            found.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=10).rev().collect::<Vec<_>>()
+        );
+        // A time window and a target: [1_004, 1_008) on SKU-0 is n = 4 and 6.
+        let window = AuditFilter {
+            target: Some("SKU-0".into()),
+            from_ms: Some(1_004),
+            to_ms: Some(1_008),
+            ..AuditFilter::default()
+        };
+        let found = log.query(&storage, &window, 100).unwrap();
+        assert_eq!(found.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [1_006, 1_004]);
+        // The newest entries come from memory, and paging continues below them.
+        let newest = log.query(&storage, &AuditFilter::default(), 2).unwrap();
+        assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [total, total - 1]);
+        let older = AuditFilter { before_seq: Some(3), ..AuditFilter::default() };
+        let found = log.query(&storage, &older, 10).unwrap();
+        assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 1]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use stockd_protocol::{
 use super::sampler::{Sample, Trend};
 use super::supply::{sku_limits, supply_view, SupplyView};
 use super::AppState;
-use crate::audit::{AuditEntry, AuditError, NewEntry};
+use crate::audit::{AuditEntry, AuditError, AuditFilter, NewEntry};
 use crate::engine::{Command, SkuFilter};
 use crate::server::Shared;
 use crate::wal::{Health, Wal};
@@ -731,16 +731,84 @@ pub(super) async fn make_durable_and_audit(
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub target: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
     pub before_seq: Option<u64>,
     pub limit: Option<usize>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
 }
 
+/// Most rows one CSV export holds; page further with `before_seq`.
+pub const AUDIT_CSV_ROWS_MAX: usize = 100_000;
+
+/// `GET /api/v1/audit`: entries matching the filters, newest first, as JSON or as CSV.
 pub async fn audit(
     State(app): State<AppState>,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> ApiResult<Value> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let limit = page_limit(query.limit, PAGE_DEFAULT)?;
-    let entries = app.shared.audit.recent(query.target.as_deref(), query.before_seq, limit);
-    Ok(Json(json!({ "entries": entries })))
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return Err(ApiError::invalid(format!("format {other:?}: json or csv"))),
+    };
+    let limit = if csv {
+        let limit = query.limit.unwrap_or(AUDIT_CSV_ROWS_MAX);
+        if !(1..=AUDIT_CSV_ROWS_MAX).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit must be in 1..={AUDIT_CSV_ROWS_MAX}")));
+        }
+        limit
+    } else {
+        page_limit(query.limit, PAGE_DEFAULT)?
+    };
+    if query.from_ms.zip(query.to_ms).is_some_and(|(from, to)| from >= to) {
+        return Err(ApiError::invalid("from_ms must be before to_ms"));
+    }
+    let filter = AuditFilter {
+        target: query.target,
+        actor: query.actor,
+        action: query.action,
+        from_ms: query.from_ms,
+        to_ms: query.to_ms,
+        before_seq: query.before_seq,
+    };
+    let shared = app.shared.clone();
+    let entries =
+        tokio::task::spawn_blocking(move || shared.audit.query(&*shared.storage, &filter, limit))
+            .await
+            .expect("an audit query does not panic")?;
+    if !csv {
+        return Ok(Json(json!({ "entries": entries })).into_response());
+    }
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let header =
+        ["seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn"];
+    let row = |e: &AuditEntry| {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
+        [
+            e.seq.to_string(),
+            humantime::format_rfc3339_millis(at).to_string(),
+            e.at_ms.to_string(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.target.clone(),
+            e.reason.clone(),
+            e.before.to_string(),
+            e.after.to_string(),
+            e.lsn.to_string(),
+        ]
+    };
+    let written = writer
+        .write_record(header)
+        .and_then(|()| entries.iter().try_for_each(|e| writer.write_record(row(e))));
+    written.expect("writing CSV to memory cannot fail");
+    let body = writer.into_inner().expect("writing CSV to memory cannot fail");
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+        (axum::http::header::CONTENT_DISPOSITION, "attachment; filename=\"audit.csv\""),
+    ];
+    Ok((headers, body).into_response())
 }

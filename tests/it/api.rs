@@ -481,3 +481,52 @@ async fn limits_are_set_shown_and_audited() {
     assert_eq!(detail["limits"], Value::Null);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_log_is_queried_by_actor_time_and_target_and_exported_as_csv() {
+    let server = TestServer::start(test_config()).await;
+    let client = server.client().await;
+    client.set_stock("A", 10, None).await.unwrap();
+    client.set_stock("B", 10, None).await.unwrap();
+    let addr = server.http_addr;
+    for (sku, actor) in [("A", "alice"), ("B", "bob"), ("A", "bob")] {
+        let body = json!({ "delta": -1, "actor": actor, "reason": "count, \"recount\"" });
+        let (status, _) =
+            call(addr, "POST", &format!("/api/v1/skus/{sku}/adjustments"), Some(body)).await;
+        assert_eq!(status, 200);
+        server.shared.clock.advance_ms(1_000);
+    }
+    let seqs = |body: &Value| -> Vec<u64> {
+        body["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob").await.1), [3, 2]);
+    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob&target=A").await.1), [3]);
+    let window = format!("/api/v1/audit?from_ms={}&to_ms={}", T0 + 1_000, T0 + 2_000);
+    assert_eq!(seqs(&get(addr, &window).await.1), [2]);
+    refused(
+        get(addr, &format!("/api/v1/audit?from_ms={T0}&to_ms={T0}")).await,
+        400,
+        "invalid_argument",
+    );
+    refused(get(addr, "/api/v1/audit?format=xml").await, 400, "invalid_argument");
+
+    let (status, content_type, text) = http_get(addr, "/api/v1/audit?format=csv").await;
+    assert_eq!((status, content_type.as_str()), (200, "text/csv; charset=utf-8"));
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        ["seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn"]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    let first = &rows[2];
+    assert_eq!(
+        (&first[0], &first[1], &first[3], &first[5]),
+        ("1", "2023-11-14T22:13:20.000Z", "alice", "A")
+    );
+    assert_eq!(&first[6], "count, \"recount\"", "quotes and commas survive");
+    let before: Value = serde_json::from_str(&first[7]).unwrap();
+    assert_eq!(before["on_hand"], 10);
+    server.stop().await;
+}
