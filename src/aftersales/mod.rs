@@ -534,8 +534,7 @@ pub enum Sold {
 }
 
 /// The outcome of a scan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "matched", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scanned {
     /// The ticket the parcel belongs to, now received.
     Ticket { ticket: Box<Ticket> },

@@ -130,11 +130,12 @@ pub async fn transition(
     let step: Step = serde_json::from_value(Value::Object(fields)).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed", format!("bad step: {e}"))
     })?;
-    let before = app.shared.engine.with_aftersales(|s| s.ticket(&id).map(state_json));
     let command = AftersalesCommand::Move { ticket: id, step, actor, note: note.clone() };
     let (outcome, now_ms) = run(&app, command, |outcome| {
         let TicketOutcome::Moved(ticket) = outcome else { unreachable!("a move") };
-        let before = before.unwrap_or(Value::Null);
+        // The state it left: the step before the one just recorded.
+        let steps = ticket.history.len();
+        let before = json!({ "state": ticket.history[steps.saturating_sub(2)].to.name() });
         (ticket.id.clone(), before, state_json(ticket), note)
     })
     .await?;
@@ -163,7 +164,7 @@ pub async fn scan(
     let (outcome, now_ms) = run(&app, command, |outcome| match outcome {
         TicketOutcome::Scanned(Scanned::Ticket { ticket }) => (
             ticket.id.clone(),
-            json!({ "state": "awaiting_return" }),
+            json!({ "state": TicketState::AwaitingReturn.name() }),
             state_json(ticket),
             format!("parcel {code} scanned"),
         ),
