@@ -89,6 +89,19 @@ struct Journal {
     failed: Option<String>,
 }
 
+impl Journal {
+    /// The newest `limit` entries kept in memory that match `filter`, newest first.
+    fn newest(&self, filter: &AuditFilter, limit: usize) -> Vec<Arc<AuditEntry>> {
+        self.recent
+            .iter()
+            .rev()
+            .filter(|entry| filter.matches(entry))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+}
+
 /// The open journal. Appends are serialised; each one is durable when `append` returns.
 pub struct AuditLog {
     journal: Mutex<Journal>,
@@ -193,16 +206,9 @@ impl AuditLog {
         before_seq: Option<u64>,
         limit: usize,
     ) -> Vec<Arc<AuditEntry>> {
-        let journal = self.journal.lock();
-        journal
-            .recent
-            .iter()
-            .rev()
-            .filter(|entry| before_seq.is_none_or(|before| entry.seq < before))
-            .filter(|entry| target.is_none_or(|target| entry.target == target))
-            .take(limit)
-            .cloned()
-            .collect()
+        let filter =
+            AuditFilter { target: target.map(String::from), before_seq, ..AuditFilter::default() };
+        self.journal.lock().newest(&filter, limit)
     }
 }
 
@@ -246,14 +252,7 @@ impl AuditLog {
     ) -> Result<Vec<Arc<AuditEntry>>, AuditError> {
         let end = {
             let journal = self.journal.lock();
-            let found: Vec<Arc<AuditEntry>> = journal
-                .recent
-                .iter()
-                .rev()
-                .filter(|entry| filter.matches(entry))
-                .take(limit)
-                .cloned()
-                .collect();
+            let found = journal.newest(filter, limit);
             let everything_in_memory = journal.recent.front().is_none_or(|first| first.seq == 1);
             if found.len() == limit || everything_in_memory {
                 return Ok(found);

@@ -232,11 +232,6 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// When the ticket entered its current state.
-    pub fn state_since_ms(&self) -> u64 {
-        self.history.last().map_or(self.created_at_ms, |t| t.at_ms)
-    }
-
     /// Whether this ticket counts against its order's returnable units.
     fn claims(&self) -> bool {
         !self.history.iter().any(|t| t.to == TicketState::Rejected)

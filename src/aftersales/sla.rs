@@ -88,20 +88,14 @@ pub fn spans(ticket: &Ticket) -> Vec<Span> {
     let mut spans: Vec<Span> = Vec::new();
     for step in &ticket.history {
         let stage = Stage::of(ticket.kind, step.to);
-        let current = spans.last_mut().filter(|s| s.end_ms.is_none());
-        match current {
-            Some(span) if Some(span.stage) == stage => {}
-            Some(span) => {
-                span.end_ms = Some(step.at_ms);
-                if let Some(stage) = stage {
-                    spans.push(Span { stage, start_ms: step.at_ms, end_ms: None });
-                }
+        if let Some(span) = spans.last_mut().filter(|s| s.end_ms.is_none()) {
+            if Some(span.stage) == stage {
+                continue;
             }
-            None => {
-                if let Some(stage) = stage {
-                    spans.push(Span { stage, start_ms: step.at_ms, end_ms: None });
-                }
-            }
+            span.end_ms = Some(step.at_ms);
+        }
+        if let Some(stage) = stage {
+            spans.push(Span { stage, start_ms: step.at_ms, end_ms: None });
         }
     }
     spans

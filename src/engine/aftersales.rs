@@ -39,16 +39,6 @@ fn stock_refused(sku: &str, code: ResultCode) -> TicketError {
     TicketError::Stock { sku: sku.to_string(), code: code.name() }
 }
 
-fn state_name(state: ReservationState) -> &'static str {
-    match state {
-        ReservationState::Held => "held",
-        ReservationState::Confirmed => "confirmed",
-        ReservationState::Released => "released",
-        ReservationState::Expired => "expired",
-        ReservationState::Shipped => "shipped",
-    }
-}
-
 impl Engine {
     /// Applies an after-sales command. `on_change` runs (under the locks) if and only if the
     /// state changed; an error changes nothing.
@@ -81,7 +71,7 @@ impl Engine {
                                     })
                                     .collect(),
                             ),
-                            other => Sold::Not(state_name(other)),
+                            other => Sold::Not(other.name()),
                         }
                     }
                 };

@@ -22,9 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stockd_protocol::limits::{ID_BYTES_MAX, SKU_BYTES_MAX};
-use stockd_protocol::{
-    LimitsReply, OpReply, QuotaLimit, ReservationState, ResultCode, SkuInfo, SkuLimits,
-};
+use stockd_protocol::{LimitsReply, OpReply, QuotaLimit, ResultCode, SkuInfo, SkuLimits};
 
 use super::sampler::{Sample, Trend};
 use super::supply::{sku_limits, supply_view, SupplyView};
@@ -394,16 +392,6 @@ pub async fn get_sku(
     Ok(Json(task.await.expect("a SKU view does not panic")?))
 }
 
-fn state_name(state: ReservationState) -> &'static str {
-    match state {
-        ReservationState::Held => "held",
-        ReservationState::Confirmed => "confirmed",
-        ReservationState::Released => "released",
-        ReservationState::Expired => "expired",
-        ReservationState::Shipped => "shipped",
-    }
-}
-
 pub async fn get_reservation(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -423,7 +411,7 @@ pub async fn get_reservation(
         .collect();
     Ok(Json(json!({
         "id": id,
-        "state": state_name(info.state),
+        "state": info.state.name(),
         "created_at_ms": info.created_at_ms,
         "expires_at_ms": info.expires_at_ms,
         "channel": text(&info.channel),
