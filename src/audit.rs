@@ -7,7 +7,8 @@
 //! with `\n`. Fields: `v` (format version, 1), `seq` (1, 2, 3, ... without gaps), `at_ms` (UTC
 //! milliseconds), `actor`, `action` (`set_stock`, `adjust_stock`, `set_safety_stock`),
 //! `target` (the SKU), `reason`, `before` and `after` (objects with the changed figures), `lsn`
-//! (the write-ahead-log record of the change). Unknown fields are ignored by readers of the
+//! (the write-ahead-log record of the change, 0 for changes outside it: keys, approvals),
+//! `key` (optional: the id of the API key that made the change). Unknown fields are ignored by readers of the
 //! same major version.
 //!
 //! An entry is appended and `fdatasync`ed after the change's log record is durable and before
@@ -51,6 +52,10 @@ pub struct AuditEntry {
     pub before: Value,
     pub after: Value,
     pub lsn: u64,
+    /// The API key that made the change (absent before keys existed, and for changes made by
+    /// the server itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// What an append records; the journal adds the version and sequence number.
@@ -147,13 +152,18 @@ impl AuditLog {
     /// Appends one entry and makes it durable. Blocking (a write and an `fdatasync`): call it
     /// off the async runtime's worker threads.
     pub fn append(&self, entry: NewEntry) -> Result<Arc<AuditEntry>, AuditError> {
-        let mut entries = self.append_all(vec![entry])?;
+        let mut entries = self.append_all(vec![entry], None)?;
         Ok(entries.pop().expect("one entry appended"))
     }
 
     /// Appends entries with consecutive sequence numbers in one write and one `fdatasync`
     /// (a bulk change). Blocking, like `append`.
-    pub fn append_all(&self, new: Vec<NewEntry>) -> Result<Vec<Arc<AuditEntry>>, AuditError> {
+    /// Appends entries made with API key `key`, in one write and one `fdatasync`.
+    pub fn append_all(
+        &self,
+        new: Vec<NewEntry>,
+        key: Option<String>,
+    ) -> Result<Vec<Arc<AuditEntry>>, AuditError> {
         let mut journal = self.journal.lock();
         if let Some(why) = &journal.failed {
             return Err(AuditError::Failed(why.clone()));
@@ -173,6 +183,7 @@ impl AuditLog {
                 before: entry.before,
                 after: entry.after,
                 lsn: entry.lsn,
+                key: key.clone(),
             })
             .collect();
         let mut lines = Vec::new();
@@ -216,6 +227,7 @@ impl AuditLog {
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
     pub target: Option<String>,
+    /// The free-text actor or the API key id.
     pub actor: Option<String>,
     pub action: Option<String>,
     /// From this time on (UTC ms, inclusive).
@@ -231,7 +243,8 @@ impl AuditFilter {
         let is =
             |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
         is(&self.target, &entry.target)
-            && is(&self.actor, &entry.actor)
+            && (is(&self.actor, &entry.actor)
+                || self.actor.is_some() && self.actor.as_deref() == entry.key.as_deref())
             && is(&self.action, &entry.action)
             && self.from_ms.is_none_or(|from| entry.at_ms >= from)
             && self.to_ms.is_none_or(|to| entry.at_ms < to)
@@ -329,7 +342,7 @@ mod tests {
                 ..change(n)
             })
             .collect();
-        log.append_all(entries).unwrap();
+        log.append_all(entries, None).unwrap();
         // Bob's entries are older than the newest 10 000 kept in memory: read from the file.
         let bob = AuditFilter { actor: Some("bob".into()), ..AuditFilter::default() };
         let found = log.query(&storage, &bob, 100).unwrap();

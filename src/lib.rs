@@ -7,6 +7,7 @@
 pub mod aftersales;
 pub mod alerting;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -20,6 +20,10 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7878")]
     server: String,
+    /// API key with the admin role (the harness sets up stock, then reserves); the key a
+    /// fresh server prints on its first start will do.
+    #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true)]
+    api_key: String,
     /// TCP connections.
     #[arg(long, default_value_t = 50)]
     connections: usize,
@@ -136,6 +140,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
     let config = RunConfig {
         server: args.server,
+        api_key: args.api_key,
         scenario,
         connections: args.connections,
         in_flight: args.in_flight,

@@ -28,6 +28,9 @@ const SETUP_BATCH: u64 = 4096;
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub server: String,
+    /// API key presented in the handshake (a key with the admin role: the harness sets up
+    /// stock and reserves).
+    pub api_key: String,
     pub scenario: Scenario,
     pub connections: usize,
     pub in_flight: usize,
@@ -181,6 +184,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     });
     let options = ClientOptions {
         client_name: Bytes::from_static(b"stockd-loadtest"),
+        api_key: Bytes::from(config.api_key.clone()),
         in_flight_max: config.in_flight.max(1),
         ..ClientOptions::default()
     };

@@ -53,8 +53,10 @@ fn outcome(name: &str, failures: &[String], ok_detail: String) -> Check {
     }
 }
 
-async fn server_time_ms(server: &str) -> anyhow::Result<u64> {
-    let client = Client::connect(server, ClientOptions::default()).await?;
+async fn server_time_ms(config: &RunConfig) -> anyhow::Result<u64> {
+    let options =
+        ClientOptions { api_key: Bytes::from(config.api_key.clone()), ..ClientOptions::default() };
+    let client = Client::connect(config.server.as_str(), options).await?;
     Ok(client.hello().server_time_ms)
 }
 
@@ -82,10 +84,10 @@ pub async fn check(
 
     let mut skus: Vec<u64> = ledger.touched.iter().copied().collect();
     skus.sort_unstable();
-    let before_ms = server_time_ms(&config.server).await?;
+    let before_ms = server_time_ms(config).await?;
     let ops = skus.iter().map(|s| Op::QuerySku { sku: workload.sku_name(*s) }).collect();
     let replies = query_all(client, ops).await?;
-    let after_ms = server_time_ms(&config.server).await?;
+    let after_ms = server_time_ms(config).await?;
 
     let mut live_min: HashMap<u64, u64> = HashMap::new();
     let mut live_max: HashMap<u64, u64> = HashMap::new();
@@ -173,10 +175,10 @@ pub async fn check(
         ledger.held.iter().take(SPOT_CHECKS).map(|(id, h)| (id, h.expires_at_ms)).collect();
     let mut ids: Vec<bytes::Bytes> = expected.iter().map(|(id, _)| id.clone()).collect();
     ids.extend(holds.iter().map(|(id, _)| (*id).clone()));
-    let before_ms = server_time_ms(&config.server).await?;
+    let before_ms = server_time_ms(config).await?;
     let replies =
         query_all(client, ids.into_iter().map(|id| Op::QueryReservation { id }).collect()).await?;
-    let after_ms = server_time_ms(&config.server).await?;
+    let after_ms = server_time_ms(config).await?;
     for (id, expires_at_ms) in holds {
         let states = if expires_at_ms > after_ms {
             vec![ReservationState::Held]
@@ -232,10 +234,10 @@ async fn limits_checks(
     skus: &[u64],
 ) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let before_ms = server_time_ms(&config.server).await?;
+    let before_ms = server_time_ms(config).await?;
     let ops = skus.iter().map(|s| Op::QueryLimits { sku: workload.sku_name(*s) }).collect();
     let replies = query_all(client, ops).await?;
-    let after_ms = server_time_ms(&config.server).await?;
+    let after_ms = server_time_ms(config).await?;
     if limits.max_per_buyer > 0 {
         // Holds that may still be live when the load stopped all coexisted with the
         // confirmations: together they must fit the limit.

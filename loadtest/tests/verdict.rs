@@ -3,14 +3,16 @@
 
 use std::time::Duration;
 
+use stockd::auth::Role;
 use stockd::config::Config;
 use stockd::server::Server;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
 use stockd_protocol::{ChannelQuota, QuotaLimit, SkuLimits};
 
+/// A server with authentication on, and an admin key for the harness.
 async fn start_server(
-) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir) {
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir, String) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
@@ -19,16 +21,18 @@ async fn start_server(
     config.storage.segment_bytes = 1024 * 1024;
     let server = Server::bind(config).await.expect("server starts");
     let addr = server.local_addr().expect("addr");
+    let (_, key) = server.shared().keys.create("loadtest", Role::Admin, "test", 0).expect("key");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    (addr, stop, dir)
+    (addr, stop, dir, key)
 }
 
-fn flash_sale(server: String, assume_stock: Option<u64>) -> RunConfig {
+fn flash_sale(server: String, api_key: &str, assume_stock: Option<u64>) -> RunConfig {
     RunConfig {
         server,
+        api_key: api_key.to_string(),
         scenario: Scenario::FlashSale,
         connections: 8,
         in_flight: 2,
@@ -57,8 +61,8 @@ fn flash_sale(server: String, assume_stock: Option<u64>) -> RunConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_flash_sale_passes_and_a_wrong_expectation_fails() {
-    let (addr, stop, _dir) = start_server().await;
-    let result = run(flash_sale(addr.to_string(), None)).await.expect("run");
+    let (addr, stop, _dir, key) = start_server().await;
+    let result = run(flash_sale(addr.to_string(), &key, None)).await.expect("run");
     assert!(result.verdict.passed, "{}", result.summary());
     assert!(result.ops > 1_000, "the run did real work: {}", result.summary());
     let granted = result.codes.iter().any(|c| c.op == "reserve" && c.code == "ok");
@@ -71,7 +75,7 @@ async fn a_short_flash_sale_passes_and_a_wrong_expectation_fails() {
     assert_eq!(json["verdict"]["passed"], true);
 
     // The same sale judged against a smaller stock than the server really had must fail.
-    let wrong = run(flash_sale(addr.to_string(), Some(10))).await.expect("run");
+    let wrong = run(flash_sale(addr.to_string(), &key, Some(10))).await.expect("run");
     assert!(!wrong.verdict.passed, "{}", wrong.summary());
     let failed: Vec<&str> =
         wrong.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
@@ -81,7 +85,7 @@ async fn a_short_flash_sale_passes_and_a_wrong_expectation_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_kept_and_looser_limits_than_assumed_fail_the_verdict() {
-    let (addr, stop, _dir) = start_server().await;
+    let (addr, stop, _dir, key) = start_server().await;
     let limits = |max_per_buyer| SkuLimits {
         max_per_buyer,
         shared_pool: false,
@@ -96,7 +100,7 @@ async fn limits_are_kept_and_looser_limits_than_assumed_fail_the_verdict() {
         limits: set,
         assume_limits: assumed,
         prefix: prefix.into(),
-        ..flash_sale(addr.to_string(), None)
+        ..flash_sale(addr.to_string(), &key, None)
     };
     let result = run(sale("lim", limits(2), None)).await.expect("run");
     assert!(result.verdict.passed, "{}", result.summary());

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -121,7 +121,16 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout(options.connect_timeout))??;
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        Client::over(stream, options).await
+    }
+
+    /// Completes the handshake over an already connected stream (for example a TLS stream
+    /// from `tokio-rustls`; the protocol is the same inside).
+    pub async fn over<S>(stream: S, options: ClientOptions) -> Result<Client, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (tx, rx) = mpsc::channel(options.in_flight_max.max(1));
         tokio::spawn(write_loop(write, rx, pending.clone()));
@@ -434,8 +443,8 @@ fn close_all(pending: &Mutex<Pending>, why: String) {
 /// Bytes gathered into one write before it is sent.
 const WRITE_COALESCE_BYTES_MAX: usize = 256 * 1024;
 
-async fn write_loop(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
     mut rx: mpsc::Receiver<Outgoing>,
     pending: Arc<Mutex<Pending>>,
 ) {
@@ -465,8 +474,8 @@ async fn write_loop(
     let _ = write.shutdown().await;
 }
 
-async fn read_loop(
-    mut frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameDecoder>,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, FrameDecoder>,
     pending: Arc<Mutex<Pending>>,
 ) {
     let why = loop {

@@ -16,6 +16,8 @@ use stockd_protocol::{
     ReserveAt, ResultCode, SkuInfo, SkuLimits,
 };
 
+mod http;
+mod keys;
 mod tickets;
 
 use crate::config::{Config, LogFormat, DEFAULT_TOML};
@@ -56,9 +58,8 @@ enum Command {
     /// Send a warehouse (WMS) feed: physical counts and incoming stock, as CSV (the columns
     /// are in the README, "WMS feed"). The file is checked first; a bad row sends nothing.
     WmsImport {
-        /// Address of the server's HTTP side.
-        #[arg(long, env = "STOCKD_HTTP", default_value = "127.0.0.1:7879")]
-        http: String,
+        #[command(flatten)]
+        http: http::HttpTarget,
         /// Who sends it (recorded in the audit log).
         #[arg(long)]
         actor: String,
@@ -70,6 +71,8 @@ enum Command {
     },
     /// Return tickets: open, move, scan, list, show, report (over HTTP).
     Tickets(tickets::TicketArgs),
+    /// API keys: create, list, revoke (over HTTP with an admin key, or --offline).
+    Keys(keys::KeyArgs),
     /// Reserve stock: `stockd reserve ORDER-1 SKU-A:2 SKU-B:1`.
     Reserve {
         #[command(flatten)]
@@ -286,6 +289,9 @@ struct ServeArgs {
     /// Address of the HTTP endpoints (/healthz, /readyz, /metrics), overriding the configuration.
     #[arg(long, env = "STOCKD_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Development only: no API keys, every caller is an admin (sets auth.enabled = false).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Args, Debug)]
@@ -296,6 +302,12 @@ struct ClientArgs {
     /// API key presented in the handshake.
     #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true)]
     api_key: String,
+}
+
+/// A UTC time in milliseconds as RFC 3339 (seconds).
+fn fmt_ms(ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn parse_line(text: &str) -> Result<Line, String> {
@@ -347,6 +359,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(http) = args.http_listen {
         config.http.listen = http;
     }
+    if args.no_auth {
+        config.auth.enabled = false;
+    }
     config.validate()?;
     init_logging(&config);
     let runtime = runtime()?;
@@ -354,6 +369,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let server = Server::bind(config.clone())
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
+        keys::bootstrap(&server.shared())?;
         server.run(shutdown_signal()).await.context("serving")
     })
 }
@@ -369,6 +385,8 @@ fn repair(
         config.storage.data_dir = dir;
     }
     let dir = &config.storage.data_dir;
+    let _lock = crate::wal::DirLock::acquire(dir)
+        .with_context(|| format!("{}: stop the server before repairing", dir.display()))?;
     let storage = DirStorage::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     let engine = config.engine_config();
     let options = RecoverOptions { up_to: None, read_only: true };
@@ -586,7 +604,7 @@ async fn import(client: &ClientArgs, file: &Path) -> anyhow::Result<ResultCode> 
 
 /// Checks a WMS feed, posts it to `/api/v1/feeds/wms` and prints one result per row.
 async fn wms_import(
-    http: &str,
+    http: &http::HttpTarget,
     actor: &str,
     reason: &str,
     file: &Path,
@@ -599,14 +617,14 @@ async fn wms_import(
     if let Err(e) = crate::wms::parse(&text) {
         bail!("{}: {e}; nothing was sent", file.display());
     }
-    let response = reqwest::Client::new()
-        .post(format!("http://{http}/api/v1/feeds/wms"))
+    let response = http
+        .request(reqwest::Method::POST, "/api/v1/feeds/wms")
         .query(&[("actor", actor), ("reason", reason)])
         .header("content-type", "text/csv")
         .body(text)
         .send()
         .await
-        .with_context(|| format!("cannot reach {http}"))?;
+        .with_context(|| format!("cannot reach {}", http.http))?;
     let status = response.status();
     let body: serde_json::Value = response.json().await.context("the reply is not JSON")?;
     if !status.is_success() {
@@ -763,6 +781,7 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
             return wms_import(&http, &actor, &reason, &file).await
         }
         Command::Tickets(args) => return tickets::run(args).await,
+        Command::Keys(args) => return keys::run(args).await,
         Command::Confirm { client, id, lines } => {
             let code = connect(&client).await?.confirm(bytes(&id), lines).await?;
             println!("{code}");

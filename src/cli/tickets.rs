@@ -1,16 +1,14 @@
 //! `stockd tickets ...`: the after-sales API from a terminal (open, move, scan, list, show,
 //! report), over the server's HTTP side. A refusal prints its code and message (exit 3).
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use stockd_protocol::ResultCode;
 
 #[derive(Args, Debug)]
 pub struct TicketArgs {
-    /// Address of the server's HTTP side.
-    #[arg(long, env = "STOCKD_HTTP", default_value = "127.0.0.1:7879", global = true)]
-    http: String,
+    #[command(flatten)]
+    http: super::http::HttpTarget,
     #[command(subcommand)]
     command: TicketCommand,
 }
@@ -118,29 +116,6 @@ fn lines(lines: &[(String, u32)]) -> Value {
     lines.iter().map(|(sku, qty)| json!({ "sku": sku, "qty": qty })).collect()
 }
 
-/// One API call; a refusal is printed and becomes `Err(code)`.
-async fn call(
-    http: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Result<Value, ResultCode>> {
-    let mut request = reqwest::Client::new().request(method, format!("http://{http}{path}"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.with_context(|| format!("cannot reach {http}"))?;
-    let status = response.status();
-    let body: Value = response.json().await.context("the reply is not JSON")?;
-    if status.is_success() {
-        return Ok(Ok(body));
-    }
-    let code = body["code"].as_str().unwrap_or("error");
-    println!("{code}: {}", body["message"].as_str().unwrap_or(""));
-    // Any refusal exits with 3, like a refused protocol operation.
-    Ok(Err(ResultCode::InvalidArgument))
-}
-
 fn summary(ticket: &Value) -> String {
     let overdue = match ticket["overdue"]["stage"].as_str() {
         Some(stage) => format!(" overdue={stage}"),
@@ -162,14 +137,14 @@ fn pretty(value: &Value) -> String {
 
 pub async fn run(args: TicketArgs) -> anyhow::Result<ResultCode> {
     use reqwest::Method;
-    let http = args.http.as_str();
+    let http = &args.http;
     let reply = match args.command {
         TicketCommand::Open { kind, order, reason, actor, customer, tracking, id, lines: l } => {
             let body = json!({
                 "id": id, "kind": kind, "order": order, "reason": reason, "actor": actor,
                 "customer": customer, "tracking": tracking, "lines": lines(&l),
             });
-            call(http, Method::POST, "/api/v1/tickets", Some(body)).await?.map(|t| summary(&t))
+            http.call(Method::POST, "/api/v1/tickets", Some(body)).await?.map(|t| summary(&t))
         }
         TicketCommand::Move { id, to, actor, note, tracking, inspections, replacements } => {
             let mut body = json!({ "to": to, "actor": actor, "note": note });
@@ -180,11 +155,11 @@ pub async fn run(args: TicketArgs) -> anyhow::Result<ResultCode> {
                 _ => {}
             }
             let path = format!("/api/v1/tickets/{id}/transitions");
-            call(http, Method::POST, &path, Some(body)).await?.map(|t| summary(&t))
+            http.call(Method::POST, &path, Some(body)).await?.map(|t| summary(&t))
         }
         TicketCommand::Scan { code, actor, note } => {
             let body = json!({ "code": code, "actor": actor, "note": note });
-            call(http, Method::POST, "/api/v1/aftersales/scan", Some(body)).await?.map(|reply| {
+            http.call(Method::POST, "/api/v1/aftersales/scan", Some(body)).await?.map(|reply| {
                 if reply["matched"] == true {
                     format!("matched {}", summary(&reply["ticket"]))
                 } else {
@@ -198,7 +173,7 @@ pub async fn run(args: TicketArgs) -> anyhow::Result<ResultCode> {
             query.extend(overdue.then(|| "overdue=true".to_string()));
             query.extend(open.then(|| "open=true".to_string()));
             let path = format!("/api/v1/tickets?{}", query.join("&"));
-            call(http, Method::GET, &path, None).await?.map(|reply| {
+            http.call(Method::GET, &path, None).await?.map(|reply| {
                 let tickets = reply["tickets"].as_array().cloned().unwrap_or_default();
                 let mut out: Vec<String> = tickets.iter().map(summary).collect();
                 out.push(format!("{} tickets", reply["matched"]));
@@ -207,14 +182,14 @@ pub async fn run(args: TicketArgs) -> anyhow::Result<ResultCode> {
         }
         TicketCommand::Show { id } => {
             let path = format!("/api/v1/tickets/{id}");
-            call(http, Method::GET, &path, None).await?.map(|t| pretty(&t))
+            http.call(Method::GET, &path, None).await?.map(|t| pretty(&t))
         }
         TicketCommand::Report { from_ms, to_ms } => {
             let mut query = Vec::new();
             query.extend(from_ms.map(|ms| format!("from_ms={ms}")));
             query.extend(to_ms.map(|ms| format!("to_ms={ms}")));
             let path = format!("/api/v1/aftersales/report?{}", query.join("&"));
-            call(http, Method::GET, &path, None).await?.map(|r| pretty(&r))
+            http.call(Method::GET, &path, None).await?.map(|r| pretty(&r))
         }
     };
     match reply {

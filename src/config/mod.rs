@@ -13,7 +13,8 @@ use thiserror::Error;
 
 use crate::engine::EngineConfig;
 use crate::limits::{
-    FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SHARDS_MAX,
+    BATCH_OPS_MAX, FRAME_BODY_BYTES_MAX, FRAME_BODY_BYTES_MIN, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SHARDS_MAX,
 };
 use crate::wal::{FsyncMode, WalConfig};
 pub use modules::{AlertingConfig, ChannelConfig, SyncSection, CHANNEL_NAME_BYTES_MAX};
@@ -40,6 +41,9 @@ pub struct Config {
     pub engine: EngineSection,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
+    /// Two-person approval of dangerous changes.
+    pub approval: crate::auth::approvals::ApprovalConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
     pub sync: SyncSection,
     /// Sales channels whose orders are synchronised (none by default).
@@ -59,6 +63,8 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// Operations per second one connection may send (0: no limit); beyond it, `overloaded`.
+    pub connection_ops_per_second: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -127,7 +133,21 @@ impl Default for StorageConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    pub accept_any_key: bool,
+    /// Off only for development: every caller is then an admin (a warning is logged).
+    pub enabled: bool,
+    /// HTTP API requests per second one key may send (0: no limit); beyond it, 429.
+    pub http_requests_per_second: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve both the TCP protocol and HTTP over TLS.
+    pub enabled: bool,
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key_file: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -154,6 +174,7 @@ impl Default for ServerConfig {
             write_timeout_ms: 10_000,
             idle_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
+            connection_ops_per_second: 1_000_000,
         }
     }
 }
@@ -174,7 +195,7 @@ impl Default for EngineSection {
 
 impl Default for AuthConfig {
     fn default() -> AuthConfig {
-        AuthConfig { accept_any_key: true }
+        AuthConfig { enabled: true, http_requests_per_second: 200 }
     }
 }
 
@@ -265,11 +286,27 @@ impl Config {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }
-        if !self.auth.accept_any_key {
+        let ops = self.server.connection_ops_per_second;
+        if ops != 0 && ops < BATCH_OPS_MAX {
             return Err(invalid(
-                "auth.accept_any_key",
-                "this version has no API key store; only `true` is supported",
+                "server.connection_ops_per_second",
+                format!("must be 0 (no limit) or at least {BATCH_OPS_MAX}, one full batch"),
             ));
+        }
+        if self.approval.expiry_ms == 0 {
+            return Err(invalid("approval.expiry_ms", "must be at least 1"));
+        }
+        if self.approval.negative_percent > 100 {
+            return Err(invalid("approval.negative_percent", "must be in 0..=100"));
+        }
+        if self.tls.enabled {
+            for (key, path) in
+                [("tls.cert_file", &self.tls.cert_file), ("tls.key_file", &self.tls.key_file)]
+            {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(key, "must be set when tls.enabled is true"));
+                }
+            }
         }
         modules::validate(&self.sync, &self.channels, &self.alerting, self.engine.hold_ms_max)?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -334,7 +371,11 @@ mod tests {
             ("[http]\nlisten = \"nowhere\"\n", "http.listen"),
             ("[server]\nframe_body_bytes_max = 10\n", "server.frame_body_bytes_max"),
             ("[engine]\nttl_ms_default = 5000\nhold_ms_max = 10\n", "engine.ttl_ms_default"),
-            ("[auth]\naccept_any_key = false\n", "auth.accept_any_key"),
+            ("[auth]\naccept_any_key = true\n", "accept_any_key"),
+            ("[server]\nconnection_ops_per_second = 10\n", "server.connection_ops_per_second"),
+            ("[approval]\nexpiry_ms = 0\n", "approval.expiry_ms"),
+            ("[approval]\nnegative_percent = 101\n", "approval.negative_percent"),
+            ("[tls]\nenabled = true\n", "tls.cert_file"),
             ("[server]\nconnections_max = 0\n", "server.connections_max"),
             ("[storage]\nsegment_bytes = 4096\n", "storage.segment_bytes"),
             ("[server]\nframe_timeout_ms = 0\n", "server.frame_timeout_ms"),

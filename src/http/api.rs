@@ -28,6 +28,7 @@ use super::sampler::{Sample, Trend};
 use super::supply::{sku_limits, supply_view, SupplyView};
 use super::AppState;
 use crate::audit::{AuditEntry, AuditError, AuditFilter, NewEntry};
+use crate::auth::approvals;
 use crate::engine::{Command, SkuFilter};
 use crate::server::Shared;
 use crate::wal::{Health, Wal};
@@ -45,11 +46,19 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// One more named field of the reply (the pending request of `approval_required`).
+    extra: Option<(&'static str, Value)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), extra: None }
+    }
+
+    /// Adds a named field to the reply.
+    pub fn with(mut self, name: &'static str, value: Value) -> ApiError {
+        self.extra = Some((name, value));
+        self
     }
 
     pub fn code(&self) -> &'static str {
@@ -60,7 +69,7 @@ impl ApiError {
         &self.message
     }
 
-    fn invalid(message: impl Into<String>) -> ApiError {
+    pub(super) fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
     }
 
@@ -79,7 +88,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "code": self.code, "message": self.message });
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let Some((name, value)) = self.extra {
+            body[name] = value;
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -561,6 +573,13 @@ pub(super) async fn change(
     let shared = app.shared.clone();
     ready_for_changes(&shared)?;
     let now_ms = shared.clock.now_ms();
+    if shared.auth_enabled() {
+        let config = &shared.config.approval;
+        if let Some(why) = approvals::dangerous(&shared.engine, config, &command, now_ms) {
+            let changes = vec![(sku.clone(), Ok((sku.clone(), command, action)))];
+            return Err(super::approvals::hold(&shared, changes, who, action, sku, why).await);
+        }
+    }
     let applied = apply_change(&shared, &sku, &command, action, &who, now_ms)?;
     let Some(entry) = applied.entry else {
         return Ok(Json(Changed {
@@ -702,7 +721,8 @@ pub(super) async fn make_durable_and_audit(
         return Err(ApiError::read_only(shared.wal.health()));
     }
     let shared = shared.clone();
-    let audit = tokio::task::spawn_blocking(move || shared.audit.append_all(entries));
+    let key = crate::auth::caller().map(|caller| caller.key_id.to_string());
+    let audit = tokio::task::spawn_blocking(move || shared.audit.append_all(entries, key));
     audit.await.expect("an audit append does not panic").map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -772,8 +792,10 @@ pub async fn audit(
         return Ok(Json(json!({ "entries": entries })).into_response());
     }
     let mut writer = csv::Writer::from_writer(Vec::new());
-    let header =
-        ["seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn"];
+    let header = [
+        "seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn",
+        "key",
+    ];
     let row = |e: &AuditEntry| {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms);
         [
@@ -787,6 +809,7 @@ pub async fn audit(
             e.before.to_string(),
             e.after.to_string(),
             e.lsn.to_string(),
+            e.key.clone().unwrap_or_default(),
         ]
     };
     let written = writer

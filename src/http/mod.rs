@@ -1,12 +1,16 @@
 //! The HTTP side, on its own port (`http.listen`): the operations dashboard (`/`), the JSON
 //! admin API (`/api/v1/...`, see `docs/API.md`), `/healthz` (the process answers), `/readyz`
 //! (recovered and accepting writes; 503 while read-only) and `/metrics` (Prometheus /
-//! OpenMetrics text). Errors are JSON with a code and a message.
+//! OpenMetrics text). Errors are JSON with a code and a message. Every request passes the
+//! `guard` (API key, role, rate limit) first.
 
 pub mod alerts;
 pub mod api;
+pub mod approvals;
 pub mod channels;
 pub mod dashboard;
+pub mod guard;
+pub mod keys;
 pub mod sampler;
 pub mod supply;
 pub mod tickets;
@@ -37,6 +41,7 @@ pub struct AppState {
 }
 
 pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Router {
+    let state = AppState { shared, samples };
     let api = Router::new()
         .route("/status", get(api::status))
         .route("/skus", get(api::list_skus))
@@ -69,6 +74,11 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
         .route("/aftersales/parcels", get(tickets::parcels))
         .route("/aftersales/report", get(tickets::report))
         .route("/events", get(dashboard::events))
+        .route("/keys", get(keys::list).post(keys::create))
+        .route("/keys/{id}/revoke", post(keys::revoke))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}/approve", post(approvals::approve))
+        .route("/approvals/{id}/reject", post(approvals::reject))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .route(
             "/bulk",
@@ -96,7 +106,8 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
                 "this endpoint does not take that method",
             )
         })
-        .with_state(AppState { shared, samples })
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
+        .with_state(state)
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

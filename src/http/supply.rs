@@ -437,7 +437,46 @@ pub async fn bulk(
 ) -> Result<Json<BulkReply>, ApiError> {
     let Json(body) = body?;
     let who = Attribution { actor: body.actor, reason: body.reason };
-    apply_items(&app.shared, body.items, who).await.map(Json)
+    let shared = &app.shared;
+    if !shared.auth_enabled() {
+        return apply_items(shared, body.items, who).await.map(Json);
+    }
+    // With identities, a dangerous bulk request waits for a second admin as a whole.
+    if body.items.is_empty() || body.items.len() > BULK_ITEMS_MAX {
+        return Err(invalid(format!("a bulk request has 1..={BULK_ITEMS_MAX} items")));
+    }
+    let prepared = prepare(body.items);
+    match super::approvals::bulk_danger(shared, &prepared) {
+        None => apply_prepared(shared, prepared, who).await.map(Json),
+        Some(why) => {
+            let target = format!("{} items", prepared.len());
+            Err(super::approvals::hold(shared, prepared, who, "bulk", target, why).await)
+        }
+    }
+}
+
+/// A bulk item ready to apply: its SKU and its command (or why it is refused).
+pub(super) type Prepared = (String, Result<(String, Command, &'static str), ApiError>);
+
+/// Checks bulk items and turns them into commands.
+pub(super) fn prepare(items: Vec<Item>) -> Vec<Prepared> {
+    items
+        .into_iter()
+        .map(|item| {
+            let sku = match &item {
+                Item::SetStock { sku, .. }
+                | Item::AdjustStock { sku, .. }
+                | Item::SetSafetyStock { sku, .. }
+                | Item::SetLimits { sku, .. }
+                | Item::SetLocation { sku, .. }
+                | Item::AdjustLocation { sku, .. }
+                | Item::SetIncoming { sku, .. }
+                | Item::ReceiveIncoming { sku, .. }
+                | Item::SetPreorder { sku, .. } => sku.clone(),
+            };
+            (sku, item.command())
+        })
+        .collect()
 }
 
 /// Applies bulk items one by one (each may be refused on its own), then waits once for the
@@ -450,6 +489,15 @@ pub(super) async fn apply_items(
     if items.is_empty() || items.len() > BULK_ITEMS_MAX {
         return Err(invalid(format!("a bulk request has 1..={BULK_ITEMS_MAX} items")));
     }
+    apply_prepared(shared, prepare(items), who).await
+}
+
+/// Applies prepared changes (see [`apply_items`]).
+pub(super) async fn apply_prepared(
+    shared: &Arc<Shared>,
+    prepared: Vec<Prepared>,
+    who: Attribution,
+) -> Result<BulkReply, ApiError> {
     who.check()?;
     let shared = shared.clone();
     ready_for_changes(&shared)?;
@@ -457,21 +505,10 @@ pub(super) async fn apply_items(
         let shared = shared.clone();
         move || {
             let now_ms = shared.clock.now_ms();
-            let mut results = Vec::with_capacity(items.len());
+            let mut results = Vec::with_capacity(prepared.len());
             let mut entries = Vec::new();
-            for item in items {
-                let sku = match &item {
-                    Item::SetStock { sku, .. }
-                    | Item::AdjustStock { sku, .. }
-                    | Item::SetSafetyStock { sku, .. }
-                    | Item::SetLimits { sku, .. }
-                    | Item::SetLocation { sku, .. }
-                    | Item::AdjustLocation { sku, .. }
-                    | Item::SetIncoming { sku, .. }
-                    | Item::ReceiveIncoming { sku, .. }
-                    | Item::SetPreorder { sku, .. } => sku.clone(),
-                };
-                let applied = item.command().and_then(|(sku, command, action)| {
+            for (sku, command) in prepared {
+                let applied = command.and_then(|(sku, command, action)| {
                     apply_change(&shared, &sku, &command, action, &who, now_ms)
                 });
                 results.push(match applied {

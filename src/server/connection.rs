@@ -15,6 +15,14 @@
 //! `write_timeout_ms` (a client that never reads), and an optional `idle_timeout_ms` closes
 //! connections that send nothing.
 //!
+//! Authentication (README "Security"): with `auth.enabled`, the handshake must present a valid
+//! API key, or it is answered `unauthorized` and the connection closed. Every operation is
+//! checked against the key's role (`forbidden` otherwise), and before each frame the
+//! connection notices a revocation of its key (one atomic load when nothing was revoked): the
+//! frame is answered `unauthorized` and the connection closed. Operations beyond the
+//! connection's rate (`server.connection_ops_per_second`) are answered `overloaded` without
+//! being queued. Customer ids in replies are hidden from roles that do not see customers.
+//!
 //! Frame errors that leave the stream in sync (bad body checksum, undecodable body, unknown
 //! opcode) are answered with an `ERROR` frame carrying the request id, and the connection goes
 //! on. Errors in a header (magic, version, checksum, size) or a missing handshake are answered
@@ -24,9 +32,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
@@ -34,11 +41,13 @@ use tracing::debug;
 
 use stockd_protocol::frame::RawFrame;
 use stockd_protocol::{
-    ErrorReply, FrameDecoder, Hello, HelloReply, OpReply, Reply, Request, ResultCode,
+    ErrorReply, FrameDecoder, Hello, HelloReply, Op, OpReply, Reply, Request, ResultCode,
     PROTOCOL_VERSION,
 };
 
 use super::{dispatch, Shared};
+use crate::auth::{approvals, direct_limiter, DirectLimiter, Permission, Principal, HIDDEN};
+use crate::engine::Command;
 use crate::limits::{BATCH_OPS_MAX, CONNECTION_REPLIES_PER_ROUND_MAX, LINES_PER_RESERVATION_MAX};
 use crate::wal::{Progress, Wal};
 
@@ -58,15 +67,19 @@ struct Connection {
     /// Replies of this round, held until the log is durable enough to send them.
     replies: Vec<(u64, Reply)>,
     progress: watch::Receiver<Progress>,
+    /// Who the handshake authenticated (`dev` with authentication off).
+    principal: Principal,
+    /// The key store's revocation count when the key was last checked.
+    keys_generation: u64,
+    limiter: Option<DirectLimiter>,
 }
 
-pub(super) async fn serve(
-    mut stream: TcpStream,
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut decoder = FrameDecoder::new(shared.config.server.frame_body_bytes_max);
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
@@ -76,7 +89,17 @@ pub(super) async fn serve(
     let write_timeout = Duration::from_millis(server.write_timeout_ms);
     let idle_timeout =
         (server.idle_timeout_ms > 0).then(|| Duration::from_millis(server.idle_timeout_ms));
-    let mut conn = Connection { shared, peer, handshaken: false, replies: Vec::new(), progress };
+    let limiter = direct_limiter(server.connection_ops_per_second);
+    let mut conn = Connection {
+        shared,
+        peer,
+        handshaken: false,
+        replies: Vec::new(),
+        progress,
+        principal: Principal::dev(),
+        keys_generation: 0,
+        limiter,
+    };
     // When the frame now being received started arriving (or the connection went idle).
     let mut waiting_since = Instant::now();
     debug!(%peer, "connection opened");
@@ -207,38 +230,120 @@ impl Connection {
             }
             request => request,
         };
+        if !self.key_still_valid() {
+            let message = "the API key was revoked".to_string();
+            self.error(request_id, ResultCode::Unauthorized, message);
+            return Flow::Close;
+        }
         let now_ms = self.shared.clock.now_ms();
-        let shared = &*self.shared;
         let reply = match request {
-            Request::Op(op) => Reply::Op(dispatch::execute(shared, op, now_ms)),
-            Request::Batch(ops) => Reply::Batch(
-                ops.into_iter().map(|op| dispatch::execute(shared, op, now_ms)).collect(),
-            ),
+            Request::Op(op) => match self.admit(1) {
+                true => Reply::Op(self.execute(op, now_ms)),
+                false => Reply::Op(self.overloaded(&op)),
+            },
+            Request::Batch(ops) => match self.admit(ops.len()) {
+                true => Reply::Batch(ops.into_iter().map(|op| self.execute(op, now_ms)).collect()),
+                false => Reply::Batch(ops.iter().map(|op| self.overloaded(op)).collect()),
+            },
             Request::Hello(_) => unreachable!("handled above"),
         };
         self.replies.push((request_id, reply));
         Flow::Continue
     }
 
+    /// Whether the connection's key is still valid (always, with authentication off).
+    fn key_still_valid(&mut self) -> bool {
+        let keys = &self.shared.keys;
+        let generation = keys.generation();
+        if generation == self.keys_generation || !self.shared.auth_enabled() {
+            return true;
+        }
+        self.keys_generation = generation;
+        keys.is_active(&self.principal.key_id)
+    }
+
+    /// Takes `ops` operations from the connection's rate allowance.
+    fn admit(&self, ops: usize) -> bool {
+        let Some(limiter) = &self.limiter else { return true };
+        let ops = u32::try_from(ops).ok().and_then(std::num::NonZeroU32::new);
+        ops.is_none_or(|n| matches!(limiter.check_n(n), Ok(Ok(()))))
+    }
+
+    fn overloaded(&self, op: &Op) -> OpReply {
+        self.refused(op, ResultCode::Overloaded)
+    }
+
+    fn refused(&self, op: &Op, code: ResultCode) -> OpReply {
+        let opcode = op.opcode();
+        self.shared.metrics.operation(opcode.name(), code.name());
+        OpReply::refused(opcode, code)
+    }
+
+    /// Executes one operation if the key's role allows it.
+    fn execute(&self, op: Op, now_ms: u64) -> OpReply {
+        let shared = &*self.shared;
+        let permission = Permission::of_op(&op);
+        if !self.principal.allows(permission) {
+            return self.refused(&op, ResultCode::Forbidden);
+        }
+        // Changes that need a second admin's approval cannot wait on this protocol.
+        if shared.auth_enabled() && matches!(permission, Permission::Sync | Permission::Stock) {
+            let command = Command::from_op(op.clone()).expect("a stock change is a command");
+            let config = &shared.config.approval;
+            if let Some(why) = approvals::dangerous(&shared.engine, config, &command, now_ms) {
+                debug!(peer = %self.peer, why, "refused: needs approval over HTTP");
+                return self.refused(&op, ResultCode::Forbidden);
+            }
+        }
+        let mut reply = dispatch::execute(shared, op, now_ms);
+        if let OpReply::QueryReservation(found) = &mut reply {
+            match &mut found.info {
+                Some(info)
+                    if !info.customer.is_empty() && !self.principal.role.sees_customers() =>
+                {
+                    info.customer = Bytes::from_static(HIDDEN.as_bytes());
+                }
+                _ => {}
+            }
+        }
+        reply
+    }
+
     fn hello(&mut self, request_id: u64, hello: &Hello) -> Flow {
         let config = &self.shared.config;
         let supported =
             hello.min_version <= PROTOCOL_VERSION && PROTOCOL_VERSION <= hello.max_version;
-        // Any key is accepted (`auth.accept_any_key`, validated to be true at startup).
-        let code = if supported { ResultCode::Ok } else { ResultCode::UnsupportedVersion };
+        let authenticated = match self.shared.auth_enabled() {
+            false => Ok(Principal::dev()),
+            true => {
+                // Read the generation first: a revocation racing this check is seen later.
+                self.keys_generation = self.shared.keys.generation();
+                self.shared.keys.authenticate(&hello.api_key)
+            }
+        };
+        let code = match &authenticated {
+            _ if !supported => ResultCode::UnsupportedVersion,
+            Err(why) => {
+                debug!(peer = %self.peer, %why, "handshake refused");
+                ResultCode::Unauthorized
+            }
+            Ok(_) => ResultCode::Ok,
+        };
+        let accepted = code.is_ok();
         let reply = HelloReply {
             code,
-            version: if supported { PROTOCOL_VERSION } else { 0 },
+            version: if accepted { PROTOCOL_VERSION } else { 0 },
             frame_body_bytes_max: config.server.frame_body_bytes_max,
             batch_ops_max: BATCH_OPS_MAX,
             lines_max: LINES_PER_RESERVATION_MAX,
             server_time_ms: self.shared.clock.now_ms(),
         };
         self.replies.push((request_id, Reply::Hello(reply)));
-        self.handshaken = supported;
-        if supported {
+        self.handshaken = accepted;
+        if let (true, Ok(principal)) = (accepted, authenticated) {
             let client = String::from_utf8_lossy(&hello.client_name);
-            debug!(peer = %self.peer, %client, "handshake");
+            debug!(peer = %self.peer, %client, key = %principal.key_id, "handshake");
+            self.principal = principal;
             Flow::Continue
         } else {
             Flow::Close

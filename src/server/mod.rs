@@ -23,11 +23,12 @@ use tracing::{debug, info, warn};
 
 use stockd_protocol::{ErrorReply, Reply, ResultCode};
 
+use crate::auth::tls::{self, TlsAcceptor, TlsListener};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::limits::REFUSE_WRITE_TIMEOUT_MS;
-use crate::wal::{recover, DirStorage, RecoverOptions, RecoveryError, Storage, Wal};
+use crate::wal::{recover, DirLock, DirStorage, RecoverOptions, RecoveryError, Storage, Wal};
 
 pub use dispatch::execute;
 
@@ -51,6 +52,19 @@ pub struct Shared {
     pub sync: crate::sync::OrderSync,
     /// Alert rules, open alerts and their history.
     pub alerts: crate::alerting::Alerting,
+    /// API keys (hashed) and their roles.
+    pub keys: crate::auth::KeyStore,
+    /// Dangerous changes waiting for a second admin's approval.
+    pub approvals: crate::auth::approvals::Approvals<crate::http::approvals::Deferred>,
+    /// HTTP requests per key and second (`auth.http_requests_per_second`).
+    pub http_limiter: Option<crate::auth::KeyedLimiter>,
+}
+
+impl Shared {
+    /// Whether callers must present API keys (`auth.enabled`).
+    pub fn auth_enabled(&self) -> bool {
+        self.config.auth.enabled
+    }
 }
 
 /// Why the server could not start.
@@ -69,6 +83,10 @@ pub enum StartError {
     Wal(io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("data directory {path}: {source}")]
+    Locked { path: String, source: io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::auth::tls::TlsError),
 }
 
 /// A bound, not yet running server.
@@ -76,6 +94,9 @@ pub struct Server {
     listener: TcpListener,
     http_listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    /// Held until `run` returns (a real data directory only).
+    lock: Option<DirLock>,
 }
 
 impl Server {
@@ -88,9 +109,14 @@ impl Server {
     /// Like [`Server::bind`] with a given clock (tests use a manual one).
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Server, StartError> {
         let path = config.storage.data_dir.clone();
+        let shown = path.display().to_string();
+        let lock = DirLock::acquire(&path)
+            .map_err(|source| StartError::Locked { path: shown.clone(), source })?;
         let storage = DirStorage::open(&path)
-            .map_err(|source| StartError::DataDir { path: path.display().to_string(), source })?;
-        Server::bind_with(config, clock, Arc::new(storage)).await
+            .map_err(|source| StartError::DataDir { path: shown, source })?;
+        let mut server = Server::bind_with(config, clock, Arc::new(storage)).await?;
+        server.lock = Some(lock);
+        Ok(server)
     }
 
     /// Like [`Server::bind`] with a given clock and storage (tests inject faults).
@@ -114,6 +140,18 @@ impl Server {
         let audit = crate::audit::AuditLog::open(&*storage)?;
         let sync = crate::sync::OrderSync::open(&config, &*storage)?;
         let alerts = crate::alerting::Alerting::open(&config.alerting, &*storage)?;
+        let keys = crate::auth::KeyStore::open(&*storage)?;
+        let tls = match config.tls.enabled {
+            true => Some(crate::auth::tls::acceptor(&config.tls.cert_file, &config.tls.key_file)?),
+            false => None,
+        };
+        if !config.auth.enabled {
+            warn!(
+                "authentication is OFF (auth.enabled = false / --no-auth): every caller is an \
+                 admin; for development only"
+            );
+        }
+        let http_limiter = crate::auth::keyed_limiter(config.auth.http_requests_per_second);
         let tail = recovered.tail(&*storage)?;
         let wal =
             Wal::start(storage.clone(), config.wal_config(), tail).map_err(StartError::Wal)?;
@@ -138,8 +176,11 @@ impl Server {
             audit,
             sync,
             alerts,
+            keys,
+            approvals: Default::default(),
+            http_limiter,
         };
-        Ok(Server { listener, http_listener, shared: Arc::new(shared) })
+        Ok(Server { listener, http_listener, shared: Arc::new(shared), tls, lock: None })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -158,7 +199,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Server { listener, http_listener, shared } = self;
+        let Server { listener, http_listener, shared, tls, lock } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(shared.config.server.connections_max));
         let mut connections = JoinSet::new();
@@ -192,10 +233,21 @@ impl Server {
         let http = {
             let mut stop = stop_rx.clone();
             let router = crate::http::router(shared.clone(), samples_rx);
-            let serve = axum::serve(http_listener, router).with_graceful_shutdown(async move {
+            let stopped = async move {
                 let _ = stop.changed().await;
-            });
-            tokio::spawn(async move { serve.await })
+            };
+            match &tls {
+                Some(acceptor) => {
+                    let timeout = Duration::from_millis(shared.config.server.frame_timeout_ms);
+                    let listener = TlsListener::new(http_listener, acceptor.clone(), timeout);
+                    let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+                    tokio::spawn(async move { serve.await })
+                }
+                None => {
+                    let serve = axum::serve(http_listener, router).with_graceful_shutdown(stopped);
+                    tokio::spawn(async move { serve.await })
+                }
+            }
         };
         info!(addr = %listener.local_addr()?, "stockd listening");
         tokio::pin!(shutdown);
@@ -205,15 +257,33 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match permits.clone().try_acquire_owned() {
                         Ok(permit) => {
+                            let _ = stream.set_nodelay(true);
                             let (shared, stop) = (shared.clone(), stop_rx.clone());
+                            let tls = tls.clone();
                             connections.spawn(async move {
-                                connection::serve(stream, peer, shared, stop).await;
+                                match tls {
+                                    None => connection::serve(stream, peer, shared, stop).await,
+                                    Some(acceptor) => {
+                                        let timeout = Duration::from_millis(
+                                            shared.config.server.frame_timeout_ms,
+                                        );
+                                        match tls::handshake(&acceptor, stream, timeout).await {
+                                            Ok(stream) => {
+                                                connection::serve(stream, peer, shared, stop).await
+                                            }
+                                            Err(why) => debug!(%peer, why, "connection refused"),
+                                        }
+                                    }
+                                }
                                 drop(permit);
                             });
                         }
                         Err(_) => {
                             debug!(%peer, "connection limit reached, refusing");
-                            tokio::spawn(refuse(stream));
+                            // A TLS client could not read a plaintext reason: just close.
+                            if tls.is_none() {
+                                tokio::spawn(refuse(stream));
+                            }
                         }
                     },
                     Err(e) => {
@@ -258,6 +328,7 @@ impl Server {
         })
         .await;
         info!("stockd stopped");
+        drop(lock);
         Ok(())
     }
 }

@@ -19,5 +19,5 @@ pub mod tail;
 pub mod writer;
 
 pub use recovery::{recover, repair, RecoverOptions, Recovered, RecoveryError};
-pub use storage::{DirStorage, MemStorage, Storage, StorageFile};
+pub use storage::{DirLock, DirStorage, MemStorage, Storage, StorageFile, LOCK_FILE};
 pub use writer::{FsyncMode, Health, Progress, Wal, WalConfig, WalError};

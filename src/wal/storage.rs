@@ -80,6 +80,37 @@ impl DirStorage {
     }
 }
 
+/// An exclusive lock on a data directory (`flock` on its `LOCK` file), held by the server for
+/// as long as it runs and by offline tools (`stockd keys` without `--http`), so two processes
+/// never write one directory. The kernel releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// The lock file's name in a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+impl DirLock {
+    /// Takes the lock without waiting; fails with `WouldBlock` while another process holds it.
+    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+        std::fs::create_dir_all(dir)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(DirLock { _file: file }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another stockd process is using this data directory",
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 struct DirFile(File);
 
 fn write_zeros(file: &File, len: u64) -> io::Result<()> {

@@ -516,7 +516,10 @@ async fn the_audit_log_is_queried_by_actor_time_and_target_and_exported_as_csv()
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(
         header,
-        ["seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn"]
+        [
+            "seq", "at", "at_ms", "actor", "action", "target", "reason", "before", "after", "lsn",
+            "key"
+        ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 3);

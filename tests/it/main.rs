@@ -21,4 +21,5 @@ mod limits;
 mod locations;
 mod operations;
 mod order_sync;
+mod security;
 mod wire_errors;

@@ -39,6 +39,8 @@ pub fn test_config() -> Config {
     config.http.listen = "127.0.0.1:0".into();
     config.engine.shards = 16;
     config.storage.segment_bytes = 1024 * 1024;
+    // Most tests are about other things: no keys (tests/it/security.rs turns this back on).
+    config.auth.enabled = false;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir").keep();
     config.storage.data_dir = dir;
     config
@@ -233,6 +235,8 @@ pub struct Daemon {
     pub addr: String,
     /// The HTTP side's address.
     pub http: String,
+    /// Every line the daemon logged so far (standard error).
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -240,8 +244,19 @@ impl Daemon {
         Daemon::start_with(data_dir, &[])
     }
 
-    /// Starts the daemon with extra `serve` arguments.
+    /// Starts the daemon with extra `serve` arguments, authentication off.
     pub fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let extra: Vec<&str> = ["--no-auth"].into_iter().chain(extra.iter().copied()).collect();
+        Daemon::spawn(data_dir, &extra, std::process::Stdio::null())
+    }
+
+    /// Starts the daemon with authentication on (the default); its standard output is piped
+    /// (`child.stdout`).
+    pub fn start_secure(data_dir: &std::path::Path) -> Daemon {
+        Daemon::spawn(data_dir, &[], std::process::Stdio::piped())
+    }
+
+    fn spawn(data_dir: &std::path::Path, extra: &[&str], stdout: std::process::Stdio) -> Daemon {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_stockd"))
@@ -256,15 +271,18 @@ impl Daemon {
             .arg(data_dir)
             .args(extra)
             .env_remove("STOCKD_CONFIG")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn stockd");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         // Drain stderr for the daemon's whole life so its logging never blocks.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                kept.lock().expect("log lock").push(line.clone());
                 if let Some(http) = line.split("dashboard=http://").nth(1) {
                     let _ = tx.send(("http", http.trim().trim_end_matches('/').to_string()));
                 }
@@ -280,7 +298,7 @@ impl Daemon {
             *(if kind == "tcp" { &mut addr } else { &mut http }) = Some(value);
         }
         let (addr, http) = (addr.expect("logged"), http.expect("logged"));
-        Daemon { child, addr, http }
+        Daemon { child, addr, http, log }
     }
 
     /// Sends a signal to the daemon (only the process this test started).
