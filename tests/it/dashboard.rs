@@ -148,8 +148,17 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     };
     let mut config = test_config();
     config.http.sample_interval_ms = 100;
+    config.auth.enabled = true;
     let server = TestServer::start_with_clock(config, Clock::system()).await;
-    let client = server.client().await;
+    let keys = &server.shared.keys;
+    let (_, admin) = keys.create("test", stockd::auth::Role::Admin, "test", 0).expect("key");
+    let (_, ops) = keys.create("browser", stockd::auth::Role::Ops, "test", 0).expect("key");
+    let options = stockd_protocol::ClientOptions {
+        api_key: Bytes::from(admin.clone()),
+        ..stockd_protocol::ClientOptions::default()
+    };
+    let client =
+        stockd_protocol::Client::connect(server.addr, options).await.expect("client connects");
     client.set_stock("BOARD-A", 100, None).await.unwrap();
     client.set_stock("BOARD-B", 50, None).await.unwrap();
     client.set_safety_stock("BOARD-B", 50).await.unwrap();
@@ -166,6 +175,11 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     let page = format!("http://{}/", server.http_addr);
     browser.goto(&page).await.expect("the dashboard loads");
     assert_eq!(browser.title().await.unwrap(), "stockd");
+    // Authentication is on: the page asks for a key before it shows anything.
+    wait_text(&browser, "#live-text", "no key").await;
+    let login = browser.find(Locator::Css("#login input[name=key]")).await.unwrap();
+    login.send_keys(&ops).await.unwrap();
+    browser.find(Locator::Css("#login button")).await.unwrap().click().await.unwrap();
     wait_text(&browser, "#state", "accepting writes").await;
     wait_text(&browser, "#live-text", "live").await;
     wait_text(&browser, "#skus", "32").await;
@@ -243,8 +257,14 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
         "kind": "return", "order": "order-1", "lines": [{"sku": "BOARD-A", "qty": 2}],
         "reason": "wrong size", "actor": "cs-anna",
     });
-    let (status, body) =
-        crate::common::call(server.http_addr, "POST", "/api/v1/tickets", Some(ticket)).await;
+    let (status, body) = crate::common::call_as(
+        server.http_addr,
+        Some(&admin),
+        "POST",
+        "/api/v1/tickets",
+        Some(ticket),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     wait_text(
         &browser,

@@ -1,7 +1,30 @@
-// stockd dashboard: one EventSource on /api/v1/events (Server-Sent Events) keeps the health
-// panel, the stock board and the change list live; the SKU detail is fetched on demand. Every
-// value is written with textContent (never as HTML). No dependencies, works offline.
+// stockd dashboard: one Server-Sent Events stream (/api/v1/events, read with fetch so it can
+// carry the API key) keeps the health panel, the stock board and the change list live; the SKU
+// detail is fetched on demand. Every value is written with textContent (never as HTML). No
+// dependencies, works offline.
+//
+// With authentication on, the page asks for an API key (readonly is enough to watch; the
+// adjustment form needs ops) and keeps it in this tab's sessionStorage only.
 "use strict";
+
+const KEY_ITEM = "stockd-api-key";
+
+// fetch with the API key; a 401 asks for a (new) key.
+async function api(path, init = {}) {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  const headers = new Headers(init.headers || {});
+  if (key) headers.set("authorization", `Bearer ${key}`);
+  const response = await fetch(path, { ...init, headers });
+  if (response.status === 401) askForKey((await response.clone().json()).message);
+  return response;
+}
+
+function askForKey(message) {
+  $("login").hidden = false;
+  $("login-message").textContent = message || "";
+  $("live").classList.remove("on");
+  $("live-text").textContent = "no key";
+}
 
 const $ = (id) => document.getElementById(id);
 const view = { q: "", sort: "activity", paused: false, availableMax: "", after: "", pages: [] };
@@ -194,24 +217,61 @@ function query() {
   return params.toString();
 }
 
-function openStream() {
-  if (stream) stream.close();
-  stream = new EventSource(`/api/v1/events?${query()}`);
-  stream.addEventListener("update", (event) => {
-    const data = JSON.parse(event.data);
-    $("live").classList.add("on");
-    $("live-text").textContent = "live";
-    renderStatus(data.status);
-    renderBoard(data.board);
-    renderChanges($("changes"), data.changes);
-    refreshReturns();
-    if (detailSku) refreshDetail();
-  });
-  stream.addEventListener("error", () => {
-    $("live").classList.remove("on");
-    $("live-text").textContent = "reconnecting";
-  });
+function onUpdate(data) {
+  $("live").classList.add("on");
+  $("live-text").textContent = "live";
+  renderStatus(data.status);
+  renderBoard(data.board);
+  renderChanges($("changes"), data.changes);
+  refreshReturns();
+  if (detailSku) refreshDetail();
 }
+
+// Reads the event stream: blocks of "event: NAME" / "data: JSON" lines, separated by a blank
+// line. Reconnects after an error unless a newer stream replaced this one.
+async function openStream() {
+  if (stream) stream.abort();
+  const controller = new AbortController();
+  stream = controller;
+  try {
+    const response = await api(`/api/v1/events?${query()}`, { signal: controller.signal });
+    if (response.status === 401) return;
+    if (!response.ok) throw new Error(`status ${response.status}`);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        let data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data += line.slice(5).trim();
+        }
+        if (name === "update" && data) onUpdate(JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    if (controller.signal.aborted) return;
+  }
+  if (stream !== controller) return;
+  $("live").classList.remove("on");
+  $("live-text").textContent = "reconnecting";
+  setTimeout(() => { if (stream === controller) openStream(); }, 2000);
+}
+
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, new FormData(event.target).get("key").trim());
+  event.target.reset();
+  $("login").hidden = true;
+  openStream();
+});
 
 // Open return tickets, overdue first, and the parcels no ticket matched.
 let returnsBusy = false;
@@ -220,8 +280,8 @@ async function refreshReturns() {
   returnsBusy = true;
   try {
     const [tickets, parcels] = await Promise.all([
-      fetch("/api/v1/tickets?open=true&limit=200").then((r) => r.json()),
-      fetch("/api/v1/aftersales/parcels").then((r) => r.json()),
+      api("/api/v1/tickets?open=true&limit=200").then((r) => r.json()),
+      api("/api/v1/aftersales/parcels").then((r) => r.json()),
     ]);
     const list = tickets.tickets || [];
     const overdue = list.filter((t) => t.overdue);
@@ -255,7 +315,7 @@ async function refreshReturns() {
 
 async function refreshDetail() {
   const sku = detailSku;
-  const response = await fetch(`/api/v1/skus/${encodeURIComponent(sku)}?holds_limit=50`);
+  const response = await api(`/api/v1/skus/${encodeURIComponent(sku)}?holds_limit=50`);
   const data = await response.json();
   if (sku !== detailSku) return;
   if (!response.ok) {
@@ -345,7 +405,7 @@ $("adjust").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData(event.target);
   const body = { delta: Number(form.get("delta")), reason: form.get("reason"), actor: form.get("actor") };
-  const response = await fetch(`/api/v1/skus/${encodeURIComponent(detailSku)}/adjustments`, {
+  const response = await api(`/api/v1/skus/${encodeURIComponent(detailSku)}/adjustments`, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),

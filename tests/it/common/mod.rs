@@ -155,9 +155,23 @@ pub async fn http_request(
     path: &str,
     json: Option<&str>,
 ) -> (u16, String, String) {
+    http_request_as(addr, None, method, path, json).await
+}
+
+/// Like [`http_request`], presenting an API key (`Authorization: Bearer`).
+pub async fn http_request_as(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect http");
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(key) = key {
+        request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    }
     if let Some(body) = json {
         request.push_str("Content-Type: application/json\r\n");
         request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
@@ -325,8 +339,20 @@ impl Drop for Daemon {
 
 /// A JSON API call: the status and the parsed body (which must be JSON).
 pub async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(addr, None, method, path, body).await
+}
+
+/// Like [`call`], presenting an API key.
+pub async fn call_as(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let body = body.map(|b| b.to_string());
-    let (status, content_type, text) = http_request(addr, method, path, body.as_deref()).await;
+    let (status, content_type, text) =
+        http_request_as(addr, key, method, path, body.as_deref()).await;
     assert!(content_type.starts_with("application/json"), "{path}: {content_type} {text}");
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")))
 }
