@@ -331,7 +331,7 @@ pub struct LimitsView {
     pub pool_used: u64,
 }
 
-fn limits_view(reply: &LimitsReply) -> Option<LimitsView> {
+pub(crate) fn limits_view(reply: &LimitsReply) -> Option<LimitsView> {
     if reply.code != ResultCode::Ok || reply.limits == SkuLimits::default() {
         return None;
     }
@@ -608,6 +608,23 @@ pub(super) struct Applied {
     pub info: SkuInfo,
     /// The audit entry to write once the log record is durable; `None` when nothing changed.
     pub entry: Option<NewEntry>,
+}
+
+/// What the audit log records as a SKU's state around a change made over the protocol: its
+/// limits for a limits change, its counters otherwise.
+pub(crate) fn audit_state(shared: &Shared, command: &Command, now_ms: u64) -> Value {
+    let view = match command {
+        Command::SetLimits { sku, .. } => {
+            serde_json::to_value(limits_view(&shared.engine.query_limits(sku, now_ms)))
+        }
+        _ => match command.touches() {
+            crate::engine::Touches::Sku(sku) => {
+                serde_json::to_value(Counters::from(shared.engine.query_sku(sku, now_ms).info))
+            }
+            _ => return Value::Null,
+        },
+    };
+    view.expect("a view serialises")
 }
 
 /// Applies one change and appends it to the log; refusals become errors.

@@ -46,8 +46,10 @@ use stockd_protocol::{
 };
 
 use super::{dispatch, Shared};
+use crate::audit::NewEntry;
 use crate::auth::{approvals, direct_limiter, DirectLimiter, Permission, Principal, HIDDEN};
 use crate::engine::Command;
+use crate::http::api::audit_state;
 use crate::limits::{BATCH_OPS_MAX, CONNECTION_REPLIES_PER_ROUND_MAX, LINES_PER_RESERVATION_MAX};
 use crate::wal::{Progress, Wal};
 
@@ -72,6 +74,9 @@ struct Connection {
     /// The key store's revocation count when the key was last checked.
     keys_generation: u64,
     limiter: Option<DirectLimiter>,
+    /// Audit entries of this round's stock changes, written once the log is durable and
+    /// before the replies.
+    audits: Vec<NewEntry>,
 }
 
 pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -99,6 +104,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         principal: Principal::dev(),
         keys_generation: 0,
         limiter,
+        audits: Vec::new(),
     };
     // When the frame now being received started arriving (or the connection went idle).
     let mut waiting_since = Instant::now();
@@ -129,6 +135,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if !conn.replies.is_empty() {
             let waiting = std::time::Instant::now();
             conn.await_durability().await;
+            conn.write_audit().await;
             let metrics = &conn.shared.metrics;
             metrics.commit_wait(waiting.elapsed());
             // Every request of the round waited from the round's start until now.
@@ -242,7 +249,10 @@ impl Connection {
                 false => Reply::Op(self.overloaded(&op)),
             },
             Request::Batch(ops) => match self.admit(ops.len()) {
-                true => Reply::Batch(ops.into_iter().map(|op| self.execute(op, now_ms)).collect()),
+                true => {
+                    let replies = ops.into_iter().map(|op| self.execute(op, now_ms)).collect();
+                    Reply::Batch(replies)
+                }
                 false => Reply::Batch(ops.iter().map(|op| self.overloaded(op)).collect()),
             },
             Request::Hello(_) => unreachable!("handled above"),
@@ -279,21 +289,32 @@ impl Connection {
         OpReply::refused(opcode, code)
     }
 
+    /// Writes the round's audit entries (the changes are durable by now). A failure is logged
+    /// and makes the audit log refuse every later change; the replies stay true (applied).
+    async fn write_audit(&mut self) {
+        if self.audits.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.audits);
+        let key = Some(self.principal.key_id.to_string());
+        let shared = self.shared.clone();
+        let written = tokio::task::spawn_blocking(move || shared.audit.append_all(entries, key))
+            .await
+            .expect("an audit append does not panic");
+        if let Err(e) = written {
+            tracing::error!(peer = %self.peer, error = %e, "audit entries of durable changes lost");
+        }
+    }
+
     /// Executes one operation if the key's role allows it.
-    fn execute(&self, op: Op, now_ms: u64) -> OpReply {
+    fn execute(&mut self, op: Op, now_ms: u64) -> OpReply {
         let shared = &*self.shared;
         let permission = Permission::of_op(&op);
         if !self.principal.allows(permission) {
             return self.refused(&op, ResultCode::Forbidden);
         }
-        // Changes that need a second admin's approval cannot wait on this protocol.
-        if shared.auth_enabled() && matches!(permission, Permission::Sync | Permission::Stock) {
-            let command = Command::from_op(op.clone()).expect("a stock change is a command");
-            let config = &shared.config.approval;
-            if let Some(why) = approvals::dangerous(&shared.engine, config, &command, now_ms) {
-                debug!(peer = %self.peer, why, "refused: needs approval over HTTP");
-                return self.refused(&op, ResultCode::Forbidden);
-            }
+        if matches!(permission, Permission::Sync | Permission::Stock) {
+            return self.administer(op, now_ms);
         }
         let mut reply = dispatch::execute(shared, op, now_ms);
         if let OpReply::QueryReservation(found) = &mut reply {
@@ -305,6 +326,47 @@ impl Connection {
                 }
                 _ => {}
             }
+        }
+        reply
+    }
+
+    /// A stock or limits change: refused if it needs a second admin's approval (which cannot
+    /// wait on this protocol) or the audit log cannot take it; audited with the SKU's state
+    /// read just before and after (exact unless another change to the same SKU interleaves).
+    fn administer(&mut self, op: Op, now_ms: u64) -> OpReply {
+        let shared = self.shared.clone();
+        if shared.audit.check().is_err() {
+            return self.refused(&op, ResultCode::ReadOnly);
+        }
+        let command = Command::from_op(op.clone()).expect("a stock change is a command");
+        if shared.auth_enabled() {
+            let config = &shared.config.approval;
+            if let Some(why) = approvals::dangerous(&shared.engine, config, &command, now_ms) {
+                debug!(peer = %self.peer, why, "refused: needs approval over HTTP");
+                return self.refused(&op, ResultCode::Forbidden);
+            }
+        }
+        let before = audit_state(&shared, &command, now_ms);
+        let reply = dispatch::execute(&shared, op, now_ms);
+        if !reply.code().is_ok() {
+            return reply;
+        }
+        let after = audit_state(&shared, &command, now_ms);
+        if before != after {
+            let target = match command.touches() {
+                crate::engine::Touches::Sku(sku) => String::from_utf8_lossy(sku).into_owned(),
+                _ => String::new(),
+            };
+            self.audits.push(NewEntry {
+                at_ms: now_ms,
+                actor: self.principal.name.to_string(),
+                action: reply.opcode().name(),
+                target,
+                reason: "binary protocol".into(),
+                before,
+                after,
+                lsn: shared.wal.last_lsn(),
+            });
         }
         reply
     }

@@ -324,15 +324,21 @@ async fn keys_and_changes_are_audited_with_the_key_that_made_them() {
         http(addr, Some(ops), Method::POST, "/api/v1/skus/S1/adjustments", Some(body)).await.0,
         StatusCode::OK
     );
+    // So does one over the binary protocol (the key's name is the actor there).
+    let tcp = connect(server.addr, ops).await;
+    let reply = tcp.adjust_stock(Bytes::from_static(b"S1"), 7, None).await.expect("adjust");
+    assert_eq!(reply.code, ResultCode::Ok);
     let entries = audited(addr, &keys["readonly"], &format!("actor={}", key_id(ops))).await;
-    assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0]["action"], "adjust_stock");
-    assert_eq!(
-        (entries[0]["before"]["on_hand"].as_u64(), entries[0]["after"]["on_hand"].as_u64()),
-        (Some(50), Some(45))
-    );
-    assert_eq!(entries[1]["action"], "set_stock");
-    assert_eq!(entries[1]["before"]["on_hand"].as_u64(), Some(0));
+    assert_eq!(entries.len(), 3);
+    let on_hand = |e: &Value| (e["before"]["on_hand"].as_u64(), e["after"]["on_hand"].as_u64());
+    let first = (entries[0]["action"].as_str(), entries[0]["actor"].as_str());
+    assert_eq!(first, (Some("adjust_stock"), Some("ops")));
+    assert_eq!(entries[0]["reason"], "binary protocol");
+    assert_eq!(on_hand(&entries[0]), (Some(45), Some(52)));
+    assert_eq!(entries[1]["action"], "adjust_stock");
+    assert_eq!(on_hand(&entries[1]), (Some(50), Some(45)));
+    assert_eq!(entries[2]["action"], "set_stock");
+    assert_eq!(entries[2]["before"]["on_hand"].as_u64(), Some(0));
     server.stop().await;
 }
 
