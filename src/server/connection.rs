@@ -134,8 +134,12 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let capped = conn.replies.len() >= CONNECTION_REPLIES_PER_ROUND_MAX;
         if !conn.replies.is_empty() {
             let waiting = std::time::Instant::now();
-            conn.await_durability().await;
-            conn.write_audit().await;
+            if conn.await_durability().await {
+                conn.write_audit().await;
+            } else {
+                // Nothing of this round was acknowledged as applied: nothing to audit.
+                conn.audits.clear();
+            }
             let metrics = &conn.shared.metrics;
             metrics.commit_wait(waiting.elapsed());
             // Every request of the round waited from the round's start until now.
@@ -200,14 +204,15 @@ impl Connection {
     }
 
     /// Waits until every change these replies may depend on is durable; if the log stops
-    /// accepting writes first, state-changing replies become `read_only`.
-    async fn await_durability(&mut self) {
+    /// accepting writes first, state-changing replies become `read_only` (and it returns
+    /// false).
+    async fn await_durability(&mut self) -> bool {
         let lsn = self.shared.wal.last_lsn();
         if self.progress.borrow().durable_lsn >= lsn {
-            return;
+            return true;
         }
         if Wal::wait_durable(&mut self.progress, lsn).await.is_ok() {
-            return;
+            return true;
         }
         for (_, reply) in &mut self.replies {
             match reply {
@@ -216,6 +221,7 @@ impl Connection {
                 Reply::Hello(_) | Reply::Error(_) => {}
             }
         }
+        false
     }
 
     fn frame(&mut self, frame: RawFrame) -> Flow {

@@ -146,7 +146,7 @@ async fn stock_changes_are_applied_logged_and_audited() {
         call(addr, "POST", "/api/v1/skus/sku/adjustments", Some(adjust(-3))).await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!((changed["changed"].as_bool(), changed["on_hand"].as_u64()), (Some(true), Some(7)));
-    assert_eq!(changed["audit_seq"], 1);
+    assert_eq!(changed["audit_seq"], 2, "after the setup over the protocol");
     let seen = client.query_sku("sku").await.unwrap();
     assert_eq!(seen.info.on_hand, 7, "the binary protocol sees the change");
 
@@ -167,11 +167,11 @@ async fn stock_changes_are_applied_logged_and_audited() {
 
     let (_, audit) = get(addr, "/api/v1/audit?target=sku").await;
     let entries = audit["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 3, "{audit}");
+    assert_eq!(entries.len(), 4, "the setup over the protocol and three changes: {audit}");
     let newest = &entries[0];
     assert_eq!(
         (newest["seq"].as_u64(), newest["action"].as_str()),
-        (Some(3), Some("set_safety_stock"))
+        (Some(4), Some("set_safety_stock"))
     );
     assert_eq!(
         (newest["actor"].as_str(), newest["reason"].as_str()),
@@ -188,7 +188,7 @@ async fn stock_changes_are_applied_logged_and_audited() {
     let (_, page) = get(addr, "/api/v1/audit?before_seq=3&limit=1").await;
     assert_eq!(page["entries"][0]["seq"], 2);
     let (_, detail) = get(addr, "/api/v1/skus/sku").await;
-    assert_eq!(detail["changes"].as_array().unwrap().len(), 3);
+    assert_eq!(detail["changes"].as_array().unwrap().len(), 4);
     drop(client);
     server.stop().await;
 
@@ -197,10 +197,10 @@ async fn stock_changes_are_applied_logged_and_audited() {
     let (_, detail) = get(server.http_addr, "/api/v1/skus/sku").await;
     assert_eq!((detail["on_hand"].as_u64(), detail["safety_stock"].as_u64()), (Some(25), Some(5)));
     let (_, audit) = get(server.http_addr, "/api/v1/audit").await;
-    assert_eq!(audit["entries"].as_array().unwrap().len(), 4);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5);
     let (_, next) =
         call(server.http_addr, "POST", "/api/v1/skus/sku/adjustments", Some(adjust(1))).await;
-    assert_eq!(next["audit_seq"], 5, "the sequence continues after a restart");
+    assert_eq!(next["audit_seq"], 6, "the sequence continues after a restart");
     server.stop().await;
 }
 
@@ -295,7 +295,9 @@ async fn bad_changes_get_clear_json_errors_and_change_nothing() {
 
     assert_eq!(client.query_sku("sku").await.unwrap().info.on_hand, 10, "nothing changed");
     let (_, audit) = get(addr, "/api/v1/audit").await;
-    assert_eq!(audit["entries"], json!([]), "nothing audited");
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "only the setup over the protocol is audited: {audit}");
+    assert_eq!(entries[0]["reason"], "binary protocol");
     server.stop().await;
 }
 
@@ -499,10 +501,11 @@ async fn the_audit_log_is_queried_by_actor_time_and_target_and_exported_as_csv()
     let seqs = |body: &Value| -> Vec<u64> {
         body["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
     };
-    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob").await.1), [3, 2]);
-    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob&target=A").await.1), [3]);
+    // Entries 1 and 2 are the setup over the protocol.
+    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob").await.1), [5, 4]);
+    assert_eq!(seqs(&get(addr, "/api/v1/audit?actor=bob&target=A").await.1), [5]);
     let window = format!("/api/v1/audit?from_ms={}&to_ms={}", T0 + 1_000, T0 + 2_000);
-    assert_eq!(seqs(&get(addr, &window).await.1), [2]);
+    assert_eq!(seqs(&get(addr, &window).await.1), [4]);
     refused(
         get(addr, &format!("/api/v1/audit?from_ms={T0}&to_ms={T0}")).await,
         400,
@@ -522,11 +525,11 @@ async fn the_audit_log_is_queried_by_actor_time_and_target_and_exported_as_csv()
         ]
     );
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 5, "two setup changes over the protocol and three adjustments");
     let first = &rows[2];
     assert_eq!(
-        (&first[0], &first[1], &first[3], &first[5]),
-        ("1", "2023-11-14T22:13:20.000Z", "alice", "A")
+        (&first[0], &first[1], &first[3], &first[5], &first[10]),
+        ("3", "2023-11-14T22:13:20.000Z", "alice", "A", "dev")
     );
     assert_eq!(&first[6], "count, \"recount\"", "quotes and commas survive");
     let before: Value = serde_json::from_str(&first[7]).unwrap();
