@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p stockd -p stockd-loadtest
 data=$(mktemp -d)
 profile=$(mktemp -d)
+# A throw-away loopback server: no API keys (--no-auth), so the page needs no login.
 ./target/release/stockd serve --data-dir "$data" --listen 127.0.0.1:17878 \
-    --http-listen 127.0.0.1:17879 > "$data/server.log" 2>&1 &
+    --http-listen 127.0.0.1:17879 --no-auth > "$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$data" "$profile"' EXIT
 until curl -sf 127.0.0.1:17879/readyz > /dev/null; do sleep 0.1; done

@@ -23,7 +23,7 @@ measure() {
     for run in $(seq "$RUNS"); do
         local data="$work/data-$name-$run"
         ./target/release/stockd serve --listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 \
-            --data-dir "$data" \
+            --data-dir "$data" --no-auth \
             --log-level warn >"$work/server.log" 2>&1 &
         local server=$!
         for _ in $(seq 50); do
