@@ -1307,6 +1307,23 @@ impl OpReply {
     }
 
     /// The result code of this reply.
+    /// The SKU reply inside a stock change, limits change or `QUERY_SKU` reply.
+    pub fn sku_reply_mut(&mut self) -> Option<&mut SkuReply> {
+        match self {
+            OpReply::SetStock(r)
+            | OpReply::AdjustStock(r)
+            | OpReply::SetSafetyStock(r)
+            | OpReply::SetLimits(r)
+            | OpReply::SetLocation(r)
+            | OpReply::AdjustLocation(r)
+            | OpReply::SetIncoming(r)
+            | OpReply::ReceiveIncoming(r)
+            | OpReply::SetPreorder(r)
+            | OpReply::QuerySku(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> ResultCode {
         match self {
             OpReply::Ping(code)

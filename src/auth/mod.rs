@@ -185,23 +185,14 @@ pub fn caller() -> Option<Principal> {
     CALLER.try_with(Principal::clone).ok()
 }
 
-/// Whether the caller of the HTTP request being handled may see customer identifiers
-/// (outside a request, as in tests of the handlers alone: yes).
-pub fn caller_sees_customers() -> bool {
-    CALLER.try_with(|p| p.role.sees_customers()).unwrap_or(true)
+/// The caller of the HTTP request being handled, or the `dev` principal outside one (the guard
+/// sets `dev` itself when authentication is off).
+pub fn acting() -> Principal {
+    caller().unwrap_or_else(Principal::dev)
 }
 
 /// What a hidden customer identifier is replaced with.
 pub const HIDDEN: &str = "[hidden]";
-
-/// `customer` as the caller may see it: unchanged, empty when empty, or [`HIDDEN`].
-pub fn shown_customer(customer: &str) -> String {
-    if customer.is_empty() || caller_sees_customers() {
-        customer.to_string()
-    } else {
-        HIDDEN.to_string()
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stockd_protocol::limits::{ID_BYTES_MAX, SKU_BYTES_MAX};
-use stockd_protocol::{LimitsReply, OpReply, QuotaLimit, ResultCode, SkuInfo, SkuLimits};
+use stockd_protocol::{LimitsReply, OpReply, QuotaLimit, ResultCode, SkuInfo, SkuLimits, SkuReply};
 
 use super::sampler::{Sample, Trend};
 use super::supply::{sku_limits, supply_view, SupplyView};
@@ -31,14 +31,14 @@ use crate::audit::{AuditEntry, AuditError, AuditFilter, NewEntry};
 use crate::auth::approvals;
 use crate::engine::{Command, SkuFilter};
 use crate::server::Shared;
-use crate::wal::{Health, Wal};
+use crate::wal::{Health, Wal, WalError};
 
 /// Most rows one listing returns.
 pub const PAGE_MAX: usize = 1000;
 const PAGE_DEFAULT: usize = 50;
 const HOLDS_DEFAULT: usize = 100;
-const ACTOR_BYTES_MAX: usize = 128;
-const REASON_BYTES_MAX: usize = 512;
+pub(super) const ACTOR_BYTES_MAX: usize = 128;
+pub(super) const REASON_BYTES_MAX: usize = 512;
 
 /// An error reply.
 #[derive(Debug)]
@@ -610,21 +610,46 @@ pub(super) struct Applied {
     pub entry: Option<NewEntry>,
 }
 
-/// What the audit log records as a SKU's state around a change made over the protocol: its
-/// limits for a limits change, its counters otherwise.
-pub(crate) fn audit_state(shared: &Shared, command: &Command, now_ms: u64) -> Value {
-    let view = match command {
-        Command::SetLimits { sku, .. } => {
-            serde_json::to_value(limits_view(&shared.engine.query_limits(sku, now_ms)))
+/// A stock or limits change applied by the engine, its log record appended from inside the
+/// engine (so the log order is the apply order).
+pub(crate) struct Logged {
+    pub reply: SkuReply,
+    /// What the audit log records before and after the change; `None` when nothing changed.
+    pub views: Option<(Value, Value)>,
+    /// The log append's result (`None` when nothing changed).
+    pub lsn: Option<Result<u64, WalError>>,
+}
+
+/// Applies a stock or limits change (both protocols use this) and reads the audit views: the
+/// counters for stock changes (the "before" taken under the SKU's lock, so exact), the limits
+/// for limit changes (read just before; concurrent limit changes are serialised by the engine).
+pub(crate) fn apply_logged(shared: &Shared, command: &Command, now_ms: u64) -> Logged {
+    let mut lsn = None;
+    let mut log = || lsn = Some(shared.wal.append(now_ms, command));
+    let (reply, views) = match command {
+        Command::SetLimits { sku: id, .. } => {
+            let json =
+                |reply: &LimitsReply| serde_json::to_value(limits_view(reply)).expect("serialises");
+            let before = json(&shared.engine.query_limits(id, now_ms));
+            let mut changed = false;
+            let reply = match shared.engine.apply(command, now_ms, || {
+                changed = true;
+                log();
+            }) {
+                OpReply::SetLimits(reply) => reply,
+                other => unreachable!("a limits change answers {other:?}"),
+            };
+            let after = json(&shared.engine.query_limits(id, now_ms));
+            (reply, changed.then_some((before, after)))
         }
-        _ => match command.touches() {
-            crate::engine::Touches::Sku(sku) => {
-                serde_json::to_value(Counters::from(shared.engine.query_sku(sku, now_ms).info))
-            }
-            _ => return Value::Null,
-        },
+        _ => {
+            let (reply, before) = shared.engine.change_stock(command, now_ms, log);
+            let json =
+                |info: SkuInfo| serde_json::to_value(Counters::from(info)).expect("serialises");
+            (reply, before.map(|before| (json(before), json(reply.info))))
+        }
     };
-    view.expect("a view serialises")
+    Logged { reply, views, lsn }
 }
 
 /// Applies one change and appends it to the log; refusals become errors.
@@ -637,35 +662,12 @@ pub(super) fn apply_change(
     now_ms: u64,
 ) -> Result<Applied, ApiError> {
     check_sku(sku)?;
-    let mut logged = None;
-    let mut log = || logged = Some(shared.wal.append(now_ms, command));
-    // The audit entry's before and after: the counters for stock changes, the limits for limit
-    // changes (read just before; concurrent limit changes are serialised by the engine).
-    let (reply, before, after) = match command {
-        Command::SetLimits { sku: id, .. } => {
-            let before = limits_view(&shared.engine.query_limits(id, now_ms));
-            let mut changed = false;
-            let reply = match shared.engine.apply(command, now_ms, || {
-                changed = true;
-                log();
-            }) {
-                OpReply::SetLimits(reply) => reply,
-                other => unreachable!("a limits change answers {other:?}"),
-            };
-            let after = limits_view(&shared.engine.query_limits(id, now_ms));
-            let json = |view: Option<LimitsView>| serde_json::to_value(view).expect("serialises");
-            (reply, changed.then(|| json(before)), json(after))
-        }
-        _ => {
-            let (reply, before) = shared.engine.change_stock(command, now_ms, log);
-            let json =
-                |info: SkuInfo| serde_json::to_value(Counters::from(info)).expect("serialises");
-            (reply, before.map(json), json(reply.info))
-        }
-    };
+    let Logged { reply, views, lsn } = apply_logged(shared, command, now_ms);
     refusal(command, sku, reply.code, &reply.info)?;
-    let Some(before) = before else { return Ok(Applied { info: reply.info, entry: None }) };
-    let lsn = match logged {
+    let Some((before, after)) = views else {
+        return Ok(Applied { info: reply.info, entry: None });
+    };
+    let lsn = match lsn {
         Some(Ok(lsn)) => lsn,
         _ => return Err(ApiError::read_only(shared.wal.health())),
     };

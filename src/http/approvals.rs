@@ -20,12 +20,14 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::api::{make_durable_and_audit, ApiError, Attribution};
+use super::api::{
+    make_durable_and_audit, ApiError, Attribution, ACTOR_BYTES_MAX, REASON_BYTES_MAX,
+};
 use super::supply::{apply_prepared, Prepared};
 use super::AppState;
 use crate::audit::NewEntry;
 use crate::auth::approvals::{dangerous, ApprovalError, PendingView, Request};
-use crate::auth::{caller, Principal, Role};
+use crate::auth::{acting, Role};
 use crate::engine::Command;
 use crate::server::Shared;
 
@@ -71,15 +73,23 @@ fn view_json(view: &PendingView) -> Value {
     serde_json::to_value(view).expect("a pending request serialises")
 }
 
-fn entry(at_ms: u64, actor: &str, action: &'static str, view: &PendingView) -> NewEntry {
+/// The audit entry of an approval step on `view` (no log record: `lsn` 0).
+fn entry(
+    at_ms: u64,
+    actor: &str,
+    action: &'static str,
+    view: &PendingView,
+    reason: String,
+    (before, after): (Value, Value),
+) -> NewEntry {
     NewEntry {
         at_ms,
         actor: actor.to_string(),
         action,
         target: view.id.clone(),
-        reason: view.reason.clone(),
-        before: Value::Null,
-        after: view_json(view),
+        reason,
+        before,
+        after,
         lsn: 0,
     }
 }
@@ -94,7 +104,7 @@ pub async fn hold(
     target: String,
     why: String,
 ) -> ApiError {
-    let requester = caller().unwrap_or_else(Principal::dev);
+    let requester = acting();
     let now_ms = shared.clock.now_ms();
     let request = Request {
         action: action.to_string(),
@@ -110,7 +120,8 @@ pub async fn hold(
         Ok(view) => view,
         Err(e) => return ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string()),
     };
-    let audited = entry(now_ms, &actor, "approval_request", &view);
+    let states = (Value::Null, view_json(&view));
+    let audited = entry(now_ms, &actor, "approval_request", &view, view.reason.clone(), states);
     if let Err(e) = make_durable_and_audit(shared, vec![audited]).await {
         // Not recorded: not pending either.
         let _ = shared.approvals.reject(&view.id, |_| true);
@@ -130,8 +141,13 @@ async fn expire(shared: &Arc<Shared>) -> Result<(), ApiError> {
     if expired.is_empty() {
         return Ok(());
     }
-    let entries: Vec<NewEntry> =
-        expired.iter().map(|v| entry(v.expires_ms, "stockd", "approval_expire", v)).collect();
+    let entries: Vec<NewEntry> = expired
+        .iter()
+        .map(|v| {
+            let states = (Value::Null, view_json(v));
+            entry(v.expires_ms, "stockd", "approval_expire", v, v.reason.clone(), states)
+        })
+        .collect();
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || shared.audit.append_all(entries, None))
         .await
@@ -174,8 +190,11 @@ pub struct DecisionBody {
 
 fn decision(body: Result<Json<DecisionBody>, JsonRejection>) -> Result<DecisionBody, ApiError> {
     let Json(body) = body?;
-    if body.actor.trim().is_empty() || body.actor.len() > 128 || body.note.len() > 512 {
-        return Err(ApiError::invalid("actor must have 1..=128 bytes and note at most 512"));
+    let (actor, note) = (body.actor.len(), body.note.len());
+    if body.actor.trim().is_empty() || actor > ACTOR_BYTES_MAX || note > REASON_BYTES_MAX {
+        return Err(ApiError::invalid(format!(
+            "actor must have 1..={ACTOR_BYTES_MAX} bytes and note at most {REASON_BYTES_MAX}"
+        )));
     }
     Ok(body)
 }
@@ -188,7 +207,7 @@ pub async fn approve(
 ) -> Result<Json<Value>, ApiError> {
     let body = decision(body)?;
     let shared = &app.shared;
-    let approver = caller().unwrap_or_else(Principal::dev);
+    let approver = acting();
     let now_ms = shared.clock.now_ms();
     let taken = shared.approvals.approve(&id, &approver, now_ms);
     // An expired request is answered as such, then dropped and audited.
@@ -200,10 +219,9 @@ pub async fn approve(
         reason: format!("{} (approved by {} in {})", who.reason, approver.name, view.id),
     };
     let result = apply_prepared(shared, prepared, who).await?;
-    let mut audited = entry(now_ms, &body.actor, "approval_approve", &view);
-    audited.reason = body.note;
-    audited.before = view_json(&view);
-    audited.after = json!({ "applied": result.applied, "refused": result.refused });
+    let states =
+        (view_json(&view), json!({ "applied": result.applied, "refused": result.refused }));
+    let audited = entry(now_ms, &body.actor, "approval_approve", &view, body.note, states);
     make_durable_and_audit(shared, vec![audited]).await?;
     Ok(Json(json!({ "approval": view, "result": result })))
 }
@@ -217,14 +235,13 @@ pub async fn reject(
     let body = decision(body)?;
     let shared = &app.shared;
     expire(shared).await?;
-    let caller = caller().unwrap_or_else(Principal::dev);
+    let caller = acting();
     let may =
         |view: &PendingView| caller.role == Role::Admin || view.requested_by == *caller.key_id;
     let view = shared.approvals.reject(&id, may).map_err(refusal)?;
-    let mut audited = entry(shared.clock.now_ms(), &body.actor, "approval_reject", &view);
-    audited.reason = body.note;
-    audited.before = view_json(&view);
-    audited.after = Value::Null;
+    let states = (view_json(&view), Value::Null);
+    let now_ms = shared.clock.now_ms();
+    let audited = entry(now_ms, &body.actor, "approval_reject", &view, body.note, states);
     make_durable_and_audit(shared, vec![audited]).await?;
     Ok(Json(json!({ "rejected": view })))
 }

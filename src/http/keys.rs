@@ -76,7 +76,7 @@ pub async fn create(
     })?;
     let shared = &app.shared;
     let now_ms = shared.clock.now_ms();
-    let creator = crate::auth::caller().map_or_else(|| "dev".to_string(), |c| c.key_id.to_string());
+    let creator = crate::auth::acting().key_id.to_string();
     let name = body.name;
     let (record, key) =
         blocking(shared, move |shared| shared.keys.create(&name, role, &creator, now_ms)).await?;
@@ -107,7 +107,7 @@ pub async fn revoke(
     who.check()?;
     let shared = &app.shared;
     let now_ms = shared.clock.now_ms();
-    let by = crate::auth::caller().map_or_else(|| "dev".to_string(), |c| c.key_id.to_string());
+    let by = crate::auth::acting().key_id.to_string();
     let before = {
         let id = id.clone();
         blocking(shared, move |shared| shared.keys.revoke(&id, &by, now_ms)).await?

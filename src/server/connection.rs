@@ -41,7 +41,7 @@ use tracing::debug;
 
 use stockd_protocol::frame::RawFrame;
 use stockd_protocol::{
-    ErrorReply, FrameDecoder, Hello, HelloReply, Op, OpReply, Reply, Request, ResultCode,
+    ErrorReply, FrameDecoder, Hello, HelloReply, Op, OpReply, Opcode, Reply, Request, ResultCode,
     PROTOCOL_VERSION,
 };
 
@@ -49,9 +49,9 @@ use super::{dispatch, Shared};
 use crate::audit::NewEntry;
 use crate::auth::{approvals, direct_limiter, DirectLimiter, Permission, Principal, HIDDEN};
 use crate::engine::Command;
-use crate::http::api::audit_state;
+use crate::http::api::{apply_logged, Logged};
 use crate::limits::{BATCH_OPS_MAX, CONNECTION_REPLIES_PER_ROUND_MAX, LINES_PER_RESERVATION_MAX};
-use crate::wal::{Progress, Wal};
+use crate::wal::{Health, Progress, Wal};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -286,11 +286,10 @@ impl Connection {
     }
 
     fn overloaded(&self, op: &Op) -> OpReply {
-        self.refused(op, ResultCode::Overloaded)
+        self.refused(op.opcode(), ResultCode::Overloaded)
     }
 
-    fn refused(&self, op: &Op, code: ResultCode) -> OpReply {
-        let opcode = op.opcode();
+    fn refused(&self, opcode: Opcode, code: ResultCode) -> OpReply {
         self.shared.metrics.operation(opcode.name(), code.name());
         OpReply::refused(opcode, code)
     }
@@ -317,7 +316,7 @@ impl Connection {
         let shared = &*self.shared;
         let permission = Permission::of_op(&op);
         if !self.principal.allows(permission) {
-            return self.refused(&op, ResultCode::Forbidden);
+            return self.refused(op.opcode(), ResultCode::Forbidden);
         }
         if matches!(permission, Permission::Sync | Permission::Stock) {
             return self.administer(op, now_ms);
@@ -337,28 +336,27 @@ impl Connection {
     }
 
     /// A stock or limits change: refused if it needs a second admin's approval (which cannot
-    /// wait on this protocol) or the audit log cannot take it; audited with the SKU's state
-    /// read just before and after (exact unless another change to the same SKU interleaves).
+    /// wait on this protocol) or the audit log cannot take it; otherwise applied like an HTTP
+    /// change (`apply_logged`) and audited with the same before and after.
     fn administer(&mut self, op: Op, now_ms: u64) -> OpReply {
         let shared = self.shared.clone();
-        if shared.audit.check().is_err() {
-            return self.refused(&op, ResultCode::ReadOnly);
+        let opcode = op.opcode();
+        if shared.audit.check().is_err() || shared.wal.health() != Health::Ok {
+            return self.refused(opcode, ResultCode::ReadOnly);
         }
-        let command = Command::from_op(op.clone()).expect("a stock change is a command");
+        let command = Command::from_op(op).expect("a stock change is a command");
         if shared.auth_enabled() {
             let config = &shared.config.approval;
             if let Some(why) = approvals::dangerous(&shared.engine, config, &command, now_ms) {
                 debug!(peer = %self.peer, why, "refused: needs approval over HTTP");
-                return self.refused(&op, ResultCode::Forbidden);
+                return self.refused(opcode, ResultCode::Forbidden);
             }
         }
-        let before = audit_state(&shared, &command, now_ms);
-        let reply = dispatch::execute(&shared, op, now_ms);
-        if !reply.code().is_ok() {
-            return reply;
-        }
-        let after = audit_state(&shared, &command, now_ms);
-        if before != after {
+        let Logged { reply: applied, views, lsn } = apply_logged(&shared, &command, now_ms);
+        shared.metrics.operation(opcode.name(), applied.code.name());
+        // A failed append shows when the round waits for durability: the reply becomes
+        // `read_only` and the round's audit entries are dropped.
+        if let (Some((before, after)), Some(Ok(lsn))) = (views, lsn) {
             let target = match command.touches() {
                 crate::engine::Touches::Sku(sku) => String::from_utf8_lossy(sku).into_owned(),
                 _ => String::new(),
@@ -366,14 +364,16 @@ impl Connection {
             self.audits.push(NewEntry {
                 at_ms: now_ms,
                 actor: self.principal.name.to_string(),
-                action: reply.opcode().name(),
+                action: opcode.name(),
                 target,
                 reason: "binary protocol".into(),
                 before,
                 after,
-                lsn: shared.wal.last_lsn(),
+                lsn,
             });
         }
+        let mut reply = OpReply::refused(opcode, applied.code);
+        *reply.sku_reply_mut().expect("a stock change answers a SKU reply") = applied;
         reply
     }
 
