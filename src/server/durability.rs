@@ -127,17 +127,29 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
 
 /// On clean shutdown, with all traffic stopped: closes the log and snapshots the live state.
 pub(super) fn final_snapshot(shared: &Shared, last_lsn: u64) {
-    let progress = shared.wal.close();
-    if progress.health == Health::Failed || progress.durable_lsn <= last_lsn {
-        return;
-    }
-    let storage = &*shared.storage;
-    let image = shared.engine.image();
-    let now_ms = shared.clock.now_ms();
-    match snapshot::write(storage, progress.durable_lsn, now_ms, &image)
-        .and_then(|_| snapshot::prune(storage))
-    {
-        Ok(_) => info!(lsn = progress.durable_lsn, "final snapshot written"),
+    let (storage, now_ms) = (&*shared.storage, shared.clock.now_ms());
+    match close_with_snapshot(storage, &shared.wal, &shared.engine, now_ms, last_lsn) {
+        Ok(Some(lsn)) => info!(lsn, "final snapshot written"),
+        Ok(None) => {}
         Err(e) => warn!(error = %e, "final snapshot failed; the log still has everything"),
     }
+}
+
+/// Closes the log (writing and syncing what is buffered) and, when it is healthy and durable
+/// past `last_snapshot_lsn`, snapshots `engine` (which must have stopped changing) at the
+/// final durable LSN and prunes old snapshots. Returns the new snapshot's LSN.
+pub fn close_with_snapshot(
+    storage: &dyn Storage,
+    wal: &Wal,
+    engine: &Engine,
+    now_ms: u64,
+    last_snapshot_lsn: u64,
+) -> std::io::Result<Option<u64>> {
+    let progress = wal.close();
+    if progress.health == Health::Failed || progress.durable_lsn <= last_snapshot_lsn {
+        return Ok(None);
+    }
+    snapshot::write(storage, progress.durable_lsn, now_ms, &engine.image())?;
+    snapshot::prune(storage)?;
+    Ok(Some(progress.durable_lsn))
 }

@@ -1,8 +1,22 @@
 //! The narrow storage interface the WAL and snapshots use, with two implementations: real files
 //! in a directory (positional writes, `fdatasync`, reads through memory maps) and an in-memory
-//! directory that can inject faults (EIO on sync, ENOSPC on allocation) and simulate a crash by
-//! dropping every write that was not synced. Tests use the second to exercise failure paths
-//! without root or a full disk.
+//! directory that can inject faults and simulate power loss. Tests and the deterministic
+//! simulator (`tests/it/simulation.rs`) use the second to exercise failure paths without root,
+//! a full disk or a power switch.
+//!
+//! What [`MemStorage`] can do to the code above it:
+//! - EIO on every `sync_data` ([`MemStorage::fail_syncs`]) or on the next write
+//!   ([`MemStorage::fail_next_write`]);
+//! - ENOSPC on allocation while the disk is "full" ([`MemStorage::set_disk_full`]): creating a
+//!   zeroed file, or a write that grows a file (rewriting allocated bytes still works, as on a
+//!   real file system);
+//! - a power cut during the n-th `sync_data` from now ([`MemStorage::cut_power_at_sync`]): that
+//!   sync fails, makes nothing durable, and every later write or sync fails until the crash;
+//! - a crash: every file reverts to its synced content ([`MemStorage::crash`]), or additionally
+//!   keeps any chosen subset of the 512-byte sectors written since its last sync
+//!   ([`MemStorage::crash_keeping`]), which models torn and reordered writes.
+//!
+//! Names (create, rename, remove) are durable at once; the directory sync is not modelled.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -217,7 +231,23 @@ struct MemFileState {
     live: Vec<u8>,
     /// What survives a crash.
     durable: Vec<u8>,
+    /// Writes since the last sync, in order, as (offset, bytes): what a crash may tear.
+    unsynced: Vec<(u64, Vec<u8>)>,
 }
+
+impl MemFileState {
+    fn synced(live: Vec<u8>) -> MemFileState {
+        MemFileState { durable: live.clone(), live, unsynced: Vec::new() }
+    }
+
+    fn sync(&mut self) {
+        self.durable = self.live.clone();
+        self.unsynced.clear();
+    }
+}
+
+/// The unit a disk writes atomically: a crash keeps or loses whole sectors.
+pub const SECTOR_BYTES: u64 = 512;
 
 /// A file's content, shared by its directory entry and open handles (like an inode), so a
 /// rename does not disturb an open handle.
@@ -228,9 +258,25 @@ struct MemState {
     files: BTreeMap<String, MemInode>,
     /// Fail every `sync_data` from now on with EIO.
     fail_sync: bool,
-    /// Fail every `create_zeroed` with ENOSPC.
+    /// Fail allocations with ENOSPC.
     disk_full: bool,
+    /// Allocations refused so far.
+    enospc: u64,
+    /// Fail the next `write_at` with EIO.
+    fail_write: bool,
+    /// Cut the power at the n-th `sync_data` from now (1 = the next).
+    power_cut_in: Option<u64>,
+    /// The power is off: every write and sync fails until `crash`.
+    powered_off: bool,
     syncs: u64,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
+fn enospc() -> io::Error {
+    io::Error::from_raw_os_error(28)
 }
 
 /// An in-memory directory with fault injection. Clones share the same files.
@@ -269,9 +315,38 @@ impl MemStorage {
         self.lock().fail_sync = fail;
     }
 
-    /// From now on creating a zeroed file fails with ENOSPC, until called with `false`.
+    /// From now on allocating fails with ENOSPC (creating a zeroed file, growing a file),
+    /// until called with `false`.
     pub fn set_disk_full(&self, full: bool) {
         self.lock().disk_full = full;
+    }
+
+    /// Whether the disk is "full".
+    pub fn disk_full(&self) -> bool {
+        self.lock().disk_full
+    }
+
+    /// Allocations refused with ENOSPC so far.
+    pub fn enospc_count(&self) -> u64 {
+        self.lock().enospc
+    }
+
+    /// The next `write_at` (of any file) fails with EIO and writes nothing.
+    pub fn fail_next_write(&self) {
+        self.lock().fail_write = true;
+    }
+
+    /// The power fails during the `n`-th `sync_data` from now (1 = the next): that call makes
+    /// nothing durable and returns EIO, and every later write and sync fails too, until
+    /// [`MemStorage::crash`] or [`MemStorage::crash_keeping`] "restarts the machine".
+    pub fn cut_power_at_sync(&self, n: u64) {
+        assert!(n >= 1, "the first sync is 1");
+        self.lock().power_cut_in = Some(n);
+    }
+
+    /// Whether the power was cut (and the machine not yet restarted).
+    pub fn powered_off(&self) -> bool {
+        self.lock().powered_off
     }
 
     /// Number of successful `sync_data` calls so far.
@@ -279,18 +354,51 @@ impl MemStorage {
         self.lock().syncs
     }
 
-    /// Simulates power loss: every file reverts to its last synced content.
+    /// Simulates power loss: every file reverts to its last synced content. Clears every
+    /// injected fault but a full disk.
     pub fn crash(&self) {
-        for inode in self.lock().files.values() {
+        self.crash_keeping(|_, _| false);
+    }
+
+    /// Simulates power loss that tears the writes in flight: every file reverts to its last
+    /// synced content, except that each 512-byte sector written since its last sync, in write
+    /// order, survives when `keep(file name, sector offset)` says so. Any subset can survive,
+    /// so this models a torn last write (a prefix of sectors kept) as well as a disk that
+    /// reorders writes (later sectors kept, earlier ones lost). Files are visited in name
+    /// order and sectors in write order, so a seeded `keep` makes the crash reproducible.
+    pub fn crash_keeping(&self, mut keep: impl FnMut(&str, u64) -> bool) {
+        let mut state = self.lock();
+        for (name, inode) in &state.files {
             let mut file = lock_inode(inode);
-            file.live = file.durable.clone();
+            let mut survived = file.durable.clone();
+            for (offset, data) in std::mem::take(&mut file.unsynced) {
+                let mut at = offset;
+                let end = offset + data.len() as u64;
+                while at < end {
+                    let sector_end = ((at / SECTOR_BYTES) + 1) * SECTOR_BYTES;
+                    let piece_end = sector_end.min(end);
+                    if keep(name, at - at % SECTOR_BYTES) {
+                        let piece = &data[(at - offset) as usize..(piece_end - offset) as usize];
+                        if survived.len() < piece_end as usize {
+                            survived.resize(piece_end as usize, 0);
+                        }
+                        survived[at as usize..piece_end as usize].copy_from_slice(piece);
+                    }
+                    at = piece_end;
+                }
+            }
+            file.durable = survived.clone();
+            file.live = survived;
         }
+        state.fail_sync = false;
+        state.fail_write = false;
+        state.power_cut_in = None;
+        state.powered_off = false;
     }
 
     /// Creates (or replaces) a file with the given durable content.
     pub fn put(&self, name: &str, bytes: Vec<u8>) {
-        let file = MemFileState { live: bytes.clone(), durable: bytes };
-        self.lock().files.insert(name.to_string(), Arc::new(Mutex::new(file)));
+        self.lock().files.insert(name.to_string(), Arc::new(Mutex::new(MemFileState::synced(bytes))));
     }
 
     /// A copy of every file's live content.
@@ -304,7 +412,7 @@ impl MemStorage {
         let inode = self.inode(name).ok()?;
         let mut file = lock_inode(&inode);
         let result = f(&mut file.live);
-        file.durable = file.live.clone();
+        file.sync();
         Some(result)
     }
 }
@@ -316,30 +424,49 @@ struct MemFile {
 
 impl StorageFile for MemFile {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.storage.lock();
+        if state.powered_off || std::mem::take(&mut state.fail_write) {
+            return Err(eio());
+        }
         let mut file = lock_inode(&self.inode);
         let end = offset as usize + data.len();
         if file.live.len() < end {
+            if state.disk_full {
+                state.enospc += 1;
+                return Err(enospc());
+            }
             file.live.resize(end, 0);
         }
         file.live[offset as usize..end].copy_from_slice(data);
+        file.unsynced.push((offset, data.to_vec()));
         Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        {
-            let mut state = self.storage.lock();
-            if state.fail_sync {
-                return Err(io::Error::from_raw_os_error(5)); // EIO
+        let mut state = self.storage.lock();
+        if let Some(n) = state.power_cut_in {
+            if n <= 1 {
+                state.power_cut_in = None;
+                state.powered_off = true;
+            } else {
+                state.power_cut_in = Some(n - 1);
             }
-            state.syncs += 1;
         }
-        let mut file = lock_inode(&self.inode);
-        file.durable = file.live.clone();
+        if state.fail_sync || state.powered_off {
+            return Err(eio());
+        }
+        state.syncs += 1;
+        lock_inode(&self.inode).sync();
         Ok(())
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
-        lock_inode(&self.inode).live.resize(len as usize, 0);
+        if self.storage.lock().powered_off {
+            return Err(eio());
+        }
+        let mut file = lock_inode(&self.inode);
+        file.live.resize(len as usize, 0);
+        // Not torn: a length change lands whole or not at all; here it lands at the next sync.
         Ok(())
     }
 }
@@ -350,24 +477,33 @@ impl Storage for MemStorage {
     }
 
     fn create_zeroed(&self, name: &str, len: u64) -> io::Result<Box<dyn StorageFile>> {
-        if self.lock().disk_full {
-            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        {
+            let mut state = self.lock();
+            if state.powered_off {
+                return Err(eio());
+            }
+            if state.disk_full {
+                state.enospc += 1;
+                return Err(enospc());
+            }
         }
         self.put(name, vec![0u8; len as usize]);
         Ok(self.handle(self.inode(name)?))
     }
 
     fn rezero(&self, name: &str, len: u64) -> io::Result<Box<dyn StorageFile>> {
-        let inode = self.inode(name)?;
-        {
-            let mut file = lock_inode(&inode);
-            file.live = vec![0u8; len as usize];
-            file.durable = file.live.clone();
+        if self.lock().powered_off {
+            return Err(eio());
         }
+        let inode = self.inode(name)?;
+        *lock_inode(&inode) = MemFileState::synced(vec![0u8; len as usize]);
         Ok(self.handle(inode))
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn StorageFile>> {
+        if self.lock().powered_off {
+            return Err(eio());
+        }
         self.put(name, Vec::new());
         Ok(self.handle(self.inode(name)?))
     }
@@ -382,17 +518,27 @@ impl Storage for MemStorage {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.lock();
+        if state.powered_off {
+            return Err(eio());
+        }
         let inode = state.files.remove(from).ok_or_else(not_found)?;
         state.files.insert(to.to_string(), inode);
         Ok(())
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
-        self.lock().files.remove(name).map(|_| ()).ok_or_else(not_found)
+        let mut state = self.lock();
+        if state.powered_off {
+            return Err(eio());
+        }
+        state.files.remove(name).map(|_| ()).ok_or_else(not_found)
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        Ok(())
+        match self.lock().powered_off {
+            true => Err(eio()),
+            false => Ok(()),
+        }
     }
 
     fn free_bytes(&self) -> Option<u64> {

@@ -110,6 +110,8 @@ struct Pending {
     buf: BytesMut,
     next_lsn: u64,
     closing: bool,
+    /// The writer leaves the buffer alone while this is set (see [`Wal::hold`]).
+    held: bool,
 }
 
 struct Inner {
@@ -177,6 +179,7 @@ impl Wal {
                 buf: BytesMut::with_capacity(1 << 20),
                 next_lsn: tail.next_lsn,
                 closing: false,
+                held: false,
             }),
             wake_writer: Condvar::new(),
             room: Condvar::new(),
@@ -264,6 +267,16 @@ impl Wal {
         WalError::Failed(self.inner.failure.lock().clone().unwrap_or_default())
     }
 
+    /// Holds the writer back until the guard is dropped, so every record appended meanwhile is
+    /// written with one write and made durable with one sync: a group commit of exactly those
+    /// records. The deterministic simulator uses it to make group commits reproducible; the
+    /// server never does. Appends still block once the buffer's bound is reached, so hold only
+    /// for a few records.
+    pub fn hold(&self) -> WriterHold<'_> {
+        self.inner.pending.lock().held = true;
+        WriterHold { inner: &self.inner }
+    }
+
     /// The LSN of the last appended record (durable or not).
     pub fn last_lsn(&self) -> u64 {
         self.inner.pending.lock().next_lsn - 1
@@ -326,6 +339,18 @@ impl Wal {
     }
 }
 
+/// Keeps the writer waiting; see [`Wal::hold`].
+pub struct WriterHold<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for WriterHold<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().held = false;
+        self.inner.wake_writer.notify_one();
+    }
+}
+
 impl Drop for Wal {
     fn drop(&mut self) {
         self.close();
@@ -377,7 +402,7 @@ impl Writer {
         loop {
             let (last_lsn, closing) = {
                 let mut pending = self.inner.pending.lock();
-                while pending.buf.is_empty() && !pending.closing {
+                while (pending.buf.is_empty() || pending.held) && !pending.closing {
                     match self.config.fsync {
                         FsyncMode::Interval(every) if self.unsynced => {
                             let due = self.last_sync + every;
