@@ -8,10 +8,20 @@
 //!      8     8  lsn           u64, log sequence number, +1 per record, from 1
 //!     16     8  now_ms        u64, the server time the command was applied at
 //!     24     1  type          u8, 1 = engine command
-//!     25     7  reserved      zero
+//!     25     3  reserved      zero
+//!     28     4  synced_gap    u32, see below (record format 2; zero in format 1)
 //!     32     n  payload
 //!   32+n        zero padding to a multiple of 8 bytes
 //! ```
+//!
+//! `synced_gap` is `lsn - S`, where S is the highest LSN that had been made durable (synced)
+//! before this record was written, saturated at `u32::MAX`; 0 means "not known" (format 1,
+//! segment version 1). It lets recovery tell a crash from damage: a record is written after
+//! everything up to S was durable, so a valid record whose S is at or past a damaged record
+//! proves the damaged one had been durable (acknowledged data is corrupt); if no valid record
+//! after the damage says so, the damage is a write torn or reordered by the crash (see
+//! `recovery`). The writer thread fills in `synced_gap` and the checksum ([`seal`]) when it
+//! writes the record, since only it knows S; appending ([`encode_unsealed`]) leaves both zero.
 //!
 //! The payload of a command record is a one-byte opcode followed by the operation's body in the
 //! wire protocol's encoding (`protocol/PROTOCOL.md` section 4), with two internal opcodes:
@@ -52,8 +62,9 @@ pub struct Record {
 /// What is at an offset of a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Scan {
-    /// A valid record and the offset of the next one.
-    Record { record: Record, next: usize },
+    /// A valid record, the offset of the next one, and the highest LSN that was durable
+    /// before the record was written (`None`: not recorded).
+    Record { record: Record, next: usize, synced_lsn: Option<u64> },
     /// Zeros: nothing was written here.
     End,
     /// Not a valid record: a torn write, or damage.
@@ -126,8 +137,9 @@ fn decode_payload(payload: &[u8]) -> Result<Command, String> {
     Command::from_op(op).ok_or_else(|| format!("opcode 0x{opcode:02x} is not a command"))
 }
 
-/// Appends one whole record (header, payload, padding) to `buf`.
-pub fn encode_record(buf: &mut BytesMut, lsn: u64, now_ms: u64, command: &Command) {
+/// Appends one record (header, payload, padding) to `buf` without its `synced_gap` and
+/// checksum: [`seal`] completes it when it is written.
+pub fn encode_unsealed(buf: &mut BytesMut, lsn: u64, now_ms: u64, command: &Command) {
     let start = buf.len();
     buf.put_bytes(0, RECORD_HEADER_BYTES);
     encode_payload(command, buf);
@@ -139,8 +151,28 @@ pub fn encode_record(buf: &mut BytesMut, lsn: u64, now_ms: u64, command: &Comman
     header[8..16].copy_from_slice(&lsn.to_le_bytes());
     header[16..24].copy_from_slice(&now_ms.to_le_bytes());
     header[24] = RECORD_TYPE_COMMAND;
-    let crc = crc32c::crc32c(&buf[start + 8..start + RECORD_HEADER_BYTES + payload_len]);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Completes the unsealed record at the start of `record`: `synced_gap` from `synced_lsn` (the
+/// highest LSN durable before this write; `None` writes 0, "not known") and the checksum.
+/// Returns the record's LSN and length.
+pub fn seal(record: &mut [u8], synced_lsn: Option<u64>) -> (u64, usize) {
+    let payload_len = u32_at(record, 0) as usize;
+    let lsn = u64_at(record, 8);
+    let gap = synced_lsn
+        .map_or(0, |synced| u32::try_from(lsn.saturating_sub(synced)).unwrap_or(u32::MAX).max(1));
+    record[28..32].copy_from_slice(&gap.to_le_bytes());
+    let crc = crc32c::crc32c(&record[8..RECORD_HEADER_BYTES + payload_len]);
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    (lsn, record_bytes(payload_len))
+}
+
+/// Appends one whole, sealed record with `synced_gap` 0 ("not known"): for tools and tests
+/// that write logs without a writer.
+pub fn encode_record(buf: &mut BytesMut, lsn: u64, now_ms: u64, command: &Command) {
+    let start = buf.len();
+    encode_unsealed(buf, lsn, now_ms, command);
+    seal(&mut buf[start..], None);
 }
 
 fn u32_at(data: &[u8], at: usize) -> u32 {
@@ -179,14 +211,18 @@ pub fn scan(data: &[u8], offset: usize) -> Result<Scan, RecordError> {
     if header[24] != RECORD_TYPE_COMMAND {
         return Err(fail(format!("unknown record type {}", header[24])));
     }
-    if header[25..32].iter().any(|b| *b != 0)
+    if header[25..28].iter().any(|b| *b != 0)
         || rest[RECORD_HEADER_BYTES + payload_len..total].iter().any(|b| *b != 0)
     {
         return Err(fail("reserved bytes not zero".into()));
     }
     let command = decode_payload(&rest[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len])
         .map_err(fail)?;
-    Ok(Scan::Record { record: Record { lsn, now_ms, command }, next: offset + total })
+    let synced_lsn = match u32_at(header, 28) {
+        0 => None,
+        gap => Some(lsn.saturating_sub(u64::from(gap))),
+    };
+    Ok(Scan::Record { record: Record { lsn, now_ms, command }, next: offset + total, synced_lsn })
 }
 
 #[cfg(test)]
@@ -263,7 +299,7 @@ mod tests {
         let mut offset = 0;
         for (i, command) in commands().into_iter().enumerate() {
             assert_eq!(offset % RECORD_ALIGN, 0);
-            let Scan::Record { record, next } = scan(&buf, offset).expect("valid") else {
+            let Scan::Record { record, next, .. } = scan(&buf, offset).expect("valid") else {
                 panic!("record {i} expected")
             };
             assert_eq!(record, Record { lsn: i as u64 + 1, now_ms: 1_000 + i as u64, command });
@@ -313,5 +349,33 @@ mod tests {
                 "flipped bit {bit} not detected"
             );
         }
+    }
+
+    #[test]
+    fn sealing_records_when_earlier_records_were_durable() {
+        let synced_of = |synced: Option<u64>| {
+            let mut buf = BytesMut::new();
+            encode_unsealed(&mut buf, 1_000, 5, &commands()[0]);
+            let (lsn, len) = seal(&mut buf, synced);
+            assert_eq!((lsn, len), (1_000, buf.len()));
+            match scan(&buf, 0).expect("valid") {
+                Scan::Record { synced_lsn, .. } => synced_lsn,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(synced_of(None), None, "0 = not known (format 1)");
+        assert_eq!(synced_of(Some(998)), Some(998));
+        assert_eq!(synced_of(Some(0)), Some(0), "nothing durable yet");
+        // Never claims the record itself durable; a huge gap saturates low (safe side).
+        assert_eq!(synced_of(Some(1_000)), Some(999));
+        let mut buf = BytesMut::new();
+        encode_unsealed(&mut buf, u64::from(u32::MAX) + 10, 5, &commands()[0]);
+        seal(&mut buf, Some(1));
+        let Ok(Scan::Record { synced_lsn, .. }) = scan(&buf, 0) else { panic!("valid") };
+        assert_eq!(synced_lsn, Some(10));
+        // Unsealed bytes are not a valid record.
+        let mut buf = BytesMut::new();
+        encode_unsealed(&mut buf, 1, 5, &commands()[0]);
+        assert_eq!(scan(&buf, 0), Ok(Scan::Invalid("checksum mismatch")));
     }
 }

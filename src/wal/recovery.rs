@@ -1,9 +1,14 @@
 //! Recovery: the newest valid snapshot, then every log record after it, in LSN order.
 //!
-//! Reading goes through memory maps. A record that is not valid ends the log if nothing valid
-//! follows it (a write torn by the crash: the bytes are zeroed so the writer can continue
-//! there). If a valid record or a later segment follows the damage, acknowledged data is
-//! corrupt: recovery refuses with the file and offset, and only `stockd repair` truncates.
+//! Reading goes through memory maps. The log ends at the first place that is not a valid next
+//! record: zeros with nothing after them, or damage. Damage (or zeros followed by data) is a
+//! write the crash tore or reordered, unless what follows proves the damaged record had been
+//! durable: a later segment, or a valid record written after the damaged one was synced (its
+//! `synced_gap` says so, see `record`) or not saying when (format 1). A torn write is cut off:
+//! everything from the damage to the last non-zero byte of the segment is zeroed, so neither
+//! the writer continuing there nor a later recovery can mistake leftover records of the lost
+//! write for new ones. Proven damage to durable data is corruption: recovery refuses with the
+//! file and offset, and only `stockd repair` truncates.
 //! Every replayed record must change the state exactly as it did when it was logged; one that
 //! does not means the log and the engine disagree, and recovery refuses that too.
 
@@ -96,9 +101,12 @@ pub fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, Recove
     Ok(segments)
 }
 
-/// Looks for valid log data after damage at `offset` of segment `segments[at]`: a checksum-valid
-/// record with an LSN above `last_lsn` later in the segment, or any later segment.
-fn valid_data_after(
+/// Looks for proof that the damage at `offset` of segment `segments[at]` hit data that had been
+/// durable: a later segment (the writer syncs a segment before it starts the next), or a valid
+/// record after the damage that was written once the damaged record (`last_lsn + 1`) was
+/// durable, or that does not say when it was written (record format 1). Valid records written
+/// before that belong to a write the crash tore or reordered, which was never acknowledged.
+fn durable_data_after(
     storage: &dyn Storage,
     segments: &[(u64, String)],
     at: usize,
@@ -106,11 +114,25 @@ fn valid_data_after(
     offset: usize,
     last_lsn: u64,
 ) -> Option<String> {
+    let damaged = last_lsn + 1;
     let mut probe = offset + RECORD_ALIGN;
     while probe + RECORD_ALIGN <= data.len() {
-        if let Ok(Scan::Record { record, .. }) = scan(data, probe) {
+        if let Ok(Scan::Record { record, next, synced_lsn }) = scan(data, probe) {
             if record.lsn > last_lsn {
-                return Some(format!("record {} at offset {probe}", record.lsn));
+                match synced_lsn {
+                    None => return Some(format!("record {} at offset {probe}", record.lsn)),
+                    Some(synced) if synced >= damaged => {
+                        return Some(format!(
+                            "record {} at offset {probe}, written when records up to {synced} \
+                             were durable",
+                            record.lsn
+                        ))
+                    }
+                    Some(_) => {
+                        probe = next;
+                        continue;
+                    }
+                }
             }
         }
         probe += RECORD_ALIGN;
@@ -217,7 +239,7 @@ pub fn replay(
                 invalid(format!("offset {offset}: {e} (written by a newer stockd, or corrupt)"))
             })?;
             match scanned {
-                Scan::Record { record, next } => {
+                Scan::Record { record, next, .. } => {
                     let Record { lsn, now_ms, command } = record;
                     if lsn <= from_lsn {
                         offset = next; // already applied
@@ -245,18 +267,25 @@ pub fn replay(
                     replayed += 1;
                     offset = next;
                 }
-                Scan::End => {
+                Scan::End if data[offset..].iter().all(|b| *b == 0) => {
                     tail_segment = Some((*index, name.clone(), offset as u64));
                     break;
                 }
-                Scan::Invalid(reason) => {
+                scanned => {
+                    // Damage, or zeros with data after them (a crash kept a later sector of a
+                    // write but not an earlier one): either way the log ends here unless what
+                    // follows proves that acknowledged data was damaged.
+                    let reason = match scanned {
+                        Scan::Invalid(reason) => reason,
+                        _ => "zeros before later data",
+                    };
                     if options.up_to.is_some() {
                         // Reading only up to a durable point: what follows may be in flight.
                         tail_segment = Some((*index, name.clone(), offset as u64));
                         break 'segments;
                     }
                     if let Some(follows) =
-                        valid_data_after(storage, &segments, at, &data, offset, last_lsn)
+                        durable_data_after(storage, &segments, at, &data, offset, last_lsn)
                     {
                         return Err(RecoveryError::Corrupt {
                             file: name.clone(),

@@ -6,7 +6,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic       b"STKDWAL\0"
-//!      8     4  version     u32, 1
+//!      8     4  version     u32, 2 (1 is still read)
 //!     12     4  reserved    zero
 //!     16     8  index       u64, 1 for the first segment, +1 for each next one
 //!     24     8  first_lsn   u64, LSN of the first record in the segment
@@ -14,12 +14,18 @@
 //!     60     4  crc32c      u32, CRC32C of bytes 0..60
 //! ```
 //!
+//! Version 2 segments hold records of record format 2 (with `synced_gap`). A version 1 segment
+//! that a newer stockd continues after an upgrade holds both formats; they read the same, and
+//! an older stockd refuses the newer records ("reserved bytes not zero") rather than misread.
+//!
 //! File names: `wal-<index, 20 digits>.seg` for segments in use, `wal-spare-<n>.tmp` for a
 //! prepared segment waiting to be used, `wal-recycle-<index>.tmp` for old segments waiting to
 //! be zeroed and reused. `.tmp` files carry no log data: recovery ignores them.
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STKDWAL\0";
-pub const SEGMENT_VERSION: u32 = 1;
+/// Version 2: records carry `synced_gap` (record format 2, see `record`). Version 1 segments
+/// (records with `synced_gap` 0) are still read.
+pub const SEGMENT_VERSION: u32 = 2;
 pub const SEGMENT_HEADER_BYTES: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +59,7 @@ impl SegmentHeader {
             return Err("not a stockd WAL segment".into());
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if version != SEGMENT_VERSION {
+        if !(1..=SEGMENT_VERSION).contains(&version) {
             return Err(format!(
                 "segment format version {version}, this stockd reads {SEGMENT_VERSION}"
             ));

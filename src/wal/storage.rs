@@ -344,6 +344,12 @@ impl MemStorage {
         self.lock().power_cut_in = Some(n);
     }
 
+    /// The power fails now: every later write and sync fails until [`MemStorage::crash`] or
+    /// [`MemStorage::crash_keeping`] "restarts the machine".
+    pub fn power_off(&self) {
+        self.lock().powered_off = true;
+    }
+
     /// Whether the power was cut (and the machine not yet restarted).
     pub fn powered_off(&self) -> bool {
         self.lock().powered_off
@@ -398,7 +404,9 @@ impl MemStorage {
 
     /// Creates (or replaces) a file with the given durable content.
     pub fn put(&self, name: &str, bytes: Vec<u8>) {
-        self.lock().files.insert(name.to_string(), Arc::new(Mutex::new(MemFileState::synced(bytes))));
+        self.lock()
+            .files
+            .insert(name.to_string(), Arc::new(Mutex::new(MemFileState::synced(bytes))));
     }
 
     /// A copy of every file's live content.

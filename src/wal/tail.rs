@@ -50,7 +50,7 @@ pub fn follow(
         }
         let Ok(data) = storage.read(name) else { return Ok(Followed::Gone) };
         let mut offset = SEGMENT_HEADER_BYTES;
-        while let Ok(Scan::Record { record, next }) = scan(&data, offset) {
+        while let Ok(Scan::Record { record, next, .. }) = scan(&data, offset) {
             let Record { lsn, command, .. } = record;
             offset = next;
             if lsn <= last {

@@ -13,7 +13,7 @@
 //! records wait, and everything resumes once a segment could be prepared again.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::record::{encode_record, record_bytes, RECORD_HEADER_BYTES};
+use super::record::{encode_unsealed, record_bytes, seal, RECORD_HEADER_BYTES};
 use super::segment::{
     is_recycled, is_spare, parse_spare_name, segment_name, spare_name, SegmentHeader,
     SEGMENT_HEADER_BYTES,
@@ -160,18 +160,26 @@ pub struct Wal {
     writer: Mutex<Option<JoinHandle<()>>>,
     preparer: Mutex<Option<JoinHandle<()>>>,
     recycle: Sender<String>,
-    stop_preparer: Arc<AtomicBool>,
+    /// Dropped to stop the preparer (it waits on the other end, so it stops at once).
+    stop_preparer: Mutex<Option<Sender<()>>>,
 }
 
 impl Wal {
     /// Starts the writer and the segment preparer after recovery. `recyclable` lists old
     /// segment files that may be zeroed and reused.
-    pub fn start(storage: Arc<dyn Storage>, config: WalConfig, tail: Tail) -> io::Result<Wal> {
+    ///
+    /// Syncs the tail segment first: what recovery read may be only in the page cache (a
+    /// process crash after a write whose sync never came), and new records will say that
+    /// everything before them is durable.
+    pub fn start(storage: Arc<dyn Storage>, config: WalConfig, mut tail: Tail) -> io::Result<Wal> {
         assert!(
             config.segment_bytes as usize
                 >= SEGMENT_HEADER_BYTES + record_bytes(super::record::RECORD_PAYLOAD_BYTES_MAX),
             "a segment holds at least one maximal record"
         );
+        if let Some(current) = tail.current.as_mut() {
+            current.file.sync_data()?;
+        }
         let durable_lsn = tail.next_lsn - 1;
         let (progress, _) = watch::channel(Progress { durable_lsn, health: Health::Ok });
         let inner = Arc::new(Inner {
@@ -204,9 +212,9 @@ impl Wal {
                 let _ = recycle_tx.try_send(name);
             }
         }
-        let stop_preparer = Arc::new(AtomicBool::new(false));
+        let (stop_preparer, stop) = bounded::<()>(0);
         let preparer = {
-            let (storage, inner, stop) = (storage.clone(), inner.clone(), stop_preparer.clone());
+            let (storage, inner) = (storage.clone(), inner.clone());
             let bytes = config.segment_bytes;
             std::thread::Builder::new().name("stockd-wal-prepare".into()).spawn(move || {
                 prepare_loop(&*storage, bytes, &inner, &spare_tx, &recycle_rx, &stop, spare_serial)
@@ -223,7 +231,7 @@ impl Wal {
             writer: Mutex::new(Some(writer)),
             preparer: Mutex::new(Some(preparer)),
             recycle: recycle_tx,
-            stop_preparer,
+            stop_preparer: Mutex::new(Some(stop_preparer)),
         })
     }
 
@@ -257,7 +265,7 @@ impl Wal {
         }
         let lsn = pending.next_lsn;
         pending.next_lsn += 1;
-        encode_record(&mut pending.buf, lsn, now_ms, command);
+        encode_unsealed(&mut pending.buf, lsn, now_ms, command);
         drop(pending);
         self.inner.wake_writer.notify_one();
         Ok(lsn)
@@ -331,7 +339,7 @@ impl Wal {
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
-        self.stop_preparer.store(true, Ordering::Release);
+        drop(self.stop_preparer.lock().take());
         if let Some(preparer) = self.preparer.lock().take() {
             let _ = preparer.join();
         }
@@ -360,6 +368,9 @@ impl Drop for Wal {
 /// Bound on records waiting for the writer: about a second of peak traffic.
 pub const PENDING_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// How long the preparer waits before trying again to make a spare segment (disk full).
+const PREPARE_RETRY: Duration = Duration::from_millis(200);
+
 /// A prepared, zeroed segment file under its temporary name.
 struct Spare {
     name: String,
@@ -375,6 +386,9 @@ struct Writer {
     spares: Receiver<Spare>,
     unsynced: bool,
     last_sync: Instant,
+    /// The last LSN written, and the last one made durable: records carry the latter.
+    written_lsn: u64,
+    synced_lsn: u64,
 }
 
 impl Writer {
@@ -394,6 +408,8 @@ impl Writer {
             spares,
             unsynced: false,
             last_sync: Instant::now(),
+            written_lsn: tail.next_lsn - 1,
+            synced_lsn: tail.next_lsn - 1,
         }
     }
 
@@ -425,7 +441,7 @@ impl Writer {
                 (pending.next_lsn - 1, pending.closing)
             };
             if !buf.is_empty() {
-                if let Err(e) = self.write(&buf) {
+                if let Err(e) = self.write(&mut buf) {
                     self.inner.fail(format!("write failed: {e}"));
                     return;
                 }
@@ -461,12 +477,13 @@ impl Writer {
         stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         stats.fsync_nanos_total.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.unsynced = false;
+        self.synced_lsn = self.written_lsn;
         self.last_sync = Instant::now();
         Ok(())
     }
 
     /// Writes whole records, starting new segments where the current one is full.
-    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &mut [u8]) -> io::Result<()> {
         let mut chunk_start = 0;
         let mut pos = 0;
         let mut records = 0u64;
@@ -478,7 +495,7 @@ impl Writer {
                 c.offset + (pos - chunk_start + len) as u64 <= self.config.segment_bytes
             });
             if !fits {
-                self.write_chunk(&buf[chunk_start..pos])?;
+                self.write_chunk(&mut buf[chunk_start..pos])?;
                 let lsn = u64::from_le_bytes(buf[pos + 8..pos + 16].try_into().expect("8 bytes"));
                 self.next_segment(lsn)?;
                 chunk_start = pos;
@@ -486,19 +503,26 @@ impl Writer {
             pos += len;
             records += 1;
         }
-        self.write_chunk(&buf[chunk_start..])?;
+        self.write_chunk(&mut buf[chunk_start..])?;
         self.inner.stats.records_written.fetch_add(records, Ordering::Relaxed);
         Ok(())
     }
 
-    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+    /// Seals the chunk's records with the current durable LSN and writes them.
+    fn write_chunk(&mut self, chunk: &mut [u8]) -> io::Result<()> {
         if chunk.is_empty() {
             return Ok(());
+        }
+        let (mut at, mut last_lsn) = (0, self.written_lsn);
+        while at < chunk.len() {
+            let (lsn, len) = seal(&mut chunk[at..], Some(self.synced_lsn));
+            (at, last_lsn) = (at + len, lsn);
         }
         let current = self.current.as_mut().expect("a segment is open before records are written");
         current.file.write_at(current.offset, chunk)?;
         current.offset += chunk.len() as u64;
         self.unsynced = true;
+        self.written_lsn = last_lsn;
         self.inner.stats.bytes_written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(())
     }
@@ -551,18 +575,19 @@ impl Writer {
     }
 }
 
-/// Keeps one zeroed spare segment ready, reusing recycled segments when there are any.
+/// Keeps one zeroed spare segment ready, reusing recycled segments when there are any. Stops as
+/// soon as `stop`'s sender is dropped.
 fn prepare_loop(
     storage: &dyn Storage,
     segment_bytes: u64,
     inner: &Inner,
     spares: &Sender<Spare>,
     recycled: &Receiver<String>,
-    stop: &AtomicBool,
+    stop: &Receiver<()>,
     mut serial: u64,
 ) {
     let mut reuse: Option<String> = None;
-    while !stop.load(Ordering::Acquire) {
+    loop {
         if reuse.is_none() {
             reuse = recycled.try_recv().ok();
         }
@@ -574,29 +599,21 @@ fn prepare_loop(
             }
             None => storage.create_zeroed(&name, segment_bytes),
         };
-        let file = match prepared {
+        match prepared {
             Ok(file) => {
                 *inner.prepare_error.lock() = None;
-                file
+                crossbeam_channel::select! {
+                    send(spares, Spare { name, file }) -> sent => if sent.is_err() { return },
+                    recv(stop) -> _ => return,
+                }
             }
             Err(e) => {
                 *inner.prepare_error.lock() = Some(e.to_string());
                 let _ = storage.remove(&name);
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-        };
-        let mut spare = Spare { name, file };
-        loop {
-            match spares.send_timeout(spare, Duration::from_millis(100)) {
-                Ok(()) => break,
-                Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    spare = back;
+                // Try again later (space may be freed), unless told to stop meanwhile.
+                if stop.recv_timeout(PREPARE_RETRY) != Err(RecvTimeoutError::Timeout) {
+                    return;
                 }
-                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return,
             }
         }
     }

@@ -22,4 +22,5 @@ mod locations;
 mod operations;
 mod order_sync;
 mod security;
+mod simulation;
 mod wire_errors;
