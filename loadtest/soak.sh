@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Soak: a long open-loop run with holds expiring continuously, sampling the server's memory
+# (RSS from /proc) over time, then checking that it plateaus. Not run in CI (it takes minutes).
+#
+#   loadtest/soak.sh                                  # 600 s at 5 000 reserves/s
+#   STOCKD_SOAK_SECONDS=1800 STOCKD_SOAK_RATE=20000 loadtest/soak.sh
+#
+# The server remembers finished reservations for `engine.retention_ms` (set to 60 s here, so
+# the steady state is reached within the run); holds last 1 s; 30 % are released, the rest
+# expire; none are confirmed (confirmed orders are kept until shipped, by design). Memory
+# "plateaus" if, once two retention periods have passed, the highest RSS of the last quarter
+# of the run is within 10 % (+ 8 MiB) of the highest RSS before it. Bounded: the load test
+# stops by itself; the server it starts is stopped by PID. Writes loadtest/soak-<date>.csv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_TOTAL=${STOCKD_SOAK_SECONDS:-600}
+RATE=${STOCKD_SOAK_RATE:-5000}
+PORT=${PORT:-17980}
+EVERY=${STOCKD_SOAK_SAMPLE_SECONDS:-10}
+cargo build --release -q -p stockd -p stockd-loadtest
+work=$(mktemp -d)
+server=""
+cleanup() {
+    if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+cat >"$work/stockd.toml" <<TOML
+[engine]
+retention_ms = 60000
+TOML
+./target/release/stockd serve --config "$work/stockd.toml" --listen "127.0.0.1:$PORT" \
+    --http-listen 127.0.0.1:0 --data-dir "$work/data" --no-auth --log-level warn \
+    >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 100); do
+    ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+csv="loadtest/soak-$(date -u +%Y-%m-%d).csv"
+echo "seconds,rss_kib" >"$csv"
+./target/release/stockd-loadtest flash-sale --server "127.0.0.1:$PORT" --connections 20 \
+    --rate "$RATE" --warmup 1 --duration "$SECONDS_TOTAL" --stock 1000000000 --ttl-ms 1000 \
+    --confirm-share 0 --release-share 0.3 --quiet \
+    --json "$work/soak.json" --report "$work/soak.html" >"$work/loadtest.out" 2>&1 &
+load=$!
+start=$(date +%s)
+while kill -0 "$load" 2>/dev/null; do
+    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
+    echo "$(( $(date +%s) - start )),$rss" >>"$csv"
+    # Sleep in small steps so the loop ends soon after the load test does.
+    for _ in $(seq "$EVERY"); do kill -0 "$load" 2>/dev/null || break; sleep 1; done
+done
+wait "$load" || { cat "$work/loadtest.out"; echo "the load test failed" >&2; exit 1; }
+grep -E "^(throughput|verdict)" "$work/loadtest.out" || true
+awk -F, -v total="$SECONDS_TOTAL" 'NR > 1 {
+        t = $1; rss = $2
+        if (t >= 120 && t < total * 0.75 && rss > before) before = rss
+        if (t >= total * 0.75 && rss > last) last = rss
+        printf "%6d s  %8.1f MiB\n", t, rss / 1024
+    }
+    END {
+        if (before == 0 || last == 0) { print "run too short to judge (needs > 160 s)"; exit 2 }
+        limit = before * 1.10 + 8192
+        printf "highest RSS after 120 s: %.1f MiB; in the last quarter: %.1f MiB (limit %.1f MiB)\n", before / 1024, last / 1024, limit / 1024
+        if (last > limit) { print "memory did not plateau"; exit 1 }
+        print "memory plateaus"
+    }' "$csv"
