@@ -180,6 +180,39 @@ fn a_flipped_bit_in_the_middle_refuses_to_start_until_repaired() {
     assert_eq!(repair(&storage, &engine_config()).expect("repair"), None, "nothing left to repair");
 }
 
+/// Opens the writer where `recovered` ends.
+fn continue_log(storage: &MemStorage, recovered: &stockd::wal::Recovered) -> Wal {
+    let tail = recovered.tail(storage).expect("tail");
+    Wal::start(Arc::new(storage.clone()), wal_config(), tail).expect("start")
+}
+
+/// Logs `durable` (each acknowledged), then `group` as one group commit whose sync a power cut
+/// interrupts; the crash keeps every sector of the group but its first. Returns the offset at
+/// which the group starts.
+fn lose_most_of_a_group_commit(
+    storage: &MemStorage,
+    durable: &[(u64, Command)],
+    group: &[(u64, Command)],
+) -> u64 {
+    write_log(storage, durable);
+    let recovered = recover_mem(storage).expect("recover");
+    let (_, segment, start) = recovered.tail_segment.clone().expect("tail");
+    let wal = continue_log(storage, &recovered);
+    storage.cut_power_at_sync(1);
+    {
+        let _hold = wal.hold();
+        for (now, command) in group {
+            recovered.engine.apply(command, *now, || {
+                wal.append(*now, command).expect("append");
+            });
+        }
+    }
+    assert_eq!(wal.close().health, Health::Failed, "the sync failed");
+    let first_sector = start - start % 512;
+    storage.crash_keeping(|name, sector| name == segment && sector != first_sector);
+    start
+}
+
 /// Found by the simulator: a power cut during a group commit may persist a later sector of the
 /// write and lose an earlier one (disks reorder writes). The records that survived were never
 /// acknowledged; recovery used to refuse to start ("valid log data follows") after this
@@ -189,29 +222,7 @@ fn a_flipped_bit_in_the_middle_refuses_to_start_until_repaired() {
 fn a_group_commit_reordered_by_a_power_cut_is_cut_off_not_refused() {
     let commands = commands(60);
     let storage = MemStorage::new();
-    write_log(&storage, &commands[..20]);
-    let recovered = recover_mem(&storage).expect("recover");
-    let (segment, start) = {
-        let (_, name, offset) = recovered.tail_segment.clone().expect("tail");
-        (name, offset)
-    };
-    // The other 40 records in one group commit, whose sync the power cut interrupts.
-    let wal =
-        Wal::start(Arc::new(storage.clone()), wal_config(), recovered.tail(&storage).unwrap())
-            .expect("start");
-    storage.cut_power_at_sync(1);
-    {
-        let _hold = wal.hold();
-        for (now, command) in &commands[20..] {
-            recovered.engine.apply(command, *now, || {
-                wal.append(*now, command).expect("append");
-            });
-        }
-    }
-    assert_eq!(wal.close().health, Health::Failed, "the sync failed");
-    // Every sector of the group but its first reaches the disk.
-    let first_sector = start - start % 512;
-    storage.crash_keeping(|name, sector| name == segment && sector != first_sector);
+    let start = lose_most_of_a_group_commit(&storage, &commands[..20], &commands[20..]);
     let recovered = recover_mem(&storage).expect("a power loss is not corruption");
     assert_eq!(recovered.last_lsn, 20);
     assert_eq!(recovered.engine.image(), reference(&commands, 20));
@@ -227,34 +238,14 @@ fn a_group_commit_reordered_by_a_power_cut_is_cut_off_not_refused() {
 fn records_left_behind_zeros_by_a_crash_are_never_replayed_later() {
     let commands = commands(30);
     let storage = MemStorage::new();
-    write_log(&storage, &commands[..10]);
-    let recovered = recover_mem(&storage).expect("recover");
-    let (_, segment, start) = recovered.tail_segment.clone().expect("tail");
-    let wal =
-        Wal::start(Arc::new(storage.clone()), wal_config(), recovered.tail(&storage).unwrap())
-            .expect("start");
-    storage.cut_power_at_sync(1);
-    {
-        let _hold = wal.hold();
-        for (now, command) in &commands[10..20] {
-            recovered.engine.apply(command, *now, || {
-                wal.append(*now, command).expect("append");
-            });
-        }
-    }
-    wal.close();
-    // The sector holding the group's first records is lost entirely: zeros, then records.
-    let first_sector = start - start % 512;
-    storage.crash_keeping(|name, sector| name == segment && sector != first_sector);
+    lose_most_of_a_group_commit(&storage, &commands[..10], &commands[10..20]);
     let recovered = recover_mem(&storage).expect("recover");
     assert_eq!(recovered.last_lsn, 10);
     assert!(recovered.truncated.is_some(), "the records after the zeros are removed");
     // The restarted node logs five other operations of exactly the same sizes (the ids
     // "again-N" and "order-N" are equally long), so without the cut a scan after them would land
     // on the lost group's sixth record, numbered as the next one.
-    let wal =
-        Wal::start(Arc::new(storage.clone()), wal_config(), recovered.tail(&storage).unwrap())
-            .expect("start");
+    let wal = continue_log(&storage, &recovered);
     let mut history = commands[..10].to_vec();
     for (now, command) in &commands[10..15] {
         let Command::Reserve(reserve) = command else { panic!("reserves") };
