@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use stockd_protocol::{Client, ClientOptions, Op, SkuLimits};
+use stockd_protocol::{Client, ClientError, ClientOptions, Op, OpReply, SerialClient, SkuLimits};
 use tokio::task::JoinSet;
 
 use crate::report::RunResult;
-use crate::scenario::{Ledger, Mix, Scenario, Worker, Workload};
+use crate::scenario::{Ledger, Mix, Scenario, Sent, Worker, Workload};
 use crate::stats::Recorder;
 use crate::verdict;
 
@@ -102,8 +102,37 @@ struct Shared {
     ops_done: AtomicU64,
 }
 
+/// A worker's connection: its own (one request at a time, the leanest path) with one request
+/// in flight per connection, else a pipelined connection shared with the other workers.
+enum Connection {
+    Own(SerialClient),
+    Shared(Client),
+}
+
+impl Connection {
+    async fn send(
+        &mut self,
+        mut ops: Vec<(Op, Sent)>,
+    ) -> Result<Vec<(Sent, OpReply)>, ClientError> {
+        if ops.len() == 1 {
+            let (op, sent) = ops.pop().expect("one op");
+            let reply = match self {
+                Connection::Own(client) => client.call(op).await?,
+                Connection::Shared(client) => client.call(op).await?,
+            };
+            return Ok(vec![(sent, reply)]);
+        }
+        let (requests, sent): (Vec<Op>, Vec<_>) = ops.into_iter().unzip();
+        let replies = match self {
+            Connection::Own(client) => client.batch(requests).await?,
+            Connection::Shared(client) => client.batch(requests).await?,
+        };
+        Ok(sent.into_iter().zip(replies).collect())
+    }
+}
+
 async fn worker(
-    client: Client,
+    mut connection: Connection,
     mut state: Worker,
     config: Arc<RunConfig>,
     shared: Arc<Shared>,
@@ -126,14 +155,7 @@ async fn worker(
             }
             None => Instant::now(),
         };
-        let mut ops = state.next_ops(config.batch);
-        let result = if ops.len() == 1 {
-            let (op, sent) = ops.pop().expect("one op");
-            client.call(op).await.map(|reply| vec![(sent, reply)])
-        } else {
-            let (requests, sent): (Vec<Op>, Vec<_>) = ops.into_iter().unzip();
-            client.batch(requests).await.map(|replies| sent.into_iter().zip(replies).collect())
-        };
+        let result = connection.send(state.next_ops(config.batch)).await;
         let done = Instant::now();
         let replies = match result {
             Ok(replies) => replies,
@@ -188,12 +210,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         in_flight_max: config.in_flight.max(1),
         ..ClientOptions::default()
     };
+    // With one request in flight, every worker has a connection of its own; the setup and the
+    // verdict use one more.
+    let serial = config.in_flight == 1;
     let mut clients = Vec::with_capacity(config.connections);
-    for _ in 0..config.connections {
+    for _ in 0..if serial { 1 } else { config.connections } {
         let client = Client::connect(config.server.as_str(), options.clone())
             .await
             .with_context(|| format!("connecting to {}", config.server))?;
         clients.push(client);
+    }
+    let mut own = Vec::new();
+    for _ in 0..if serial { config.connections } else { 0 } {
+        let client = SerialClient::connect(config.server.as_str(), options.clone())
+            .await
+            .with_context(|| format!("connecting to {}", config.server))?;
+        own.push(client);
     }
     let setup_started = Instant::now();
     setup(&clients[0], &workload, stock).await?;
@@ -208,13 +240,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         ticket: AtomicU64::new(0),
         ops_done: AtomicU64::new(0),
     });
+    let connections: Vec<Connection> = match serial {
+        true => own.into_iter().map(Connection::Own).collect(),
+        false => clients
+            .iter()
+            .flat_map(|client| (0..config.in_flight).map(|_| Connection::Shared(client.clone())))
+            .collect(),
+    };
     let mut tasks = JoinSet::new();
-    for (index, client) in clients.iter().enumerate() {
-        for slot in 0..config.in_flight {
-            let id = index * config.in_flight + slot;
-            let state = Worker::new(workload.clone(), id, config.seed);
-            tasks.spawn(worker(client.clone(), state, config.clone(), shared.clone()));
-        }
+    for (id, connection) in connections.into_iter().enumerate() {
+        let state = Worker::new(workload.clone(), id, config.seed);
+        tasks.spawn(worker(connection, state, config.clone(), shared.clone()));
     }
     let bar = progress_bar(&config);
     let mut ledger = Ledger::default();

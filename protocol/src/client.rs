@@ -23,9 +23,9 @@ use crate::code::ResultCode;
 use crate::frame::FrameDecoder;
 use crate::limits::FRAME_BODY_BYTES_MAX;
 use crate::message::{
-    Confirm, ExtendReply, Hello, HelloReply, LimitsReply, Line, LocationsReply, Op, OpReply, Reply,
-    Request, ReservationReply, Reserve, ReserveAt, ReserveAtReply, ReserveReply, SkuLimits,
-    SkuReply,
+    Confirm, ExtendReply, Hello, HelloReply, LimitsReply, Line, LocationsReply, Op, OpReply,
+    Opcode, Reply, Request, ReservationReply, Reserve, ReserveAt, ReserveAtReply, ReserveReply,
+    SkuLimits, SkuReply,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -154,21 +154,7 @@ impl Client {
             },
             request_timeout: options.request_timeout,
         };
-        let hello = Request::Hello(Hello {
-            min_version: PROTOCOL_VERSION,
-            max_version: PROTOCOL_VERSION,
-            api_key: options.api_key.clone(),
-            client_name: options.client_name.clone(),
-        });
-        let reply = send(&inner, hello).await?;
-        match reply {
-            Reply::Hello(hello) if hello.code.is_ok() => inner.hello = hello,
-            Reply::Hello(hello) => return Err(ClientError::Handshake(hello.code)),
-            Reply::Error(e) => {
-                return Err(ClientError::Server { code: e.code, message: e.message })
-            }
-            other => return Err(unexpected(&other)),
-        }
+        inner.hello = accept_hello(send(&inner, hello_request(&options)).await?)?;
         Ok(Client { inner: Arc::new(inner) })
     }
 
@@ -185,21 +171,13 @@ impl Client {
     /// Sends one operation. A frame-level `ERROR` reply becomes [`ClientError::Server`].
     pub async fn call(&self, op: Op) -> Result<OpReply, ClientError> {
         let opcode = op.opcode();
-        match self.request(Request::Op(op)).await? {
-            Reply::Op(reply) if reply.opcode() == opcode => Ok(reply),
-            Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
-            other => Err(unexpected(&other)),
-        }
+        op_reply(opcode, self.request(Request::Op(op)).await?)
     }
 
     /// Sends many operations in one batch frame; one reply per operation, in order.
     pub async fn batch(&self, ops: Vec<Op>) -> Result<Vec<OpReply>, ClientError> {
         let count = ops.len();
-        match self.request(Request::Batch(ops)).await? {
-            Reply::Batch(replies) if replies.len() == count => Ok(replies),
-            Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
-            other => Err(unexpected(&other)),
-        }
+        batch_replies(count, self.request(Request::Batch(ops)).await?)
     }
 
     pub async fn ping(&self) -> Result<ResultCode, ClientError> {
@@ -393,6 +371,44 @@ fn sku_reply(reply: OpReply) -> Result<SkuReply, ClientError> {
         | OpReply::SetPreorder(r)
         | OpReply::QuerySku(r) => Ok(r),
         other => Err(unexpected_op(&other)),
+    }
+}
+
+/// The `HELLO` request a connection opens with.
+pub(crate) fn hello_request(options: &ClientOptions) -> Request {
+    Request::Hello(Hello {
+        min_version: PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        api_key: options.api_key.clone(),
+        client_name: options.client_name.clone(),
+    })
+}
+
+/// The server's answer to the handshake, if it accepted it.
+pub(crate) fn accept_hello(reply: Reply) -> Result<HelloReply, ClientError> {
+    match reply {
+        Reply::Hello(hello) if hello.code.is_ok() => Ok(hello),
+        Reply::Hello(hello) => Err(ClientError::Handshake(hello.code)),
+        Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The reply to one operation; a frame-level `ERROR` becomes [`ClientError::Server`].
+pub(crate) fn op_reply(opcode: Opcode, reply: Reply) -> Result<OpReply, ClientError> {
+    match reply {
+        Reply::Op(reply) if reply.opcode() == opcode => Ok(reply),
+        Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The replies to a batch of `count` operations.
+pub(crate) fn batch_replies(count: usize, reply: Reply) -> Result<Vec<OpReply>, ClientError> {
+    match reply {
+        Reply::Batch(replies) if replies.len() == count => Ok(replies),
+        Reply::Error(e) => Err(ClientError::Server { code: e.code, message: e.message }),
+        other => Err(unexpected(&other)),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The stockd wire protocol: frame header, message codec and an async client.
+//! The stockd wire protocol: frame header, message codec and async clients (pipelined
+//! [`Client`], one-request-at-a-time [`SerialClient`]).
 //!
 //! `PROTOCOL.md` next to this crate is the normative specification; this crate is its reference
 //! implementation and the golden vectors in `vectors/` are checked against it by tests. Everything
@@ -9,6 +10,7 @@ pub mod code;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod serial;
 
 pub use client::{Client, ClientError, ClientOptions, Pool};
 pub use code::ResultCode;
@@ -22,6 +24,7 @@ pub use message::{
     ReservationState, Reserve, ReserveAt, ReserveAtReply, ReserveReply, SkuInfo, SkuLimits,
     SkuReply,
 };
+pub use serial::SerialClient;
 
 /// The protocol version this crate speaks. A server negotiates the highest version both sides
 /// support in the `HELLO` exchange; version 1 is the only one so far.

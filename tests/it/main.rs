@@ -22,5 +22,6 @@ mod locations;
 mod operations;
 mod order_sync;
 mod security;
+mod serial_client;
 mod simulation;
 mod wire_errors;
