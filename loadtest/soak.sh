@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 SECONDS_TOTAL=${STOCKD_SOAK_SECONDS:-600}
 RATE=${STOCKD_SOAK_RATE:-5000}
 PORT=${PORT:-17980}
+HTTP_PORT=$((PORT + 1))
 EVERY=${STOCKD_SOAK_SAMPLE_SECONDS:-10}
 cargo build --release -q -p stockd -p stockd-loadtest
 work=$(mktemp -d)
@@ -30,15 +31,17 @@ cat >"$work/stockd.toml" <<TOML
 retention_ms = 60000
 TOML
 ./target/release/stockd serve --config "$work/stockd.toml" --listen "127.0.0.1:$PORT" \
-    --http-listen 127.0.0.1:0 --data-dir "$work/data" --no-auth --log-level warn \
+    --http-listen "127.0.0.1:$HTTP_PORT" --data-dir "$work/data" --no-auth --log-level warn \
     >"$work/server.log" 2>&1 &
 server=$!
 for _ in $(seq 100); do
     ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
     sleep 0.1
 done
-csv="loadtest/soak-$(date -u +%Y-%m-%d).csv"
-echo "seconds,rss_kib" >"$csv"
+csv=${STOCKD_SOAK_CSV:-loadtest/soak-$(date -u +%Y-%m-%d).csv}
+# RSS split into anonymous memory (the heap) and mapped files (log segments being read), and
+# the number of reservations the server remembers (its own gauge), to tell growth apart.
+echo "seconds,rss_kib,anon_kib,file_kib,reservations" >"$csv"
 ./target/release/stockd-loadtest flash-sale --server "127.0.0.1:$PORT" --connections 20 \
     --rate "$RATE" --warmup 1 --duration "$SECONDS_TOTAL" --stock 1000000000 --ttl-ms 1000 \
     --confirm-share 0 --release-share 0.3 --quiet \
@@ -46,8 +49,10 @@ echo "seconds,rss_kib" >"$csv"
 load=$!
 start=$(date +%s)
 while kill -0 "$load" 2>/dev/null; do
-    rss=$(awk '/^VmRSS/ {print $2}' "/proc/$server/status")
-    echo "$(( $(date +%s) - start )),$rss" >>"$csv"
+    mem=$(awk '/^(VmRSS|RssAnon|RssFile)/ {printf ",%s", $2}' "/proc/$server/status")
+    held=$(curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" \
+        | awk '/^stockd_reservations / {print $2}' || true)
+    echo "$(( $(date +%s) - start ))$mem,${held:-}" >>"$csv"
     # Sleep in small steps so the loop ends soon after the load test does.
     for _ in $(seq "$EVERY"); do kill -0 "$load" 2>/dev/null || break; sleep 1; done
 done
