@@ -85,6 +85,10 @@ struct Args {
     /// Stock the verdict assumes (to check that a wrong expectation fails).
     #[arg(long)]
     assume_stock: Option<u64>,
+    /// The server's `engine.retention_ms`, for runs longer than it: the verdict then accepts
+    /// that released and long-expired reservations were forgotten.
+    #[arg(long)]
+    retention_ms: Option<u64>,
     /// Prefix of SKU and reservation ids (default: unique per run).
     #[arg(long)]
     prefix: Option<String>,
@@ -177,6 +181,7 @@ async fn main_async(args: Args) -> anyhow::Result<bool> {
         assume_limits: None,
         prefix: args.prefix.unwrap_or_else(|| format!("lt{:x}", nanos % 0xffff_ffff)),
         assume_stock: args.assume_stock,
+        retention_ms: args.retention_ms,
         progress: !args.quiet,
         seed: args.seed.unwrap_or(nanos as u64),
     };

@@ -60,6 +60,8 @@ pub struct RunConfig {
     pub prefix: String,
     /// Stock the verdict assumes (defaults to `stock`); a wrong value must fail the verdict.
     pub assume_stock: Option<u64>,
+    /// The server's `engine.retention_ms`: finished reservations older than it may be gone.
+    pub retention_ms: Option<u64>,
     pub progress: bool,
     pub seed: u64,
 }

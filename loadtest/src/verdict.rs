@@ -5,7 +5,8 @@
 //! those that may be (the server's clock is read before and after the queries); held plus
 //! committed never exceed on-hand (no oversell), nor the stock the verdict assumes; on-hand is
 //! the stock set up. Then acknowledged reservations are spot-checked one by one: confirmed ones
-//! must be confirmed, released ones released, held ones held or expired by their deadline.
+//! must be confirmed, released ones released, held ones held or expired by their deadline (or,
+//! told the server's retention with `--retention-ms`, forgotten once it has passed).
 //! Every reply the clients could not explain fails the verdict too.
 //!
 //! With flash-sale limits: no customer holds and has bought more of a SKU than the per-buyer
@@ -164,12 +165,19 @@ pub async fn check(
 
     // Spot checks: acknowledged reservations are there, in the state the clients were told.
     // Holds keep expiring while the checks run, so these queries get their own clock bracket.
-    let mut expected: Vec<(bytes::Bytes, Vec<ReservationState>)> = Vec::new();
+    // With a retention shorter than the run, a finished reservation may have been forgotten
+    // (`None`): a released one at any time (when it was released is not recorded), an expired
+    // one once its deadline is a retention ago.
+    let run_ms = (config.warmup + config.duration).as_millis() as u64;
+    let retention_ms = config.retention_ms.filter(|r| *r < run_ms);
+    let mut expected: Vec<(bytes::Bytes, Vec<Option<ReservationState>>)> = Vec::new();
     for id in ledger.confirmed_ids.iter().take(SPOT_CHECKS) {
-        expected.push((id.clone(), vec![ReservationState::Confirmed]));
+        expected.push((id.clone(), vec![Some(ReservationState::Confirmed)]));
     }
     for id in ledger.released_ids.iter().take(SPOT_CHECKS) {
-        expected.push((id.clone(), vec![ReservationState::Released]));
+        let mut states = vec![Some(ReservationState::Released)];
+        states.extend(retention_ms.map(|_| None));
+        expected.push((id.clone(), states));
     }
     let holds: Vec<(&bytes::Bytes, u64)> =
         ledger.held.iter().take(SPOT_CHECKS).map(|(id, h)| (id, h.expires_at_ms)).collect();
@@ -180,13 +188,17 @@ pub async fn check(
         query_all(client, ids.into_iter().map(|id| Op::QueryReservation { id }).collect()).await?;
     let after_ms = server_time_ms(config).await?;
     for (id, expires_at_ms) in holds {
-        let states = if expires_at_ms > after_ms {
-            vec![ReservationState::Held]
+        let (held, expired) = (Some(ReservationState::Held), Some(ReservationState::Expired));
+        let mut states = if expires_at_ms > after_ms {
+            vec![held]
         } else if expires_at_ms <= before_ms {
-            vec![ReservationState::Expired]
+            vec![expired]
         } else {
-            vec![ReservationState::Held, ReservationState::Expired]
+            vec![held, expired]
         };
+        if retention_ms.is_some_and(|r| expires_at_ms + r <= after_ms) {
+            states.push(None);
+        }
         expected.push((id.clone(), states));
     }
     let mut missing = Vec::new();
@@ -195,7 +207,7 @@ pub async fn check(
             OpReply::QueryReservation(r) => r.info.as_ref().map(|info| info.state),
             _ => None,
         };
-        if !state.is_some_and(|s| states.contains(&s)) {
+        if !states.contains(&state) {
             missing
                 .push(format!("{}: {state:?}, expected {states:?}", String::from_utf8_lossy(id)));
         }

@@ -13,12 +13,19 @@ use stockd_protocol::{ChannelQuota, QuotaLimit, SkuLimits};
 /// A server with authentication on, and an admin key for the harness.
 async fn start_server(
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir, String) {
+    start_server_with(|_| {}).await
+}
+
+async fn start_server_with(
+    adjust: impl FnOnce(&mut Config),
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>, tempfile::TempDir, String) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
     config.storage.data_dir = dir.path().to_path_buf();
     config.storage.segment_bytes = 1024 * 1024;
+    adjust(&mut config);
     let server = Server::bind(config).await.expect("server starts");
     let addr = server.local_addr().expect("addr");
     let (_, key) = server.shared().keys.create("loadtest", Role::Admin, "test", 0).expect("key");
@@ -54,6 +61,7 @@ fn flash_sale(server: String, api_key: &str, assume_stock: Option<u64>) -> RunCo
         assume_limits: None,
         prefix: format!("test{}", assume_stock.unwrap_or(0)),
         assume_stock,
+        retention_ms: None,
         progress: false,
         seed: 7,
     }
@@ -118,5 +126,28 @@ async fn limits_are_kept_and_looser_limits_than_assumed_fail_the_verdict() {
     let failed: Vec<&str> =
         loose.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
     assert_eq!(failed, vec!["per-buyer limit kept"], "{}", loose.summary());
+    let _ = stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_retention_passes_only_when_told_of_it() {
+    // The server forgets finished reservations 200 ms after they finish; the run lasts 1.7 s,
+    // so the first released ones are gone by the spot checks.
+    let (addr, stop, _dir, key) = start_server_with(|config| {
+        config.engine.retention_ms = 200;
+        config.engine.sweep_interval_ms = 20;
+    })
+    .await;
+    let sale = |prefix: &str, retention_ms| RunConfig {
+        prefix: prefix.into(),
+        retention_ms,
+        ..flash_sale(addr.to_string(), &key, None)
+    };
+    let told = run(sale("told", Some(200))).await.expect("run");
+    assert!(told.verdict.passed, "{}", told.summary());
+    let naive = run(sale("naive", None)).await.expect("run");
+    let failed: Vec<&str> =
+        naive.verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, vec!["acknowledged reservations present"], "{}", naive.summary());
     let _ = stop.send(());
 }
