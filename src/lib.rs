@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod heap;
 pub mod http;
 pub mod journal;
 pub mod limits;

@@ -68,6 +68,8 @@ pub struct Metrics {
     paused_skus: Gauge,
     expired_holds: Counter,
     disk_free_bytes: Gauge,
+    heap_allocated_bytes: Gauge,
+    heap_resident_bytes: Gauge,
     /// Every operation answered, for the dashboard's throughput.
     pub operations_total: AtomicU64,
     /// Request latencies, for the dashboard's percentiles over its last interval.
@@ -136,6 +138,13 @@ impl Metrics {
             gauge("skus_paused", "SKUs with a safety stock and nothing available above it");
         let disk_free_bytes =
             gauge("disk_free_bytes", "Free bytes on the data directory's file system");
+        let heap_allocated_bytes =
+            gauge("heap_allocated_bytes", "Bytes allocated by the server and not yet freed");
+        let heap_resident_bytes = gauge(
+            "heap_resident_bytes",
+            "Bytes in pages the allocator keeps resident (allocated plus fragmentation and \
+             free pages not yet returned)",
+        );
         let alerts_firing = gauge("alerts_firing", "Alerts firing (acknowledged or not)");
         let tickets_overdue = gauge("tickets_overdue", "Return tickets over their stage's limit");
         let parcels_unmatched =
@@ -202,6 +211,8 @@ impl Metrics {
             paused_skus,
             expired_holds,
             disk_free_bytes,
+            heap_allocated_bytes,
+            heap_resident_bytes,
             operations_total: AtomicU64::new(0),
             request_window: LatencyWindow::default(),
         }
@@ -266,6 +277,10 @@ impl Metrics {
         self.paused_skus.set(summary.paused_skus as i64);
         if let Some(free) = shared.storage.free_bytes() {
             self.disk_free_bytes.set(free as i64);
+        }
+        if let Some(heap) = crate::heap::stats() {
+            self.heap_allocated_bytes.set(heap.allocated as i64);
+            self.heap_resident_bytes.set(heap.resident as i64);
         }
         self.alerts_firing.set(shared.alerts.open_alerts().len() as i64);
         let now_ms = shared.clock.now_ms();

@@ -508,7 +508,7 @@ impl Engine {
         if finished {
             shard.retired.insert((r.forget_at_ms, id.clone()));
         }
-        if shard.reservations.insert(id, reservation).is_some() {
+        if shard.reservations.insert(id, Box::new(reservation)).is_some() {
             return Err(bad(format!("reservation {} twice", name())));
         }
         Ok(())

@@ -195,7 +195,7 @@ impl Engine {
         shard.deadlines.insert((expires_at_ms, id.clone()));
         shard.reservations.insert(
             id,
-            Reservation {
+            Box::new(Reservation {
                 state: ReservationState::Held,
                 lines: held,
                 confirmed: Box::default(),
@@ -205,7 +205,7 @@ impl Engine {
                 created_at_ms: now_ms,
                 expires_at_ms,
                 forget_at_ms: 0,
-            },
+            }),
         );
         if confirmed.is_some() {
             let state = ReservationState::Confirmed;

@@ -102,6 +102,9 @@ async fn metrics_parse_as_prometheus_text_with_every_family() {
     assert_eq!(value("stockd_holds_open", &[]), 3.0);
     assert_eq!(value("stockd_skus_paused", &[]), 0.0);
     assert!(value("stockd_disk_free_bytes", &[]) > 0.0);
+    let (allocated, resident) =
+        (value("stockd_heap_allocated_bytes", &[]), value("stockd_heap_resident_bytes", &[]));
+    assert!(allocated > 0.0 && resident >= allocated, "heap {allocated} of {resident}");
     assert!(value("stockd_wal_records_total", &[]) >= 4.0);
     assert!(value("stockd_wal_fsyncs_total", &[]) >= 1.0);
     assert!(value("stockd_wal_bytes_total", &[]) > 0.0);
