@@ -114,6 +114,9 @@ pub struct StorageConfig {
     pub fsync_interval_ms: u64,
     pub segment_bytes: u64,
     pub snapshot_every_records: u64,
+    /// Also wait until the records since the last snapshot are this share (per cent) of the
+    /// SKUs and reservations it held (0: only `snapshot_every_records`).
+    pub snapshot_growth_percent: u64,
     pub snapshot_interval_ms: u64,
 }
 
@@ -125,6 +128,7 @@ impl Default for StorageConfig {
             fsync_interval_ms: 100,
             segment_bytes: 64 * 1024 * 1024,
             snapshot_every_records: 1_000_000,
+            snapshot_growth_percent: 100,
             snapshot_interval_ms: 300_000,
         }
     }

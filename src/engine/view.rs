@@ -197,6 +197,12 @@ impl Engine {
     }
 
     /// Totals over every shard.
+    /// SKUs plus reservations stored: the size of the state (cheap: one lock per shard).
+    pub fn entities(&self) -> u64 {
+        let count = |shard: &super::shard::Shard| shard.skus.len() + shard.reservations.len();
+        self.shards.iter().map(|shard| count(&shard.lock()) as u64).sum()
+    }
+
     pub fn summary(&self, now_ms: u64) -> Summary {
         let mut total = Summary::default();
         for shard in self.shards.iter() {

@@ -91,12 +91,43 @@ pub fn finish_snapshot(
     Ok(())
 }
 
+/// When the next snapshot is due: after `snapshot_every_records` records, and at least
+/// `snapshot_growth_percent` of the state's size at the last snapshot; or after the interval
+/// (with at least one record). See `default.toml`.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    pub every_records: u64,
+    pub growth_percent: u64,
+    pub interval: Duration,
+}
+
+impl SnapshotPolicy {
+    pub fn of(config: &Config) -> SnapshotPolicy {
+        let storage = &config.storage;
+        SnapshotPolicy {
+            every_records: storage.snapshot_every_records,
+            growth_percent: storage.snapshot_growth_percent,
+            interval: Duration::from_millis(storage.snapshot_interval_ms),
+        }
+    }
+
+    /// `records` were logged since the last snapshot, which held `entities` SKUs and
+    /// reservations and was taken `elapsed` ago.
+    pub fn due(&self, records: u64, entities: u64, elapsed: Duration) -> bool {
+        let proportional = u128::from(entities) * u128::from(self.growth_percent) / 100;
+        let proportional = u64::try_from(proportional).unwrap_or(u64::MAX);
+        let enough = records >= self.every_records.max(proportional);
+        enough || (records > 0 && elapsed >= self.interval)
+    }
+}
+
 /// Takes a snapshot when enough records or time have accumulated, until `stop` fires.
 pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
     let storage = &*shared.storage;
-    let every_records = shared.config.storage.snapshot_every_records;
-    let interval = Duration::from_millis(shared.config.storage.snapshot_interval_ms);
+    let policy = SnapshotPolicy::of(&shared.config);
     let mut last_time = Instant::now();
+    // The state's size at the last snapshot (the one recovery loaded, at first).
+    let mut entities = shared.engine.entities();
     let mut shadow = None;
     loop {
         match stop.recv_timeout(Duration::from_millis(SNAPSHOT_CHECK_MS)) {
@@ -105,7 +136,7 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
         }
         let progress = shared.wal.progress();
         let since = progress.durable_lsn.saturating_sub(*shared.snapshot_lsn.borrow());
-        let due = since >= every_records || (since > 0 && last_time.elapsed() >= interval);
+        let due = policy.due(since, entities, last_time.elapsed());
         if !due || progress.health == Health::Failed {
             continue;
         }
@@ -118,7 +149,13 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
                     .snapshot_at_ms
                     .store(shared.clock.now_ms(), std::sync::atomic::Ordering::Relaxed);
                 last_time = Instant::now();
-                info!(lsn, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot written");
+                entities = shared.engine.entities();
+                info!(
+                    lsn,
+                    entities,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
             }
             Err(e) => warn!(error = %format!("{e:#}"), "snapshot failed; will retry"),
         }
@@ -152,4 +189,32 @@ pub fn close_with_snapshot(
     snapshot::write(storage, progress.durable_lsn, now_ms, &engine.image())?;
     snapshot::prune(storage)?;
     Ok(Some(progress.durable_lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_state_waits_for_records_in_proportion_to_its_size() {
+        let policy = SnapshotPolicy {
+            every_records: 1_000,
+            growth_percent: 100,
+            interval: Duration::from_secs(300),
+        };
+        let soon = Duration::from_secs(1);
+        // A small state: the record count alone decides.
+        assert!(!policy.due(999, 10, soon));
+        assert!(policy.due(1_000, 10, soon));
+        // 5 000 SKUs and reservations: 5 000 records first.
+        assert!(!policy.due(4_999, 5_000, soon));
+        assert!(policy.due(5_000, 5_000, soon));
+        // The interval applies regardless, once anything was logged.
+        assert!(policy.due(1, 5_000, Duration::from_secs(300)));
+        assert!(!policy.due(0, 5_000, Duration::from_secs(3_000)));
+        // 0 turns the proportional rule off; huge states do not overflow.
+        let plain = SnapshotPolicy { growth_percent: 0, ..policy };
+        assert!(plain.due(1_000, 5_000, soon));
+        assert!(!policy.due(u64::MAX - 1, u64::MAX, soon));
+    }
 }
