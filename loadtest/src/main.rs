@@ -14,6 +14,8 @@ use stockd_protocol::{ChannelQuota, SkuLimits};
 
 #[derive(Parser, Debug)]
 #[command(name = "stockd-loadtest", version, about = "Load-test a running stockd server")]
+// A later occurrence of an option wins (scripts add options to a common set).
+#[command(args_override_self = true)]
 struct Args {
     /// The scenario to run.
     scenario: Scenario,
