@@ -108,6 +108,10 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // When the frame now being received started arriving (or the connection went idle).
     let mut waiting_since = Instant::now();
+    // One wait for shutdown for the connection's whole life, rather than a new one (and a new
+    // registration with the watch) for every request.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     debug!(%peer, "connection opened");
     conn.shared.metrics.connection_opened();
     let why = loop {
@@ -178,6 +182,9 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         tokio::select! {
+            // Shutdown first, so a client that keeps sending cannot delay it.
+            biased;
+            _ = &mut stopped => break "server shutting down".to_string(),
             read = stream.read_buf(&mut input) => match read {
                 Ok(0) if decoder.is_mid_frame(&input) => break "peer closed mid-frame".to_string(),
                 Ok(0) => break "peer closed".to_string(),
@@ -190,7 +197,6 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 "idle for too long".to_string()
             },
-            _ = stop.changed() => break "server shutting down".to_string(),
         }
     };
     let _ = stream.shutdown().await;
