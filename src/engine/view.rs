@@ -196,13 +196,13 @@ impl Engine {
         Some(SkuHolds { info, holds, count })
     }
 
-    /// Totals over every shard.
     /// SKUs plus reservations stored: the size of the state (cheap: one lock per shard).
     pub fn entities(&self) -> u64 {
         let count = |shard: &super::shard::Shard| shard.skus.len() + shard.reservations.len();
         self.shards.iter().map(|shard| count(&shard.lock()) as u64).sum()
     }
 
+    /// Totals over every shard.
     pub fn summary(&self, now_ms: u64) -> Summary {
         let mut total = Summary::default();
         for shard in self.shards.iter() {

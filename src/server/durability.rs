@@ -126,7 +126,8 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
     let storage = &*shared.storage;
     let policy = SnapshotPolicy::of(&shared.config);
     let mut last_time = Instant::now();
-    // The state's size at the last snapshot (the one recovery loaded, at first).
+    // The state's size at the last snapshot (about: the live state's when it was written; at
+    // first, what recovery loaded).
     let mut entities = shared.engine.entities();
     let mut shadow = None;
     loop {
