@@ -144,14 +144,7 @@ impl Client {
             next_request_id: AtomicU64::new(1),
             in_flight: Semaphore::new(options.in_flight_max.max(1)),
             pending,
-            hello: HelloReply {
-                code: ResultCode::Ok,
-                version: 0,
-                frame_body_bytes_max: 0,
-                batch_ops_max: 0,
-                lines_max: 0,
-                server_time_ms: 0,
-            },
+            hello: unanswered_hello(),
             request_timeout: options.request_timeout,
         };
         inner.hello = accept_hello(send(&inner, hello_request(&options)).await?)?;
@@ -382,6 +375,18 @@ pub(crate) fn hello_request(options: &ClientOptions) -> Request {
         api_key: options.api_key.clone(),
         client_name: options.client_name.clone(),
     })
+}
+
+/// What a client holds as the server's `HELLO` reply before the handshake has completed.
+pub(crate) fn unanswered_hello() -> HelloReply {
+    HelloReply {
+        code: ResultCode::Ok,
+        version: 0,
+        frame_body_bytes_max: 0,
+        batch_ops_max: 0,
+        lines_max: 0,
+        server_time_ms: 0,
+    }
 }
 
 /// The server's answer to the handshake, if it accepted it.

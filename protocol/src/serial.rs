@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::Decoder;
 
-use crate::client::{accept_hello, batch_replies, hello_request, op_reply};
+use crate::client::{accept_hello, batch_replies, hello_request, op_reply, unanswered_hello};
 use crate::frame::FrameDecoder;
 use crate::limits::FRAME_BODY_BYTES_MAX;
 use crate::message::{HelloReply, Op, OpReply, Reply, Request};
@@ -61,14 +61,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SerialClient<S> {
             input: BytesMut::with_capacity(BUFFER_BYTES),
             output: BytesMut::with_capacity(BUFFER_BYTES),
             next_request_id: 1,
-            hello: HelloReply {
-                code: crate::ResultCode::Ok,
-                version: 0,
-                frame_body_bytes_max: 0,
-                batch_ops_max: 0,
-                lines_max: 0,
-                server_time_ms: 0,
-            },
+            hello: unanswered_hello(),
             request_timeout: options.request_timeout,
             broken: None,
         };
