@@ -23,22 +23,17 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     [ "${args[$i]}" = "--connections" ] && connections=${args[$((i + 1))]}
 done
 cargo build --release -q -p stockd -p stockd-loadtest
+source loadtest/server.sh
 work=$(mktemp -d)
 server=""
 load=""
 cleanup() {
     if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; fi
-    if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; fi
+    stop_server
     rm -rf "$work"
 }
 trap cleanup EXIT
-./target/release/stockd serve --listen "127.0.0.1:$PORT" --http-listen "127.0.0.1:$HTTP_PORT" \
-    --data-dir "$work/data" --no-auth --log-level warn >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-    ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_server "$work/data" "$work/server.log" --http-listen "127.0.0.1:$HTTP_PORT"
 ./target/release/stockd-loadtest --server "127.0.0.1:$PORT" --warmup 2 \
     --duration $((DURATION + 2)) --quiet --json "$work/r.json" --report "$work/r.html" "$@" \
     >"$work/load.out" 2>&1 &

@@ -23,10 +23,11 @@ PORT=${PORT:-17980}
 HTTP_PORT=$((PORT + 1))
 EVERY=${STOCKD_SOAK_SAMPLE_SECONDS:-10}
 cargo build --release -q -p stockd -p stockd-loadtest
+source loadtest/server.sh
 work=$(mktemp -d)
 server=""
 cleanup() {
-    if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" || true; fi
+    stop_server
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,14 +35,8 @@ cat >"$work/stockd.toml" <<TOML
 [engine]
 retention_ms = 60000
 TOML
-./target/release/stockd serve --config "$work/stockd.toml" --listen "127.0.0.1:$PORT" \
-    --http-listen "127.0.0.1:$HTTP_PORT" --data-dir "$work/data" --no-auth --log-level warn \
-    >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-    ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_server "$work/data" "$work/server.log" --config "$work/stockd.toml" \
+    --http-listen "127.0.0.1:$HTTP_PORT"
 csv=${STOCKD_SOAK_CSV:-loadtest/soak-$(date -u +%Y-%m-%d).csv}
 # RSS split into anonymous memory (the heap) and mapped files (log segments being read), the
 # number of reservations the server remembers and the bytes it has allocated (its own gauges),

@@ -13,28 +13,22 @@ DURATION=${DURATION:-5}
 RUNS=${RUNS:-3}
 PORT=${PORT:-17979}
 cargo build --release -q -p stockd -p stockd-loadtest
+source loadtest/server.sh
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+server=""
+trap 'stop_server; rm -rf "$work"' EXIT
 
 measure() {
     local name=$1; shift
     selected "$name" || return 0
     local results=()
     for run in $(seq "$RUNS"); do
-        local data="$work/data-$name-$run"
-        ./target/release/stockd serve --listen "127.0.0.1:$PORT" --http-listen 127.0.0.1:0 \
-            --data-dir "$data" --no-auth \
-            --log-level warn >"$work/server.log" 2>&1 &
-        local server=$!
-        for _ in $(seq 50); do
-            ./target/release/stockd ping --server "127.0.0.1:$PORT" >/dev/null 2>&1 && break
-            sleep 0.1
-        done
+        start_server "$work/data-$name-$run" "$work/server.log" --http-listen 127.0.0.1:0
         local out
         out=$(./target/release/stockd-loadtest --server "127.0.0.1:$PORT" \
             --duration "$DURATION" --warmup 1 --quiet "$@" \
             --json "$work/$name-$run.json" --report "$work/$name-$run.html") || true
-        kill -TERM "$server"; wait "$server" || true
+        stop_server
         local ops p99 verdict
         ops=$(sed -n 's/^throughput *\([0-9]*\).*/\1/p' <<<"$out")
         p99=$(sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' <<<"$out" | head -1)
