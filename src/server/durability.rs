@@ -27,6 +27,9 @@ pub struct Shadow {
     engine: Engine,
     last_lsn: u64,
     max_now_ms: u64,
+    /// Where the record after `last_lsn` starts in the log (segment index, offset), so the
+    /// next replay reads on from there instead of rereading the segment from its start.
+    resume: Option<(u64, u64)>,
 }
 
 /// Brings `shadow` up to `up_to` (a durable LSN): recovered from disk the first time, then by
@@ -44,17 +47,22 @@ pub fn build_snapshot(
     let result = match shadow.take() {
         None => recover(storage, &config.engine_config(), options).map(|r| {
             let unchanged = r.last_lsn == r.snapshot_lsn;
-            (
-                Shadow { engine: r.engine, last_lsn: r.last_lsn, max_now_ms: r.max_now_ms },
-                r.segments,
-                unchanged,
-            )
+            let shadow = Shadow {
+                engine: r.engine,
+                last_lsn: r.last_lsn,
+                max_now_ms: r.max_now_ms,
+                resume: r.tail_segment.map(|(index, _, offset)| (index, offset)),
+            };
+            (shadow, r.segments, unchanged)
         }),
-        Some(mut s) => replay(storage, &s.engine, s.last_lsn, s.max_now_ms, options).map(|r| {
-            let unchanged = r.records == 0;
-            (s.last_lsn, s.max_now_ms) = (r.last_lsn, r.max_now_ms);
-            (s, r.segments, unchanged)
-        }),
+        Some(mut s) => {
+            replay(storage, &s.engine, s.last_lsn, s.max_now_ms, s.resume, options).map(|r| {
+                let unchanged = r.records == 0;
+                (s.last_lsn, s.max_now_ms) = (r.last_lsn, r.max_now_ms);
+                s.resume = r.tail_segment.map(|(index, _, offset)| (index, offset));
+                (s, r.segments, unchanged)
+            })
+        }
     };
     let (built, segments, unchanged) = result?;
     let lsn = built.last_lsn;

@@ -158,7 +158,7 @@ pub fn recover(
         Some(s) => (s.engine, s.lsn, s.now_ms),
         None => (Engine::new(config.clone()), 0, 0),
     };
-    let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, options)?;
+    let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, None, options)?;
     info!(
         snapshot_lsn,
         records = replayed.records,
@@ -190,12 +190,16 @@ pub struct Replayed {
 
 /// Applies to `engine` every log record after `from_lsn` (the last record `engine` already
 /// contains; `from_now_ms` is the latest time it has seen). Segments whose records are all at
-/// or before `from_lsn` are not scanned.
+/// or before `from_lsn` are not scanned. `resume`, when an earlier replay of this log stopped
+/// right after `from_lsn`, is where it stopped (its `tail_segment`: segment index and offset):
+/// that segment is read from there instead of from its first record. A wrong position is an
+/// error: what is there must be the record after `from_lsn`, or the end of the segment.
 pub fn replay(
     storage: &dyn Storage,
     engine: &Engine,
     from_lsn: u64,
     from_now_ms: u64,
+    resume: Option<(u64, u64)>,
     options: RecoverOptions,
 ) -> Result<Replayed, RecoveryError> {
     let segments = list_segments(storage)?;
@@ -233,11 +237,26 @@ pub fn replay(
         if next.transpose()?.is_some_and(|first| first <= from_lsn + 1) {
             continue;
         }
-        let mut offset = SEGMENT_HEADER_BYTES;
+        let resumed = resume.filter(|(segment, _)| segment == index);
+        let mut offset = resumed.map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset as usize);
+        let mut check_resumed = resumed.is_some() && stop_after > from_lsn;
         loop {
             let scanned = scan(&data, offset).map_err(|e| {
                 invalid(format!("offset {offset}: {e} (written by a newer stockd, or corrupt)"))
             })?;
+            if std::mem::take(&mut check_resumed) {
+                let expected = from_lsn + 1;
+                let fits = match &scanned {
+                    Scan::Record { record, .. } => record.lsn == expected,
+                    Scan::End => data[offset..].iter().all(|b| *b == 0),
+                    Scan::Invalid(_) => false,
+                };
+                if !fits {
+                    return Err(invalid(format!(
+                        "offset {offset}: the replay was to resume at record {expected} here"
+                    )));
+                }
+            }
             match scanned {
                 Scan::Record { record, next, .. } => {
                     let Record { lsn, now_ms, command } = record;

@@ -13,11 +13,12 @@ use stockd::engine::{Command, Engine, EngineConfig, Image};
 use stockd::server::Server;
 use stockd::snapshot;
 use stockd::wal::record::{scan, Scan};
-use stockd::wal::recovery::list_segments;
+use stockd::wal::recovery::{list_segments, replay};
 use stockd::wal::segment::SEGMENT_HEADER_BYTES;
 use stockd::wal::writer::Tail;
 use stockd::wal::{
-    recover, repair, FsyncMode, Health, MemStorage, RecoverOptions, RecoveryError, Wal, WalConfig,
+    recover, repair, FsyncMode, Health, MemStorage, RecoverOptions, RecoveryError, Storage as _,
+    Wal, WalConfig,
 };
 use stockd_protocol::{Line, Op, Reserve, ResultCode};
 
@@ -286,6 +287,39 @@ fn a_damaged_snapshot_falls_back_to_the_older_one_and_the_log() {
     let recovered = recover_mem(&storage).expect("recover with the older snapshot");
     assert_eq!((recovered.snapshot_lsn, recovered.records_replayed), (40, 80));
     assert_eq!(recovered.engine.image(), reference(&commands, 120));
+}
+
+#[test]
+fn a_replay_resumes_where_the_last_one_stopped_and_refuses_a_wrong_position() {
+    let commands = commands(120);
+    let storage = MemStorage::new();
+    write_log(&storage, &commands);
+    let options = RecoverOptions { up_to: Some(50), read_only: true };
+    let partial = recover(&storage, &engine_config(), options).expect("partial");
+    let (index, _, offset) = partial.tail_segment.clone().expect("stopped inside a segment");
+    assert!(offset > SEGMENT_HEADER_BYTES as u64, "after the records already applied");
+    let options = RecoverOptions { up_to: Some(100), read_only: true };
+    let resumed = Some((index, offset));
+    let replayed = replay(&storage, &partial.engine, 50, partial.max_now_ms, resumed, options)
+        .expect("resumed replay");
+    assert_eq!((replayed.last_lsn, replayed.records), (100, 50));
+    assert_eq!(partial.engine.image(), reference(&commands, 100));
+    let (_, _, next) = replayed.tail_segment.expect("stopped inside a segment");
+
+    // One byte off, and the next record's position: both refused, nothing applied.
+    let segment = storage.read(&list_segments(&storage).expect("segments")[0].1).expect("read");
+    let (_, after_next) = record_offsets(&segment)
+        .into_iter()
+        .find(|(at, _)| *at as u64 == next)
+        .expect("a record starts there");
+    for wrong in [next + 1, after_next as u64] {
+        let engine = recover(&storage, &engine_config(), options).expect("again").engine;
+        let options = RecoverOptions { up_to: Some(120), read_only: true };
+        let result = replay(&storage, &engine, 100, T0 + 100, Some((index, wrong)), options);
+        let error = result.err().expect("a wrong position is refused").to_string();
+        assert!(error.contains("resume at record 101"), "{error}");
+        assert_eq!(engine.image(), reference(&commands, 100), "nothing was applied");
+    }
 }
 
 fn reserve_op(id: &str, sku: &str) -> Op {
