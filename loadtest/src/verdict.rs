@@ -14,14 +14,13 @@
 //! that channel; and without a shared pool no channel uses more than its allocation, nor
 //! anyone more than the pool.
 
-use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde::Serialize;
 use stockd_protocol::{Client, ClientOptions, Op, OpReply, ReservationState, SkuLimits};
 
 use crate::run::RunConfig;
-use crate::scenario::{Ledger, Workload};
+use crate::scenario::{HashMap, Ledger, Workload};
 
 /// Reservations spot-checked per kind.
 const SPOT_CHECKS: usize = 500;
@@ -90,8 +89,8 @@ pub async fn check(
     let replies = query_all(client, ops).await?;
     let after_ms = server_time_ms(config).await?;
 
-    let mut live_min: HashMap<u64, u64> = HashMap::new();
-    let mut live_max: HashMap<u64, u64> = HashMap::new();
+    let mut live_min: HashMap<u64, u64> = HashMap::default();
+    let mut live_max: HashMap<u64, u64> = HashMap::default();
     for hold in ledger.held.values() {
         for (sku, qty) in &hold.lines {
             if hold.expires_at_ms > after_ms {
