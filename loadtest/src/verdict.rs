@@ -14,7 +14,6 @@
 //! that channel; and without a shared pool no channel uses more than its allocation, nor
 //! anyone more than the pool.
 
-
 use bytes::Bytes;
 use serde::Serialize;
 use stockd_protocol::{Client, ClientOptions, Op, OpReply, ReservationState, SkuLimits};
