@@ -248,7 +248,9 @@ pub fn replay(
                 let expected = from_lsn + 1;
                 let fits = match &scanned {
                     Scan::Record { record, .. } => record.lsn == expected,
-                    Scan::End => data[offset..].iter().all(|b| *b == 0),
+                    Scan::End => {
+                        data.get(offset..).is_some_and(|rest| rest.iter().all(|b| *b == 0))
+                    }
                     Scan::Invalid(_) => false,
                 };
                 if !fits {

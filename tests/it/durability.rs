@@ -306,13 +306,14 @@ fn a_replay_resumes_where_the_last_one_stopped_and_refuses_a_wrong_position() {
     assert_eq!(partial.engine.image(), reference(&commands, 100));
     let (_, _, next) = replayed.tail_segment.expect("stopped inside a segment");
 
-    // One byte off, and the next record's position: both refused, nothing applied.
+    // One byte off, the next record's position, past the segment's end: refused, nothing
+    // applied.
     let segment = storage.read(&list_segments(&storage).expect("segments")[0].1).expect("read");
     let (_, after_next) = record_offsets(&segment)
         .into_iter()
         .find(|(at, _)| *at as u64 == next)
         .expect("a record starts there");
-    for wrong in [next + 1, after_next as u64] {
+    for wrong in [next + 1, after_next as u64, segment.len() as u64 + 512] {
         let engine = recover(&storage, &engine_config(), options).expect("again").engine;
         let options = RecoverOptions { up_to: Some(120), read_only: true };
         let result = replay(&storage, &engine, 100, T0 + 100, Some((index, wrong)), options);
