@@ -486,7 +486,7 @@ impl Engine {
         }
         let id = Key::from(&r.id[..]);
         let tag = |bytes: &[u8]| (!bytes.is_empty()).then(|| bytes.into());
-        let reservation = Reservation {
+        let mut reservation = Reservation {
             state,
             lines: Arc::from(lines),
             confirmed: if confirmed {
@@ -500,6 +500,7 @@ impl Engine {
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             forget_at_ms: r.forget_at_ms,
+            ticket: 0,
         };
         for (index, (line, image)) in reservation.lines.iter().zip(&r.lines).enumerate() {
             let mut shard = self.shards[self.shard_of(&line.sku)].lock();
@@ -516,10 +517,10 @@ impl Engine {
         let mut shard = self.shards[self.shard_of(&r.id)].lock();
         let shard: &mut Shard = &mut shard;
         if state == ReservationState::Held {
-            shard.deadlines.insert((r.expires_at_ms, id.clone()));
+            reservation.ticket = shard.deadlines.insert(r.expires_at_ms, id.clone());
         }
         if finished {
-            shard.retired.insert((r.forget_at_ms, id.clone()));
+            reservation.ticket = shard.retired.insert(r.forget_at_ms, id.clone());
         }
         if shard.reservations.insert(id, Box::new(reservation)).is_some() {
             return Err(bad(format!("reservation {} twice", name())));

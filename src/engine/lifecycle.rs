@@ -112,8 +112,8 @@ impl Engine {
             }
         }
         let shard = locked.shard(res_shard);
-        shard.deadlines.remove(&(expires_at_ms, key.clone()));
         let reservation = shard.reservations.get_mut(id).expect("locked");
+        shard.deadlines.remove(expires_at_ms, reservation.ticket);
         reservation.state = to;
         if let Some(confirmed) = confirmed {
             reservation.confirmed = confirmed;
@@ -132,8 +132,9 @@ impl Engine {
             if shipped { self.config.shipped_retention_ms } else { self.config.retention_ms };
         let forget_at_ms = now_ms.saturating_add(retention_ms);
         let shard = locked.shard(res_shard);
-        shard.reservations.get_mut(&key).expect("locked").forget_at_ms = forget_at_ms;
-        shard.retired.insert((forget_at_ms, key));
+        let ticket = shard.retired.insert(forget_at_ms, key.clone());
+        let reservation = shard.reservations.get_mut(&key).expect("locked");
+        (reservation.forget_at_ms, reservation.ticket) = (forget_at_ms, ticket);
     }
 
     pub(super) fn confirm(
@@ -247,9 +248,10 @@ impl Engine {
             }
         }
         let shard = locked.shard(res_shard);
-        shard.deadlines.remove(&(old_ms, key.clone()));
-        shard.deadlines.insert((new_ms, key));
-        shard.reservations.get_mut(id).expect("locked").expires_at_ms = new_ms;
+        let reservation = shard.reservations.get_mut(id).expect("locked");
+        shard.deadlines.remove(old_ms, reservation.ticket);
+        reservation.ticket = shard.deadlines.insert(new_ms, key);
+        reservation.expires_at_ms = new_ms;
         on_change();
         ExtendReply { code: ResultCode::Ok, expires_at_ms: new_ms }
     }
@@ -312,13 +314,11 @@ impl Engine {
         let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return ResultCode::NotFound;
         };
-        let (key, reservation) =
-            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
+        let reservation = locked.shard(res_shard).reservations.get(id).expect("locked");
         let forget_at_ms = reservation.forget_at_ms;
         if forget_at_ms == 0 || forget_at_ms > now_ms {
             return ResultCode::InvalidArgument;
         }
-        let key = key.clone();
         if reservation.state == ReservationState::Shipped {
             let (lines, confirmed, tags) =
                 (reservation.lines.clone(), reservation.confirmed.clone(), reservation.counted());
@@ -329,8 +329,8 @@ impl Engine {
             }
         }
         let shard = locked.shard(res_shard);
-        shard.retired.remove(&(forget_at_ms, key));
-        shard.reservations.remove(id);
+        let reservation = shard.reservations.remove(id).expect("locked");
+        shard.retired.remove(forget_at_ms, reservation.ticket);
         on_change();
         ResultCode::Ok
     }

@@ -192,7 +192,7 @@ impl Engine {
             confirm.then(|| held.iter().map(|line| line.qty).collect());
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
-        shard.deadlines.insert((expires_at_ms, id.clone()));
+        let ticket = shard.deadlines.insert(expires_at_ms, id.clone());
         shard.reservations.insert(
             id,
             Box::new(Reservation {
@@ -205,6 +205,7 @@ impl Engine {
                 created_at_ms: now_ms,
                 expires_at_ms,
                 forget_at_ms: 0,
+                ticket,
             }),
         );
         if confirmed.is_some() {

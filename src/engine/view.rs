@@ -210,7 +210,7 @@ impl Engine {
             total.skus += shard.skus.len();
             total.reservations += shard.reservations.len();
             // Held reservations are indexed by deadline; the lapsed ones are not open.
-            let lapsed = shard.deadlines.range(..(now_ms + 1, Key::from(&[][..]))).count();
+            let lapsed = shard.deadlines.due(now_ms).count();
             total.holds_open += shard.deadlines.len() - lapsed;
             for sku in shard.skus.values() {
                 let info = sku.info(now_ms);
