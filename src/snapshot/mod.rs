@@ -18,6 +18,11 @@
 //!     64        body (rkyv archive of `engine::Image`)
 //! ```
 //!
+//! The image's rows come in no particular order (the engine's own, since it is cheapest to
+//! write), except that `allocations` come grouped by reservation and in the order of
+//! `reservations`, which loading relies on. Files written sorted by id, as before, load the
+//! same way.
+//!
 //! Writing: a `.tmp` file is written and synced, renamed to its final name, and the directory
 //! is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
 //! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
