@@ -242,9 +242,9 @@ impl Engine {
     /// Copies the whole state in the engine's own order: what snapshots store. Loading does
     /// not depend on the order, and sorting millions of rows by id costs about as much as
     /// copying them (`recovery-time`: 1 000 000 SKUs and 1 000 000 holds imaged in 0.65 s
-    /// instead of 1.13 s). The one order loading needs holds here too: allocations come grouped by
-    /// reservation, in the reservations' order. Consistent only when no command runs
-    /// concurrently, as [`Engine::image`].
+    /// instead of 1.13 s). The one order loading needs holds here too: allocations come
+    /// grouped by reservation, in the reservations' order. Consistent only when no command
+    /// runs concurrently, as [`Engine::image`].
     pub fn snapshot_image(&self) -> Image {
         let mut image = Image::default();
         for shard in self.shards.iter() {

@@ -305,9 +305,8 @@ mod tests {
                 lines: vec![stockd_protocol::Line::new("a", 3), stockd_protocol::Line::new("b", 1)],
             };
             let at = stockd_protocol::ReserveAt { reserve, location: "".into(), split: true };
-            assert!(
-                matches!(apply(Command::ReserveAt(at)), OpReply::ReserveAt(r) if r.reply.code.is_ok())
-            );
+            let reply = apply(Command::ReserveAt(at));
+            assert!(matches!(&reply, OpReply::ReserveAt(r) if r.reply.code.is_ok()), "{reply:?}");
             if i % 3 == 0 {
                 let id = Bytes::copy_from_slice(id.as_bytes());
                 apply(Command::Confirm(stockd_protocol::Confirm { id, lines: Vec::new() }));
