@@ -230,14 +230,20 @@ mod tests {
         engine
     }
 
+    /// Gives SKU "a" the locations east and west with these stocks (east first by priority).
+    fn east_and_west(engine: &Engine, east: u64, west: u64) {
+        for (location, on_hand, priority) in [("east", east, 0), ("west", west, 1)] {
+            let (sku, location) = ("a".into(), location.into());
+            let set = Command::SetLocation { sku, location, on_hand, priority, expected: None };
+            engine.apply(&set, 1, || {});
+        }
+    }
+
     #[test]
     fn locations_deliveries_and_allocations_round_trip() {
         let engine = Engine::new(EngineConfig::default());
         let apply = |command: Command| engine.apply(&command, 1, || {});
-        for (location, on_hand, priority) in [("east", 1, 0), ("west", 2, 1)] {
-            let (sku, location) = ("a".into(), location.into());
-            apply(Command::SetLocation { sku, location, on_hand, priority, expected: None });
-        }
+        east_and_west(&engine, 1, 2);
         let (sku, location, reference) = ("a".into(), "west".into(), "po-7".into());
         apply(Command::SetIncoming { sku, location, reference, qty: 5, eta_ms: 99 });
         let reserve = |id: &str, qty| {
@@ -287,10 +293,7 @@ mod tests {
     fn a_snapshot_in_the_engines_own_order_loads_to_the_same_state() {
         let engine = Engine::new(EngineConfig::default());
         let apply = |command: Command| engine.apply(&command, 1, || {});
-        for (location, on_hand, priority) in [("east", 100, 0), ("west", 500, 1)] {
-            let (sku, location) = ("a".into(), location.into());
-            apply(Command::SetLocation { sku, location, on_hand, priority, expected: None });
-        }
+        east_and_west(&engine, 100, 500);
         apply(Command::SetStock { sku: "b".into(), on_hand: 1_000, expected: None });
         // 200 reservations over every shard, each taking 3 units of "a" (all 600 there are, so
         // one reservation is split between the two locations: two allocations of one line)
