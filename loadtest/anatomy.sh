@@ -22,7 +22,6 @@ args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     [ "${args[$i]}" = "--connections" ] && connections=${args[$((i + 1))]}
 done
-cargo build --release -q -p stockd -p stockd-loadtest
 source loadtest/server.sh
 work=$(mktemp -d)
 server=""

@@ -25,7 +25,6 @@ for tool in redis-server redis-benchmark redis-cli; do
         exit 1
     }
 done
-cargo build --release -q -p stockd -p stockd-loadtest
 source loadtest/server.sh
 work=$(mktemp -d)
 server=""

@@ -1,6 +1,9 @@
-# Sourced by the measurement scripts (targets.sh, soak.sh, anatomy.sh), from the repository
-# root after `cargo build --release`: one way to start and stop the throw-away release server
-# they measure. Expects $PORT; keeps the server's PID in $server.
+# Sourced by the measurement scripts (targets.sh, soak.sh, anatomy.sh, redis-compare.sh), from
+# the repository root: builds the release server and load test they run, and is the one way to
+# start and stop the throw-away release server they measure. Expects $PORT; keeps the server's
+# PID in $server.
+
+cargo build --release -q -p stockd -p stockd-loadtest
 
 # start_server DATA_DIR LOG [SERVE ARGS...]: starts `stockd serve` on 127.0.0.1:$PORT (no
 # authentication, warnings only, durable as configured) and waits until it answers a ping.

@@ -22,7 +22,6 @@ RATE=${STOCKD_SOAK_RATE:-5000}
 PORT=${PORT:-17980}
 HTTP_PORT=$((PORT + 1))
 EVERY=${STOCKD_SOAK_SAMPLE_SECONDS:-10}
-cargo build --release -q -p stockd -p stockd-loadtest
 source loadtest/server.sh
 work=$(mktemp -d)
 server=""

@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 RUNS=${RUNS:-3}
 PORT=${PORT:-17979}
-cargo build --release -q -p stockd -p stockd-loadtest
 source loadtest/server.sh
 work=$(mktemp -d)
 server=""
