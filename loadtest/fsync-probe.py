@@ -2,10 +2,13 @@
 """How many `pwrite` + `fdatasync` rounds a second this disk completes, with 1-3 threads
 syncing one file (as a log would) and with 2-3 threads each on its own file. Each thread
 appends 1 400 bytes (about one group commit of 14 reserves) and syncs, for 2 s per case.
-Writes 64 MiB files under target/fsync-probe and removes them.
+Then one thread appending the same way through `O_DIRECT` (rewriting the 4 KiB block the log
+ends in, as a direct-I/O log must), with and without the `fdatasync` (which then only flushes
+the disk's cache). Writes 64 MiB files under target/fsync-probe and removes them.
 
     python3 loadtest/fsync-probe.py
 """
+import mmap
 import os
 import shutil
 import threading
@@ -55,6 +58,22 @@ def run(threads, same_file, seconds=2.0):
     print(f"{threads} thread(s), {where}: {sum(counts) / seconds:.0f} syncs/s")
 
 
+def run_direct(sync, seconds=2.0):
+    fd = os.open(prepare("direct"), os.O_RDWR | os.O_DIRECT)
+    block = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+    block.write(b"x" * 4096)
+    count, stop = 0, time.time() + seconds
+    while time.time() < stop:
+        at = count * len(RECORD) % (SIZE - 4096)
+        os.pwritev(fd, [block], at - at % 4096)
+        if sync:
+            os.fdatasync(fd)
+        count += 1
+    os.close(fd)
+    how = "O_DIRECT write + fdatasync" if sync else "O_DIRECT write alone"
+    print(f"1 thread, {how}: {count / seconds:.0f} rounds/s")
+
+
 def main():
     os.makedirs(DIR, exist_ok=True)
     try:
@@ -62,6 +81,8 @@ def main():
             run(threads, True)
         for threads in (2, 3):
             run(threads, False)
+        run_direct(True)
+        run_direct(False)
     finally:
         shutil.rmtree(DIR, ignore_errors=True)
 

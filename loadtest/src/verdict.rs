@@ -90,7 +90,7 @@ pub async fn check(
 
     let mut live_min: HashMap<u64, u64> = HashMap::default();
     let mut live_max: HashMap<u64, u64> = HashMap::default();
-    for hold in ledger.held.values() {
+    for hold in ledger.held.iter() {
         for (sku, qty) in &hold.lines {
             if hold.expires_at_ms > after_ms {
                 *live_min.entry(*sku).or_default() += u64::from(*qty);
@@ -177,8 +177,15 @@ pub async fn check(
         states.extend(retention_ms.map(|_| None));
         expected.push((id.clone(), states));
     }
-    let holds: Vec<(&bytes::Bytes, u64)> =
-        ledger.held.iter().take(SPOT_CHECKS).map(|(id, h)| (id, h.expires_at_ms)).collect();
+    // Spread over all the holds (oldest first), not only the oldest.
+    let every = (ledger.held.len() / SPOT_CHECKS).max(1);
+    let holds: Vec<(&bytes::Bytes, u64)> = ledger
+        .held
+        .iter()
+        .step_by(every)
+        .take(SPOT_CHECKS)
+        .map(|h| (&h.id, h.expires_at_ms))
+        .collect();
     let mut ids: Vec<bytes::Bytes> = expected.iter().map(|(id, _)| id.clone()).collect();
     ids.extend(holds.iter().map(|(id, _)| (*id).clone()));
     let before_ms = server_time_ms(config).await?;
@@ -227,7 +234,7 @@ fn granted(
     key: impl Fn(&crate::scenario::Hold) -> Bytes,
 ) -> HashMap<(u64, Bytes), u64> {
     let mut units = confirmed.clone();
-    for hold in ledger.held.values().filter(|h| h.expires_at_ms > at_ms) {
+    for hold in ledger.held.iter().filter(|h| h.expires_at_ms > at_ms) {
         for (sku, qty) in &hold.lines {
             *units.entry((*sku, key(hold))).or_default() += u64::from(*qty);
         }
