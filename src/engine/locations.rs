@@ -309,7 +309,7 @@ impl Engine {
                 entry.priority = priority;
             }
             None => {
-                let stock = Counters { on_hand, ..Counters::default() };
+                let stock = Counters::with_on_hand(on_hand);
                 locations.list.push(Location { id: Key::from(location), priority, stock });
             }
         }

@@ -18,7 +18,7 @@ use super::Command;
 pub(super) type Key = Arc<[u8]>;
 
 /// Stock counters: of a SKU as a whole, and of each of its locations.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Counters {
     pub on_hand: u64,
     /// Units held by reservations in state `Held`, including holds past their deadline that the
@@ -27,12 +27,41 @@ pub(super) struct Counters {
     pub committed: u64,
     /// Held units by deadline. Reads subtract the units whose deadline has passed, which makes
     /// expiry exact without waiting for the sweep; the sweep keeps this range short.
-    pub holds: BTreeMap<u64, u64>,
+    holds: BTreeMap<u64, u64>,
+    /// The earliest key of `holds` (`u64::MAX` when empty), kept beside it so that most reads
+    /// learn that nothing has lapsed without reaching into the map: a reserve on a hot SKU with
+    /// hundreds of thousands of deadlines, and the dashboard's sampler, which reads every SKU
+    /// every second.
+    earliest_ms: u64,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            on_hand: 0,
+            reserved: 0,
+            committed: 0,
+            holds: BTreeMap::new(),
+            earliest_ms: u64::MAX,
+        }
+    }
 }
 
 impl Counters {
+    /// Counters of `on_hand` units, none held or committed.
+    pub fn with_on_hand(on_hand: u64) -> Counters {
+        Counters { on_hand, ..Counters::default() }
+    }
+
     /// Held units whose deadline has passed at `now_ms` but that the sweep has not expired yet.
     fn lapsed(&self, now_ms: u64) -> u64 {
+        debug_assert_eq!(
+            self.earliest_ms,
+            self.holds.first_key_value().map_or(u64::MAX, |(at, _)| *at)
+        );
+        if self.earliest_ms > now_ms {
+            return 0;
+        }
         self.holds.range(..=now_ms).map(|(_, qty)| qty).sum()
     }
 
@@ -48,6 +77,7 @@ impl Counters {
     pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
         self.reserved += qty;
         *self.holds.entry(expires_at_ms).or_default() += qty;
+        self.earliest_ms = self.earliest_ms.min(expires_at_ms);
     }
 
     pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
@@ -56,6 +86,9 @@ impl Counters {
         *slot -= qty;
         if *slot == 0 {
             self.holds.remove(&expires_at_ms);
+            if expires_at_ms == self.earliest_ms {
+                self.earliest_ms = self.holds.first_key_value().map_or(u64::MAX, |(at, _)| *at);
+            }
         }
         self.reserved -= qty;
     }

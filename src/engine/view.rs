@@ -13,7 +13,7 @@ use std::collections::BinaryHeap;
 use bytes::Bytes;
 use stockd_protocol::{ReservationState, SkuInfo};
 
-use super::shard::Key;
+use super::shard::{Key, Sku};
 use super::Engine;
 
 /// Which SKUs a listing returns. Matching is on the raw id bytes.
@@ -204,39 +204,50 @@ impl Engine {
 
     /// Totals over every shard.
     pub fn summary(&self, now_ms: u64) -> Summary {
+        self.scan(now_ms, |_, _, _| {})
+    }
+
+    /// The totals of [`summary`], and `visit(sku, counters, previous, taken_total)` for every
+    /// SKU that took holds since the previous call (or ever, on the first call), marking them as
+    /// seen; one pass over the state. `taken_total` is the SKU's count of units ever held by
+    /// this process (replay included), `previous` its value at the previous call; its slope
+    /// over time is the sell rate.
+    ///
+    /// [`summary`]: Engine::summary
+    pub fn sample_activity(
+        &self,
+        now_ms: u64,
+        mut visit: impl FnMut(&[u8], SkuInfo, u64, u64),
+    ) -> Summary {
+        self.scan(now_ms, |key, sku, info| {
+            if sku.taken_total != sku.sampled_taken {
+                let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
+                visit(key, info, previous, sku.taken_total);
+            }
+        })
+    }
+
+    /// One pass over every SKU, one shard locked at a time: the totals, and `each(sku, its
+    /// state, its counters)`.
+    fn scan(&self, now_ms: u64, mut each: impl FnMut(&[u8], &mut Sku, SkuInfo)) -> Summary {
         let mut total = Summary::default();
         for shard in self.shards.iter() {
-            let shard = shard.lock();
+            let mut shard = shard.lock();
             total.skus += shard.skus.len();
             total.reservations += shard.reservations.len();
             // Held reservations are indexed by deadline; the lapsed ones are not open.
             let lapsed = shard.deadlines.due(now_ms).count();
             total.holds_open += shard.deadlines.len() - lapsed;
-            for sku in shard.skus.values() {
+            for (key, sku) in shard.skus.iter_mut() {
                 let info = sku.info(now_ms);
                 total.paused_skus += usize::from(info.paused);
                 total.on_hand_units += info.on_hand;
                 total.held_units += info.reserved;
                 total.committed_units += info.committed;
+                each(key, sku, info);
             }
         }
         total
-    }
-
-    /// Calls `visit(sku, counters, previous, taken_total)` for every SKU that took holds since
-    /// the previous call (or ever, on the first call), and marks them as seen. `taken_total`
-    /// is the SKU's count of units ever held by this process (replay included), `previous` its
-    /// value at the previous call; its slope over time is the sell rate.
-    pub fn sample_activity(&self, now_ms: u64, mut visit: impl FnMut(&[u8], SkuInfo, u64, u64)) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            for (key, sku) in shard.skus.iter_mut() {
-                if sku.taken_total != sku.sampled_taken {
-                    let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
-                    visit(key, sku.info(now_ms), previous, sku.taken_total);
-                }
-            }
-        }
     }
 
     /// The counters and `taken_total` of one SKU, for SKUs the sampler already follows.

@@ -94,7 +94,7 @@ struct Track {
 
 /// Follows the active SKUs between samples.
 struct Tracker {
-    tracks: HashMap<Bytes, Track>,
+    tracks: HashMap<Bytes, Track, ahash::RandomState>,
     /// When the previous sample was taken (`None` before the first).
     last_ms: Option<u64>,
     samples: usize,
@@ -103,18 +103,18 @@ struct Tracker {
 
 impl Tracker {
     fn new(samples: usize, max: usize) -> Tracker {
-        Tracker { tracks: HashMap::new(), last_ms: None, samples, max }
+        Tracker { tracks: HashMap::default(), last_ms: None, samples, max }
     }
 
-    /// Takes one sample of the engine at `now_ms`.
-    fn sample(&mut self, engine: &Engine, now_ms: u64) -> HashMap<Bytes, Trend> {
-        let mut changed: HashMap<Bytes, (u64, u64, u64)> = HashMap::new();
-        engine.sample_activity(now_ms, |sku, info, previous, taken| {
+    /// Takes one sample of the engine at `now_ms`: the state's totals, and the sell rates.
+    fn sample(&mut self, engine: &Engine, now_ms: u64) -> (Summary, HashMap<Bytes, Trend>) {
+        let mut changed: HashMap<Bytes, (u64, u64, u64), ahash::RandomState> = HashMap::default();
+        let totals = engine.sample_activity(now_ms, |sku, info, previous, taken| {
             changed.insert(Bytes::copy_from_slice(sku), (previous, taken, info.available));
         });
         let Some(last_ms) = self.last_ms.replace(now_ms) else {
             // The first pass sees everything replayed at startup: a baseline, not activity.
-            return HashMap::new();
+            return (totals, HashMap::new());
         };
         let mut idle = Vec::new();
         for (sku, track) in &mut self.tracks {
@@ -156,13 +156,15 @@ impl Tracker {
         if self.tracks.len() > self.max {
             let mut by_recency: Vec<(u64, Bytes)> =
                 self.tracks.iter().map(|(sku, t)| (t.last_change_ms, sku.clone())).collect();
-            by_recency.sort_unstable();
             let excess = self.tracks.len() - self.max;
+            // The `excess` least recently active first (no full sort: after a burst over many
+            // SKUs there can be tens of thousands).
+            by_recency.select_nth_unstable(excess - 1);
             for (_, sku) in by_recency.into_iter().take(excess) {
                 self.tracks.remove(&sku);
             }
         }
-        self.tracks.iter().map(|(sku, track)| (sku.clone(), trend(track))).collect()
+        (totals, self.tracks.iter().map(|(sku, track)| (sku.clone(), trend(track))).collect())
     }
 }
 
@@ -209,7 +211,7 @@ struct Previous {
     latency: Option<WindowSnapshot>,
 }
 
-fn status(shared: &Shared, now_ms: u64, previous: &mut Previous) -> Status {
+fn status(shared: &Shared, now_ms: u64, totals: Summary, previous: &mut Previous) -> Status {
     let metrics = &shared.metrics;
     let stats = shared.wal.stats();
     let progress = shared.wal.progress();
@@ -242,7 +244,7 @@ fn status(shared: &Shared, now_ms: u64, previous: &mut Previous) -> Status {
         latency_p50_ms: quantile(0.5),
         latency_p99_ms: quantile(0.99),
         connections: metrics.connections(),
-        totals: shared.engine.summary(now_ms),
+        totals,
         wal: WalStatus {
             durable_lsn: progress.durable_lsn,
             fsync: format!("{:?}", shared.config.storage.fsync).to_lowercase(),
@@ -289,8 +291,9 @@ impl Sampler {
 
     fn sample(&mut self, shared: &Shared) -> Sample {
         let now_ms = shared.clock.now_ms();
-        let mut status = status(shared, now_ms, &mut self.previous);
-        let activity = self.tracker.sample(&shared.engine, now_ms);
+        // One pass over the state gives both the totals and the SKUs that took holds.
+        let (totals, activity) = self.tracker.sample(&shared.engine, now_ms);
+        let mut status = status(shared, now_ms, totals, &mut self.previous);
         let mut top: Vec<(f64, Bytes)> =
             activity.iter().map(|(sku, t)| (t.rate_per_min, sku.clone())).collect();
         top.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -357,12 +360,14 @@ mod tests {
         }
         reserve(&engine, "before-start", "hot", 5, 0);
         let mut tracker = Tracker::new(10, 100);
-        assert!(tracker.sample(&engine, 0).is_empty(), "the first pass is a baseline");
+        let (totals, first) = tracker.sample(&engine, 0);
+        assert!(first.is_empty(), "the first pass is a baseline");
+        assert_eq!((totals.skus, totals.held_units, totals.on_hand_units), (2, 5, 2000));
         // 10 units per second on "hot" for 4 seconds.
         let mut rates = HashMap::new();
         for second in 1..=4u64 {
             reserve(&engine, &format!("r{second}"), "hot", 10, second * 1000);
-            rates = tracker.sample(&engine, second * 1000);
+            rates = tracker.sample(&engine, second * 1000).1;
         }
         let hot = &rates[&Bytes::from("hot")];
         // The first second counts too: the baseline sample starts the history.
@@ -372,7 +377,7 @@ mod tests {
         assert_eq!(hot.sells_out_in_s, Some(95.5));
         assert!(!rates.contains_key(&Bytes::from("cold")), "no holds, not followed");
         // Quiet for longer than the history: it drops out.
-        let quiet = (5..=20).map(|second| tracker.sample(&engine, second * 1000)).last();
+        let quiet = (5..=20).map(|second| tracker.sample(&engine, second * 1000).1).last();
         assert!(quiet.expect("sampled").is_empty());
     }
 
@@ -387,7 +392,7 @@ mod tests {
                 Command::SetStock { sku: Bytes::from(sku.clone()), on_hand: 10, expected: None };
             engine.apply(&set, 0, || {});
             reserve(&engine, &format!("r{n}"), &sku, 1, n * 100);
-            let followed = tracker.sample(&engine, n * 100);
+            let followed = tracker.sample(&engine, n * 100).1;
             assert!(followed.len() <= 3);
             assert!(followed.contains_key(&Bytes::from(sku)), "the newest is kept");
         }
