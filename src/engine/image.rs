@@ -383,7 +383,7 @@ impl Engine {
             if list.len() >= usize::from(LOCATIONS_PER_SKU_MAX) {
                 return Err(bad(format!("SKU {:?} has too many locations", name())));
             }
-            let stock = Counters::with_on_hand(l.on_hand);
+            let stock = Counters { on_hand: l.on_hand, ..Counters::default() };
             list.push(Location { id: Key::from(&l.location[..]), priority: l.priority, stock });
             list.sort_by(|a, b| (a.priority, &a.id).cmp(&(b.priority, &b.id)));
         }

@@ -35,7 +35,7 @@
 //! sweep. Every transition of a reservation (reserve, confirm, release, expiry, extend, ship,
 //! forget) updates them through the hooks below.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use smallvec::SmallVec;
 use stockd_protocol::{
@@ -43,7 +43,7 @@ use stockd_protocol::{
     SkuReply,
 };
 
-use super::shard::{Key, Reservation, Sku};
+use super::shard::{HeldByDeadline, Key, Reservation, Sku};
 use super::Engine;
 
 /// A buyer's use of one SKU.
@@ -71,7 +71,7 @@ impl BuyerUse {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(super) struct QuotaUse {
     /// Held units by deadline, and their total (lapsed ones included until they end).
-    holds: BTreeMap<u64, u64>,
+    holds: HeldByDeadline,
     held: u64,
     committed: u64,
 }
@@ -80,8 +80,7 @@ impl QuotaUse {
     /// Like the SKU's own counter: the total minus the (few) holds past their deadline, so a
     /// hot SKU's thousands of live holds are not summed on every reserve.
     fn live(&self, now_ms: u64) -> u64 {
-        let lapsed: u64 = self.holds.range(..=now_ms).map(|(_, qty)| qty).sum();
-        self.held - lapsed + self.committed
+        self.held - self.holds.lapsed(now_ms) + self.committed
     }
 }
 
@@ -169,7 +168,7 @@ impl Limits {
             buyer.holds.push((expires_at_ms, qty));
         }
         if let Some(quota) = self.quota_mut(tags.channel.as_ref()) {
-            *quota.holds.entry(expires_at_ms).or_default() += u64::from(qty);
+            quota.holds.add(u64::from(qty), expires_at_ms);
             quota.held += u64::from(qty);
         }
     }
@@ -185,12 +184,8 @@ impl Limits {
         }
         self.drop_if_empty(tags.customer.as_ref());
         if let Some(quota) = self.quota_mut(tags.channel.as_ref()) {
-            let slot = quota.holds.get_mut(&expires_at_ms).expect("a channel's hold is counted");
-            *slot -= u64::from(qty);
+            quota.holds.remove(u64::from(qty), expires_at_ms);
             quota.held -= u64::from(qty);
-            if *slot == 0 {
-                quota.holds.remove(&expires_at_ms);
-            }
         }
     }
 

@@ -309,7 +309,7 @@ impl Engine {
                 entry.priority = priority;
             }
             None => {
-                let stock = Counters::with_on_hand(on_hand);
+                let stock = Counters { on_hand, ..Counters::default() };
                 locations.list.push(Location { id: Key::from(location), priority, stock });
             }
         }

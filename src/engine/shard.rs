@@ -17,56 +17,73 @@ use super::Command;
 /// Interned id bytes, shared between the maps, the time indexes and reservation lines.
 pub(super) type Key = Arc<[u8]>;
 
+/// Held units by deadline: what tells, at any time, how many of a total of held units have
+/// lapsed (their deadline passed) without waiting for the sweep, which keeps the lapsed range
+/// short. The earliest deadline is kept beside the map, so that most reads learn that nothing
+/// has lapsed without reaching into it: a reserve on a hot SKU with hundreds of thousands of
+/// deadlines, and the dashboard's sampler, which reads every SKU every second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HeldByDeadline {
+    units: BTreeMap<u64, u64>,
+    /// The earliest key of `units` (`u64::MAX` when empty).
+    earliest_ms: u64,
+}
+
+impl Default for HeldByDeadline {
+    fn default() -> HeldByDeadline {
+        HeldByDeadline { units: BTreeMap::new(), earliest_ms: u64::MAX }
+    }
+}
+
+impl HeldByDeadline {
+    pub fn add(&mut self, qty: u64, expires_at_ms: u64) {
+        *self.units.entry(expires_at_ms).or_default() += qty;
+        self.earliest_ms = self.earliest_ms.min(expires_at_ms);
+    }
+
+    /// Takes back `qty` units added with this deadline; panics if they were not.
+    pub fn remove(&mut self, qty: u64, expires_at_ms: u64) {
+        let slot = self.units.get_mut(&expires_at_ms).expect("held units have their deadline");
+        assert!(*slot >= qty, "held units are accounted for");
+        *slot -= qty;
+        if *slot == 0 {
+            self.units.remove(&expires_at_ms);
+            if expires_at_ms == self.earliest_ms {
+                self.earliest_ms = self.first_deadline();
+            }
+        }
+    }
+
+    /// Units whose deadline has passed at `now_ms`.
+    pub fn lapsed(&self, now_ms: u64) -> u64 {
+        debug_assert_eq!(self.earliest_ms, self.first_deadline());
+        if self.earliest_ms > now_ms {
+            return 0;
+        }
+        self.units.range(..=now_ms).map(|(_, qty)| qty).sum()
+    }
+
+    fn first_deadline(&self) -> u64 {
+        self.units.first_key_value().map_or(u64::MAX, |(at, _)| *at)
+    }
+}
+
 /// Stock counters: of a SKU as a whole, and of each of its locations.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Counters {
     pub on_hand: u64,
     /// Units held by reservations in state `Held`, including holds past their deadline that the
     /// sweep has not processed yet (`holds` tells which).
     pub reserved: u64,
     pub committed: u64,
-    /// Held units by deadline. Reads subtract the units whose deadline has passed, which makes
-    /// expiry exact without waiting for the sweep; the sweep keeps this range short.
-    holds: BTreeMap<u64, u64>,
-    /// The earliest key of `holds` (`u64::MAX` when empty), kept beside it so that most reads
-    /// learn that nothing has lapsed without reaching into the map: a reserve on a hot SKU with
-    /// hundreds of thousands of deadlines, and the dashboard's sampler, which reads every SKU
-    /// every second.
-    earliest_ms: u64,
-}
-
-impl Default for Counters {
-    fn default() -> Counters {
-        Counters {
-            on_hand: 0,
-            reserved: 0,
-            committed: 0,
-            holds: BTreeMap::new(),
-            earliest_ms: u64::MAX,
-        }
-    }
+    /// The held units by deadline. Reads subtract the units whose deadline has passed, which
+    /// makes expiry exact without waiting for the sweep.
+    pub holds: HeldByDeadline,
 }
 
 impl Counters {
-    /// Counters of `on_hand` units, none held or committed.
-    pub fn with_on_hand(on_hand: u64) -> Counters {
-        Counters { on_hand, ..Counters::default() }
-    }
-
-    /// Held units whose deadline has passed at `now_ms` but that the sweep has not expired yet.
-    fn lapsed(&self, now_ms: u64) -> u64 {
-        debug_assert_eq!(
-            self.earliest_ms,
-            self.holds.first_key_value().map_or(u64::MAX, |(at, _)| *at)
-        );
-        if self.earliest_ms > now_ms {
-            return 0;
-        }
-        self.holds.range(..=now_ms).map(|(_, qty)| qty).sum()
-    }
-
     pub fn live_reserved(&self, now_ms: u64) -> u64 {
-        self.reserved - self.lapsed(now_ms)
+        self.reserved - self.holds.lapsed(now_ms)
     }
 
     /// Units held (live) or committed.
@@ -76,20 +93,12 @@ impl Counters {
 
     pub fn hold(&mut self, qty: u64, expires_at_ms: u64) {
         self.reserved += qty;
-        *self.holds.entry(expires_at_ms).or_default() += qty;
-        self.earliest_ms = self.earliest_ms.min(expires_at_ms);
+        self.holds.add(qty, expires_at_ms);
     }
 
     pub fn unhold(&mut self, qty: u64, expires_at_ms: u64) {
-        let slot = self.holds.get_mut(&expires_at_ms).expect("a held line has its deadline entry");
-        assert!(*slot >= qty && self.reserved >= qty, "held units are accounted for");
-        *slot -= qty;
-        if *slot == 0 {
-            self.holds.remove(&expires_at_ms);
-            if expires_at_ms == self.earliest_ms {
-                self.earliest_ms = self.holds.first_key_value().map_or(u64::MAX, |(at, _)| *at);
-            }
-        }
+        assert!(self.reserved >= qty, "held units are accounted for");
+        self.holds.remove(qty, expires_at_ms);
         self.reserved -= qty;
     }
 
