@@ -341,7 +341,7 @@ impl Engine {
             };
             let mut sku = Sku { safety_stock: s.safety_stock, limits, ..Sku::default() };
             sku.counters.on_hand = s.on_hand;
-            if shard.skus.insert(Key::from(&s.sku[..]), sku).is_some() {
+            if !shard.skus.insert_new(Key::from(&s.sku[..]), sku) {
                 return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(&s.sku))));
             }
         }

@@ -383,17 +383,11 @@ impl Engine {
 
     /// Number of (SKU, buyer) entries kept for per-buyer limits (memory accounting).
     pub fn buyer_entries(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|shard| {
-                let shard = shard.lock();
-                shard
-                    .skus
-                    .values()
-                    .filter_map(|s| s.limits.as_ref())
-                    .map(|l| l.buyers.len())
-                    .sum::<usize>()
-            })
-            .sum()
+        let mut entries = 0;
+        self.visit_skus(
+            |_| {},
+            |_, sku| entries += sku.limits.as_ref().map_or(0, |l| l.buyers.len()),
+        );
+        entries
     }
 }

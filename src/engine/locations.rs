@@ -300,7 +300,7 @@ impl Engine {
         }
         let unchanged =
             existing.is_some_and(|l| l.stock.on_hand == on_hand && l.priority == priority);
-        let state = shard.skus.entry(Key::from(sku)).or_default();
+        let (state, _) = shard.skus.get_or_insert(sku);
         let before = state.info(now_ms);
         let locations = state.locations.get_or_insert_with(Box::default);
         match locations.list.iter_mut().find(|l| &l.id[..] == location) {

@@ -79,6 +79,8 @@ pub struct Engine {
     config: EngineConfig,
     /// Return tickets. Taken before any shard lock, never while holding one.
     aftersales: Mutex<Aftersales>,
+    /// The activity sampler's totals between calls. Taken before any shard lock.
+    sampling: Mutex<view::Sampling>,
 }
 
 impl Engine {
@@ -94,6 +96,7 @@ impl Engine {
             hasher: ahash::RandomState::with_seeds(0x5354_4b44, 0x7368_6172, 0x6473, 0x1),
             config,
             aftersales: Mutex::default(),
+            sampling: Mutex::default(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 use parking_lot::MutexGuard;
 use smallvec::SmallVec;
 use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, ResultCode, SkuInfo};
@@ -121,6 +122,10 @@ pub(super) struct Sku {
     pub taken_total: u64,
     /// `taken_total` when the activity sampler last looked (see `Engine::sample_activity`).
     pub sampled_taken: u64,
+    /// What this SKU added to the sampler's totals when it last looked.
+    pub sampled: Contribution,
+    /// Changed since the sampler last looked: listed in [`Skus::changed`].
+    pub changed: bool,
     /// Per-buyer limit and channel quotas, with the uses they are checked against.
     pub limits: Option<Box<Limits>>,
     /// Stock per location (when the SKU has locations, `counters` are their sums).
@@ -139,6 +144,26 @@ impl Deref for Sku {
 impl DerefMut for Sku {
     fn deref_mut(&mut self) -> &mut Counters {
         &mut self.counters
+    }
+}
+
+/// A SKU's part of the state's totals (`Engine::sample_activity`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Contribution {
+    pub on_hand: u64,
+    pub held: u64,
+    pub committed: u64,
+    pub paused: bool,
+}
+
+impl Contribution {
+    pub fn of(info: &SkuInfo) -> Contribution {
+        Contribution {
+            on_hand: info.on_hand,
+            held: info.reserved,
+            committed: info.committed,
+            paused: info.paused,
+        }
     }
 }
 
@@ -309,10 +334,102 @@ impl Reservation {
     }
 }
 
+/// The SKUs of a shard, and which of them changed since the sampler last looked.
+///
+/// SKUs are kept in insertion order, in a dense vector behind a hash index: reading every SKU
+/// (listings, the sampler's first pass) walks memory in order, and can stop at a position, drop
+/// the lock and go on from there. SKUs are never removed, so positions are stable.
+///
+/// Reads go through `Deref` to the map. Every change goes through [`Skus::get_mut`] or
+/// [`Skus::get_or_insert`], which list the SKU in `changed` (once, until the sampler takes the
+/// list): what lets the sampler read only the SKUs that changed instead of all of them. There
+/// is no mutable access that skips the list, except [`Skus::entries_mut`] for the sampler's
+/// own fields.
+#[derive(Debug, Default)]
+pub(super) struct Skus {
+    map: IndexMap<Key, Sku, ahash::RandomState>,
+    /// Positions of the SKUs with `changed` set, each once. At most one entry per SKU, so it
+    /// stays bounded when nothing samples.
+    changed: Vec<usize>,
+}
+
+impl Deref for Skus {
+    type Target = IndexMap<Key, Sku, ahash::RandomState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Skus {
+    /// A SKU to change.
+    pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
+        let (index, _, state) = self.map.get_full_mut(sku)?;
+        Self::mark(&mut self.changed, index, state);
+        Some(state)
+    }
+
+    /// A SKU to change, created empty if unknown; and whether it was created.
+    pub fn get_or_insert(&mut self, sku: &[u8]) -> (&mut Sku, bool) {
+        let (index, created) = match self.map.get_index_of(sku) {
+            Some(index) => (index, false),
+            None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
+        };
+        let state = &mut self.map[index];
+        Self::mark(&mut self.changed, index, state);
+        (state, created)
+    }
+
+    /// Adds a new SKU; false (and no change) if it exists.
+    pub fn insert_new(&mut self, sku: Key, state: Sku) -> bool {
+        match self.map.entry(sku) {
+            indexmap::map::Entry::Occupied(_) => false,
+            indexmap::map::Entry::Vacant(vacant) => {
+                let index = vacant.index();
+                let state = vacant.insert(state);
+                Self::mark(&mut self.changed, index, state);
+                true
+            }
+        }
+    }
+
+    /// Lists the SKU as changed (time alone changed its counters: holds lapsed).
+    pub fn touch(&mut self, sku: &[u8]) {
+        if let Some((index, _, state)) = self.map.get_full_mut(sku) {
+            Self::mark(&mut self.changed, index, state);
+        }
+    }
+
+    fn mark(changed: &mut Vec<usize>, index: usize, state: &mut Sku) {
+        if !state.changed {
+            state.changed = true;
+            changed.push(index);
+        }
+    }
+
+    /// Takes the list of changed SKUs (their `changed` flags stay set until the sampler has
+    /// read them, so a change in between is not listed twice).
+    pub fn take_changed(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The SKUs at positions `range`, for the sampler, which changes only its own fields.
+    pub fn entries_mut(
+        &mut self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (&Key, &mut Sku)> {
+        self.map.as_mut_slice()[range].iter_mut()
+    }
+
+    /// The SKU at `index`, for the sampler (as `entries_mut`).
+    pub fn entry_mut(&mut self, index: usize) -> (&Key, &mut Sku) {
+        self.map.get_index_mut(index).expect("SKUs are never removed")
+    }
+}
+
 /// A shard: the SKUs and reservations whose ids hash to it.
 #[derive(Debug, Default)]
 pub(super) struct Shard {
-    pub skus: HashMap<Key, Sku, ahash::RandomState>,
+    pub skus: Skus,
     /// Boxed: under churn a hash table settles at 2-4 times as many buckets as entries, and
     /// a bucket then holds an id and a pointer (24 bytes) instead of a whole reservation.
     pub reservations: HashMap<Key, Box<Reservation>, ahash::RandomState>,
@@ -365,6 +482,12 @@ impl TimeIndex {
     /// The ids whose time is at or before `now_ms`, earliest first.
     pub fn due(&self, now_ms: u64) -> impl Iterator<Item = &Key> {
         self.entries.range(..=(now_ms, u64::MAX)).map(|(_, id)| id)
+    }
+
+    /// The ids whose time is after `after_ms` and at or before `now_ms`.
+    pub fn between(&self, after_ms: u64, now_ms: u64) -> impl Iterator<Item = &Key> {
+        let range = (after_ms < now_ms).then(|| (after_ms + 1, 0)..=(now_ms, u64::MAX));
+        range.into_iter().flat_map(|range| self.entries.range(range)).map(|(_, id)| id)
     }
 
     pub fn len(&self) -> usize {

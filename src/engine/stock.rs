@@ -7,7 +7,7 @@
 
 use stockd_protocol::{ResultCode, SkuInfo, SkuReply};
 
-use super::shard::{Key, Sku};
+use super::shard::Sku;
 use super::Engine;
 
 /// A reply and the counters before the change, if there was one.
@@ -41,10 +41,7 @@ impl Engine {
             let info = shard.skus.get(sku).map(|state| state.info(now_ms)).unwrap_or_default();
             return (SkuReply { code: ResultCode::ExpectedMismatch, info }, None);
         }
-        let (state, created) = match shard.skus.get_mut(sku) {
-            Some(state) => (state, false),
-            None => (shard.skus.entry(Key::from(sku)).or_default(), true),
-        };
+        let (state, created) = shard.skus.get_or_insert(sku);
         let before = state.info(now_ms);
         let changed = created || state.on_hand != on_hand;
         state.counters.on_hand = on_hand;

@@ -1,11 +1,12 @@
 //! Read-only views for the operations surface: a filtered, paged SKU listing, the open holds of
 //! one SKU, a summary of the whole state, and activity sampling for the dashboard's sell rates.
 //!
-//! Each view visits the shards one at a time and holds one shard's lock only while it scans
-//! that shard, so traffic is never paused as a whole; a view is therefore not one atomic
-//! snapshot across shards, which is what monitoring needs anyway. Costs are linear in the
-//! number of SKUs (listing, summary, sampling) or reservations (holds of a SKU); at 1 M SKUs a
-//! full scan takes tens of milliseconds spread over 64 short lock holds.
+//! Each view visits the shards one at a time, so traffic is never paused as a whole; a view is
+//! therefore not one atomic snapshot across shards, which is what monitoring needs anyway.
+//! Costs are linear in the number of SKUs (listing, summary, sampling) or reservations (holds
+//! of a SKU). Scans of SKUs hold a shard's lock for at most 512 SKUs at a time
+//! (`Engine::visit_skus`): at 1 000 000 SKUs a full scan takes tens of milliseconds, and an
+//! operation waits for at most one such chunk of it.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -13,8 +14,13 @@ use std::collections::BinaryHeap;
 use bytes::Bytes;
 use stockd_protocol::{ReservationState, SkuInfo};
 
-use super::shard::{Key, Sku};
+use parking_lot::MutexGuard;
+
+use super::shard::{Contribution, Key, Shard, Sku};
 use super::Engine;
+
+/// SKUs a scan reads per lock hold (see `Engine::visit_skus`): tens of microseconds.
+const SCAN_CHUNK: usize = 512;
 
 /// Which SKUs a listing returns. Matching is on the raw id bytes.
 #[derive(Clone, Debug, Default)]
@@ -92,6 +98,59 @@ pub struct Summary {
     pub committed_units: u64,
 }
 
+impl Summary {
+    /// Adds a shard's SKU-independent counts.
+    fn add_counts(&mut self, shard: &Shard, now_ms: u64) {
+        self.reservations += shard.reservations.len();
+        // Held reservations are indexed by deadline; the lapsed ones are not open.
+        let lapsed = shard.deadlines.due(now_ms).count();
+        self.holds_open += shard.deadlines.len() - lapsed;
+    }
+
+    fn add(&mut self, sku: &Contribution) {
+        self.paused_skus += usize::from(sku.paused);
+        self.on_hand_units += sku.on_hand;
+        self.held_units += sku.held;
+        self.committed_units += sku.committed;
+    }
+
+    fn add_totals(&mut self, totals: &Totals) {
+        self.paused_skus += totals.paused_skus;
+        self.on_hand_units += totals.on_hand_units;
+        self.held_units += totals.held_units;
+        self.committed_units += totals.committed_units;
+    }
+}
+
+/// What the sampler keeps between calls (`Engine::sample_activity`).
+#[derive(Debug, Default)]
+pub(super) struct Sampling {
+    /// The previous call's time (`None` before the first).
+    last_ms: Option<u64>,
+    /// Per shard, the sum of its SKUs' `sampled` contributions.
+    shards: Vec<Totals>,
+}
+
+/// A shard's totals of SKU counters.
+#[derive(Clone, Debug, Default)]
+struct Totals {
+    paused_skus: usize,
+    on_hand_units: u64,
+    held_units: u64,
+    committed_units: u64,
+}
+
+impl Totals {
+    /// One SKU's part changes from `old` to `new` (`old` is part of the totals, so nothing
+    /// goes below zero).
+    fn replace(&mut self, old: &Contribution, new: &Contribution) {
+        self.paused_skus = self.paused_skus - usize::from(old.paused) + usize::from(new.paused);
+        self.on_hand_units = self.on_hand_units - old.on_hand + new.on_hand;
+        self.held_units = self.held_units - old.held + new.held;
+        self.committed_units = self.committed_units - old.committed + new.committed;
+    }
+}
+
 /// A listing entry ordered by id, so that a max-heap keeps the smallest ids seen.
 struct ById(Key, SkuInfo);
 
@@ -124,16 +183,16 @@ impl Engine {
     ) -> SkuPage {
         let mut matched = 0;
         let mut heap: BinaryHeap<ById> = BinaryHeap::with_capacity(limit + 2);
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (key, sku) in &shard.skus {
+        self.visit_skus(
+            |_| {},
+            |key, sku| {
                 let info = sku.info(now_ms);
                 if !filter.matches(key, &info) {
-                    continue;
+                    return;
                 }
                 matched += 1;
                 if after.is_some_and(|after| &key[..] <= after) {
-                    continue;
+                    return;
                 }
                 // One more than the page, to know whether another page follows.
                 if heap.len() <= limit {
@@ -142,8 +201,8 @@ impl Engine {
                     heap.pop();
                     heap.push(ById(key.clone(), info));
                 }
-            }
-        }
+            },
+        );
         let mut rows: Vec<SkuRow> = heap
             .into_sorted_vec()
             .into_iter()
@@ -202,16 +261,31 @@ impl Engine {
         self.shards.iter().map(|shard| count(&shard.lock()) as u64).sum()
     }
 
-    /// Totals over every shard.
+    /// Totals over every shard: a full scan, one shard (one chunk of it) locked at a time.
     pub fn summary(&self, now_ms: u64) -> Summary {
-        self.scan(now_ms, |_, _, _| {})
+        let (mut counts, mut total) = (Summary::default(), Summary::default());
+        self.visit_skus(
+            |shard| counts.add_counts(shard, now_ms),
+            |_, sku| {
+                total.add(&Contribution::of(&sku.info(now_ms)));
+                total.skus += 1;
+            },
+        );
+        Summary { reservations: counts.reservations, holds_open: counts.holds_open, ..total }
     }
 
     /// The totals of [`summary`], and `visit(sku, counters, previous, taken_total)` for every
     /// SKU that took holds since the previous call (or ever, on the first call), marking them as
-    /// seen; one pass over the state. `taken_total` is the SKU's count of units ever held by
-    /// this process (replay included), `previous` its value at the previous call; its slope
-    /// over time is the sell rate.
+    /// seen. `taken_total` is the SKU's count of units ever held by this process (replay
+    /// included), `previous` its value at the previous call; its slope over time is the sell
+    /// rate. Meant for one caller (the dashboard's sampler): calls are serialised.
+    ///
+    /// Only the first call reads every SKU. Later calls read the SKUs that changed since the
+    /// previous one (`Skus` lists them as operations change them) and those whose holds
+    /// lapsed in between (found in the shards' deadline indexes), and correct the totals kept
+    /// per shard by the difference each made: the cost follows the traffic, not the size of
+    /// the catalogue. The totals are exactly those of [`summary`] at `now_ms`, which the
+    /// engine's tests check after random operations.
     ///
     /// [`summary`]: Engine::summary
     pub fn sample_activity(
@@ -219,35 +293,103 @@ impl Engine {
         now_ms: u64,
         mut visit: impl FnMut(&[u8], SkuInfo, u64, u64),
     ) -> Summary {
-        self.scan(now_ms, |key, sku, info| {
-            if sku.taken_total != sku.sampled_taken {
-                let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
-                visit(key, info, previous, sku.taken_total);
-            }
-        })
-    }
-
-    /// One pass over every SKU, one shard locked at a time: the totals, and `each(sku, its
-    /// state, its counters)`.
-    fn scan(&self, now_ms: u64, mut each: impl FnMut(&[u8], &mut Sku, SkuInfo)) -> Summary {
+        let mut sampling = self.sampling.lock();
+        let sampling = &mut *sampling;
+        let last_ms = sampling.last_ms.replace(now_ms);
+        let lapsed = match last_ms {
+            Some(last_ms) => self.lapsed_skus(last_ms, now_ms),
+            None => vec![Vec::new(); self.shards.len()],
+        };
+        sampling.shards.resize(self.shards.len(), Totals::default());
         let mut total = Summary::default();
-        for shard in self.shards.iter() {
+        for ((shard, totals), lapsed) in self.shards.iter().zip(&mut sampling.shards).zip(lapsed) {
             let mut shard = shard.lock();
-            total.skus += shard.skus.len();
-            total.reservations += shard.reservations.len();
-            // Held reservations are indexed by deadline; the lapsed ones are not open.
-            let lapsed = shard.deadlines.due(now_ms).count();
-            total.holds_open += shard.deadlines.len() - lapsed;
-            for (key, sku) in shard.skus.iter_mut() {
+            total.add_counts(&shard, now_ms);
+            let mut read = |key: &Key, sku: &mut Sku| {
                 let info = sku.info(now_ms);
-                total.paused_skus += usize::from(info.paused);
-                total.on_hand_units += info.on_hand;
-                total.held_units += info.reserved;
-                total.committed_units += info.committed;
-                each(key, sku, info);
+                let now = Contribution::of(&info);
+                totals.replace(&sku.sampled, &now);
+                sku.sampled = now;
+                sku.changed = false;
+                if sku.taken_total != sku.sampled_taken {
+                    let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
+                    visit(key, info, previous, sku.taken_total);
+                }
+            };
+            for key in &lapsed {
+                shard.skus.touch(key);
             }
+            let changed = shard.skus.take_changed();
+            if last_ms.is_none() {
+                // Every SKU; what was listed as changed is read anyway.
+                let mut at = 0;
+                loop {
+                    let end = shard.skus.len().min(at + SCAN_CHUNK);
+                    shard.skus.entries_mut(at..end).for_each(|(key, sku)| read(key, sku));
+                    at = end;
+                    if at == shard.skus.len() {
+                        break;
+                    }
+                    MutexGuard::bump(&mut shard);
+                }
+            } else {
+                for (i, chunk) in changed.chunks(SCAN_CHUNK).enumerate() {
+                    if i > 0 {
+                        MutexGuard::bump(&mut shard);
+                    }
+                    for &index in chunk {
+                        let (key, sku) = shard.skus.entry_mut(index);
+                        read(key, sku);
+                    }
+                }
+            }
+            total.skus += shard.skus.len();
+            total.add_totals(totals);
         }
         total
+    }
+
+    /// Per shard, the SKUs of holds whose deadline passed after `after_ms`, up to `now_ms`
+    /// (time alone changed their counters).
+    fn lapsed_skus(&self, after_ms: u64, now_ms: u64) -> Vec<Vec<Key>> {
+        let mut lapsed = vec![Vec::new(); self.shards.len()];
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for id in shard.deadlines.between(after_ms, now_ms) {
+                let Some(reservation) = shard.reservations.get(id) else { continue };
+                for line in reservation.lines.iter() {
+                    lapsed[self.shard_of(&line.sku)].push(line.sku.clone());
+                }
+            }
+        }
+        lapsed
+    }
+
+    /// Visits every SKU: `shard_start(shard)` once per shard, then `each(id, sku)` for each of
+    /// its SKUs. A shard's lock is held for at most [`SCAN_CHUNK`] SKUs at a time, then handed
+    /// to any operation waiting for it (fairly: `bump` lets the waiter in before the scan
+    /// takes the lock back), so a scan of a large catalogue delays an operation by one chunk,
+    /// not by a whole shard. SKUs are never removed and new ones are appended, so the scan
+    /// goes on at its position and also sees SKUs created while it ran.
+    pub(super) fn visit_skus(
+        &self,
+        mut shard_start: impl FnMut(&Shard),
+        mut each: impl FnMut(&Key, &Sku),
+    ) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard_start(&shard);
+            let mut at = 0;
+            loop {
+                let end = shard.skus.len().min(at + SCAN_CHUNK);
+                shard.skus.as_slice()[at..end].iter().for_each(|(key, sku)| each(key, sku));
+                at = end;
+                if at == shard.skus.len() {
+                    break;
+                }
+                MutexGuard::bump(&mut shard);
+            }
+        }
     }
 
     /// The counters and `taken_total` of one SKU, for SKUs the sampler already follows.

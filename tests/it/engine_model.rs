@@ -1004,8 +1004,20 @@ enum Step {
     SetStock(usize, u64, Option<u64>),
     Adjust(usize, i64, Option<u64>),
     Safety(usize, u64),
-    Reserve { id: usize, lines: Vec<(usize, u32)>, ttl: usize, channel: usize, customer: usize },
-    ReserveAt { id: usize, lines: Vec<(usize, u32)>, ttl: usize, loc: usize, split: bool },
+    Reserve {
+        id: usize,
+        lines: Vec<(usize, u32)>,
+        ttl: usize,
+        channel: usize,
+        customer: usize,
+    },
+    ReserveAt {
+        id: usize,
+        lines: Vec<(usize, u32)>,
+        ttl: usize,
+        loc: usize,
+        split: bool,
+    },
     SetLocation(usize, usize, u64, u32, Option<u64>),
     AdjustLocation(usize, usize, i64, Option<u64>),
     SetIncoming(usize, usize, usize, u64, u64),
@@ -1018,6 +1030,8 @@ enum Step {
     Ship(usize),
     Advance(u64),
     Sweep,
+    /// The dashboard's sampler reads the engine.
+    Sample,
 }
 
 fn lines(lines: &[(usize, u32)]) -> Vec<Line> {
@@ -1051,6 +1065,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => id.prop_map(Step::Ship),
         3 => prop::sample::select(vec![0u64, 1, 49, 50, 99, 100, 250, 301]).prop_map(Step::Advance),
         1 => Just(Step::Sweep),
+        1 => Just(Step::Sample),
     ]
 }
 
@@ -1130,7 +1145,7 @@ fn command(step: &Step) -> Option<Command> {
         Step::Release(id) => Command::Release { id: bytes(IDS[*id]) },
         Step::Extend(id, ttl) => Command::Extend { id: bytes(IDS[*id]), ttl_ms: TTLS[*ttl] },
         Step::Ship(id) => Command::Ship { id: bytes(IDS[*id]) },
-        Step::Advance(_) | Step::Sweep => return None,
+        Step::Advance(_) | Step::Sweep | Step::Sample => return None,
     })
 }
 
@@ -1221,9 +1236,31 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut now = 1_000_000u64;
     let seed = if seeded { seed() } else { vec![] };
+    // Each SKU's units ever held, as the sampler last reported them.
+    let mut sampled_taken: BTreeMap<&str, u64> = BTreeMap::new();
     for step in seed.iter().chain(steps) {
         match step {
             Step::Advance(dt) => now += dt,
+            Step::Sample => {
+                // The sampler reads only what changed since its last call, yet its totals are
+                // those of a full scan, and it reports exactly the SKUs that took holds.
+                let mut visited = BTreeMap::new();
+                let totals = engine.sample_activity(now, |sku, _, previous, taken| {
+                    visited.insert(String::from_utf8(sku.to_vec()).unwrap(), (previous, taken));
+                });
+                prop_assert_eq!(totals, engine.summary(now));
+                for sku in SKUS {
+                    let taken = engine.sku_activity(sku.as_bytes(), now).map_or(0, |(_, t)| t);
+                    let before = sampled_taken.insert(sku, taken).unwrap_or(0);
+                    match visited.get(sku) {
+                        Some(&(previous, reported)) => {
+                            prop_assert_eq!((previous, reported), (before, taken), "sku {}", sku);
+                            prop_assert!(taken > before);
+                        }
+                        None => prop_assert_eq!(taken, before, "sku {} took holds unseen", sku),
+                    }
+                }
+            }
             Step::Sweep => {
                 for command in engine.due(now, 10_000) {
                     let mut changed = false;
