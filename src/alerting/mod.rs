@@ -57,7 +57,6 @@ use tracing::{error, info, warn};
 
 use crate::aftersales::{sla, TicketState};
 use crate::config::AlertingConfig;
-use crate::engine::SkuFilter;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::WindowSnapshot;
 use crate::pacer::Pacer;
@@ -428,8 +427,8 @@ impl Alerting {
         }
         let threshold = config.low_stock_units;
         {
-            let filter = SkuFilter { available_max: Some(threshold), ..SkuFilter::default() };
-            let page = shared.engine.list_skus(&filter, None, config.sku_alerts_max, now_ms);
+            // Incremental: reads only the SKUs changed since the last evaluation.
+            let page = shared.engine.low_stock(threshold, config.sku_alerts_max, now_ms);
             let mut counted = 0usize;
             for row in &page.rows {
                 let sku = String::from_utf8_lossy(&row.sku);

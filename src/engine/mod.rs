@@ -81,6 +81,8 @@ pub struct Engine {
     aftersales: Mutex<Aftersales>,
     /// The activity sampler's totals between calls. Taken before any shard lock.
     sampling: Mutex<view::Sampling>,
+    /// The alert evaluator's low-stock SKUs between calls. Taken before any shard lock.
+    low_stock: Mutex<view::LowStock>,
 }
 
 impl Engine {
@@ -97,6 +99,7 @@ impl Engine {
             config,
             aftersales: Mutex::default(),
             sampling: Mutex::default(),
+            low_stock: Mutex::default(),
         }
     }
 

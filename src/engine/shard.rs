@@ -124,8 +124,9 @@ pub(super) struct Sku {
     pub sampled_taken: u64,
     /// What this SKU added to the sampler's totals when it last looked.
     pub sampled: Contribution,
-    /// Changed since the sampler last looked: listed in [`Skus::changed`].
-    pub changed: bool,
+    /// Bit `w` set: changed since watcher `w` last looked, and listed in its list of changed
+    /// SKUs ([`Skus`]).
+    pub listed: u8,
     /// Per-buyer limit and channel quotas, with the uses they are checked against.
     pub limits: Option<Box<Limits>>,
     /// Stock per location (when the SKU has locations, `counters` are their sums).
@@ -334,23 +335,42 @@ impl Reservation {
     }
 }
 
-/// The SKUs of a shard, and which of them changed since the sampler last looked.
+/// Who follows the SKUs' changes (`Engine::refresh`): each keeps its own list of the SKUs
+/// changed since it last looked.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Watcher {
+    /// The dashboard's sampler (`Engine::sample_activity`).
+    Sampler = 0,
+    /// The alert evaluator (`Engine::low_stock`).
+    Alerts = 1,
+}
+
+const WATCHERS: usize = 2;
+const LISTED_BY_ALL: u8 = (1 << WATCHERS) - 1;
+
+impl Watcher {
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// The SKUs of a shard, and which of them changed since each [`Watcher`] last looked.
 ///
 /// SKUs are kept in insertion order, in a dense vector behind a hash index: reading every SKU
-/// (listings, the sampler's first pass) walks memory in order, and can stop at a position, drop
+/// (listings, a watcher's first pass) walks memory in order, and can stop at a position, drop
 /// the lock and go on from there. SKUs are never removed, so positions are stable.
 ///
-/// Reads go through `Deref` to the map. Every change goes through [`Skus::get_mut`] or
-/// [`Skus::get_or_insert`], which list the SKU in `changed` (once, until the sampler takes the
-/// list): what lets the sampler read only the SKUs that changed instead of all of them. There
-/// is no mutable access that skips the list, except [`Skus::entries_mut`] for the sampler's
-/// own fields.
+/// Reads go through `Deref` to the map. Every change goes through [`Skus::get_mut`],
+/// [`Skus::get_or_insert`] or [`Skus::insert_new`], which list the SKU for every watcher
+/// (once per watcher, until it takes its list): what lets the watchers read only the SKUs
+/// that changed instead of all of them. The one mutable access that skips the lists is
+/// [`Skus::entries_mut`] / [`Skus::entry_mut`], for the watchers' own fields.
 #[derive(Debug, Default)]
 pub(super) struct Skus {
     map: IndexMap<Key, Sku, ahash::RandomState>,
-    /// Positions of the SKUs with `changed` set, each once. At most one entry per SKU, so it
-    /// stays bounded when nothing samples.
-    changed: Vec<usize>,
+    /// Per watcher, the positions of the SKUs with its bit of `listed` set. At most one entry
+    /// per SKU each, so they stay bounded when a watcher does not run.
+    changed: [Vec<usize>; WATCHERS],
 }
 
 impl Deref for Skus {
@@ -364,7 +384,7 @@ impl Skus {
     /// A SKU to change.
     pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
         let (index, _, state) = self.map.get_full_mut(sku)?;
-        Self::mark(&mut self.changed, index, state);
+        Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
         Some(state)
     }
 
@@ -375,7 +395,7 @@ impl Skus {
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
         let state = &mut self.map[index];
-        Self::mark(&mut self.changed, index, state);
+        Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
         (state, created)
     }
 
@@ -386,33 +406,39 @@ impl Skus {
             indexmap::map::Entry::Vacant(vacant) => {
                 let index = vacant.index();
                 let state = vacant.insert(state);
-                Self::mark(&mut self.changed, index, state);
+                Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
                 true
             }
         }
     }
 
-    /// Lists the SKU as changed (time alone changed its counters: holds lapsed).
-    pub fn touch(&mut self, sku: &[u8]) {
+    /// Lists the SKU as changed for `watcher` (time alone changed its counters: holds
+    /// lapsed).
+    pub fn touch(&mut self, sku: &[u8], watcher: Watcher) {
         if let Some((index, _, state)) = self.map.get_full_mut(sku) {
-            Self::mark(&mut self.changed, index, state);
+            Self::list(&mut self.changed, index, state, watcher.bit());
         }
     }
 
-    fn mark(changed: &mut Vec<usize>, index: usize, state: &mut Sku) {
-        if !state.changed {
-            state.changed = true;
-            changed.push(index);
+    fn list(changed: &mut [Vec<usize>; WATCHERS], index: usize, state: &mut Sku, bits: u8) {
+        let new = bits & !state.listed;
+        if new != 0 {
+            state.listed |= new;
+            for (w, list) in changed.iter_mut().enumerate() {
+                if new & (1 << w) != 0 {
+                    list.push(index);
+                }
+            }
         }
     }
 
-    /// Takes the list of changed SKUs (their `changed` flags stay set until the sampler has
-    /// read them, so a change in between is not listed twice).
-    pub fn take_changed(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.changed)
+    /// Takes `watcher`'s list of changed SKUs. Their bits stay set until the watcher has read
+    /// each (`Sku::listed`), so a change in between is not listed twice.
+    pub fn take_changed(&mut self, watcher: Watcher) -> Vec<usize> {
+        std::mem::take(&mut self.changed[watcher as usize])
     }
 
-    /// The SKUs at positions `range`, for the sampler, which changes only its own fields.
+    /// The SKUs at positions `range`, for the watchers, which change only their own fields.
     pub fn entries_mut(
         &mut self,
         range: std::ops::Range<usize>,
@@ -420,9 +446,16 @@ impl Skus {
         self.map.as_mut_slice()[range].iter_mut()
     }
 
-    /// The SKU at `index`, for the sampler (as `entries_mut`).
+    /// The SKU at `index`, for the watchers (as `entries_mut`).
     pub fn entry_mut(&mut self, index: usize) -> (&Key, &mut Sku) {
         self.map.get_index_mut(index).expect("SKUs are never removed")
+    }
+}
+
+impl Sku {
+    /// `watcher` has read this SKU as it is now.
+    pub fn seen_by(&mut self, watcher: Watcher) {
+        self.listed &= !watcher.bit();
     }
 }
 

@@ -8,15 +8,15 @@
 //! (`Engine::visit_skus`): at 1 000 000 SKUs a full scan takes tens of milliseconds, and an
 //! operation waits for at most one such chunk of it.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, BinaryHeap};
 
 use bytes::Bytes;
 use stockd_protocol::{ReservationState, SkuInfo};
 
 use parking_lot::MutexGuard;
 
-use super::shard::{Contribution, Key, Shard, Sku};
+use super::shard::{Contribution, Key, Shard, Sku, Watcher};
 use super::Engine;
 
 /// SKUs a scan reads per lock hold (see `Engine::visit_skus`): tens of microseconds.
@@ -129,6 +129,15 @@ pub(super) struct Sampling {
     last_ms: Option<u64>,
     /// Per shard, the sum of its SKUs' `sampled` contributions.
     shards: Vec<Totals>,
+}
+
+/// What the alert evaluator keeps between calls (`Engine::low_stock`).
+#[derive(Debug, Default)]
+pub(super) struct LowStock {
+    last_ms: Option<u64>,
+    available_max: u64,
+    /// Per shard, the SKUs with at most `available_max` available when last read.
+    shards: Vec<BTreeSet<Key>>,
 }
 
 /// A shard's totals of SKU counters.
@@ -275,10 +284,11 @@ impl Engine {
     }
 
     /// The totals of [`summary`], and `visit(sku, counters, previous, taken_total)` for every
-    /// SKU that took holds since the previous call (or ever, on the first call), marking them as
-    /// seen. `taken_total` is the SKU's count of units ever held by this process (replay
-    /// included), `previous` its value at the previous call; its slope over time is the sell
-    /// rate. Meant for one caller (the dashboard's sampler): calls are serialised.
+    /// SKU that changed since the previous call (every SKU on the first call). `taken_total`
+    /// is the SKU's count of units ever held by this process (replay included), `previous`
+    /// its value at the previous call (equal if it took nothing); its slope over time is the
+    /// sell rate. A SKU not visited has the counters and `taken_total` it had when last
+    /// visited. Meant for one caller (the dashboard's sampler): calls are serialised.
     ///
     /// Only the first call reads every SKU. Later calls read the SKUs that changed since the
     /// previous one (`Skus` lists them as operations change them) and those whose holds
@@ -296,30 +306,114 @@ impl Engine {
         let mut sampling = self.sampling.lock();
         let sampling = &mut *sampling;
         let last_ms = sampling.last_ms.replace(now_ms);
+        sampling.shards.resize(self.shards.len(), Totals::default());
+        let mut total = Summary::default();
+        let shards = &mut sampling.shards;
+        self.refresh(
+            Watcher::Sampler,
+            last_ms,
+            now_ms,
+            |_, shard| {
+                total.add_counts(shard, now_ms);
+                total.skus += shard.skus.len();
+            },
+            |shard, key, sku| {
+                let info = sku.info(now_ms);
+                let now = Contribution::of(&info);
+                shards[shard].replace(&sku.sampled, &now);
+                sku.sampled = now;
+                let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
+                visit(key, info, previous, sku.taken_total);
+            },
+        );
+        shards.iter().for_each(|totals| total.add_totals(totals));
+        total
+    }
+
+    /// The SKUs with at most `available_max` units available at `now_ms`, in id order: the
+    /// first `limit` of them with their counters, and how many there are in all (`matched`).
+    /// What [`list_skus`] with that filter returns, for the alert evaluator, which asks every
+    /// second: the SKUs at or below the line are kept between calls, and only the SKUs that
+    /// changed since the previous call (or whose holds lapsed) are read again, as in
+    /// [`sample_activity`]. A different `available_max` starts over with a full scan. Meant for
+    /// one caller; calls are serialised.
+    ///
+    /// [`list_skus`]: Engine::list_skus
+    /// [`sample_activity`]: Engine::sample_activity
+    pub fn low_stock(&self, available_max: u64, limit: usize, now_ms: u64) -> SkuPage {
+        let mut low = self.low_stock.lock();
+        let low = &mut *low;
+        if low.available_max != available_max || low.shards.len() != self.shards.len() {
+            *low = LowStock {
+                last_ms: None,
+                available_max,
+                shards: vec![BTreeSet::new(); self.shards.len()],
+            };
+        }
+        let last_ms = low.last_ms.replace(now_ms);
+        let sets = &mut low.shards;
+        self.refresh(
+            Watcher::Alerts,
+            last_ms,
+            now_ms,
+            |_, _| {},
+            |shard, key, sku| {
+                if sku.info(now_ms).available <= available_max {
+                    sets[shard].insert(key.clone());
+                } else {
+                    sets[shard].remove(key);
+                }
+            },
+        );
+        let matched = sets.iter().map(BTreeSet::len).sum();
+        // The first `limit` ids over all shards: a merge of the shards' sorted sets.
+        let mut heads: BinaryHeap<Reverse<(&Key, usize)>> = BinaryHeap::new();
+        let mut iters: Vec<_> = sets.iter().map(|set| set.iter()).collect();
+        for (shard, iter) in iters.iter_mut().enumerate() {
+            heads.extend(iter.next().map(|key| Reverse((key, shard))));
+        }
+        let mut rows = Vec::with_capacity(limit.min(matched));
+        while rows.len() < limit {
+            let Some(Reverse((key, shard))) = heads.pop() else { break };
+            heads.extend(iters[shard].next().map(|key| Reverse((key, shard))));
+            let info = self.shards[shard].lock().skus.get(key).map(|sku| sku.info(now_ms));
+            let info = info.expect("SKUs are never removed");
+            // Changed since the refresh above: it is no longer a row of this listing.
+            if info.available <= available_max {
+                rows.push(SkuRow { sku: Bytes::copy_from_slice(key), info });
+            }
+        }
+        let next_after = (matched > rows.len()).then(|| rows.last().map(|r| r.sku.clone()));
+        SkuPage { rows, matched, next_after: next_after.flatten() }
+    }
+
+    /// Brings `watcher` up to `now_ms` from its previous call at `last_ms` (`None`: never):
+    /// `shard_start(shard, its state)` once per shard, then `each(shard, id, sku)` for every
+    /// SKU of it that changed since `last_ms`, or whose holds lapsed after `last_ms` (on the
+    /// first call, for every SKU). Locks are held as in [`visit_skus`](Engine::visit_skus).
+    fn refresh(
+        &self,
+        watcher: Watcher,
+        last_ms: Option<u64>,
+        now_ms: u64,
+        mut shard_start: impl FnMut(usize, &Shard),
+        mut each: impl FnMut(usize, &Key, &mut Sku),
+    ) {
         let lapsed = match last_ms {
             Some(last_ms) => self.lapsed_skus(last_ms, now_ms),
             None => vec![Vec::new(); self.shards.len()],
         };
-        sampling.shards.resize(self.shards.len(), Totals::default());
-        let mut total = Summary::default();
-        for ((shard, totals), lapsed) in self.shards.iter().zip(&mut sampling.shards).zip(lapsed) {
+        for (index, (shard, lapsed)) in self.shards.iter().zip(lapsed).enumerate() {
             let mut shard = shard.lock();
-            total.add_counts(&shard, now_ms);
-            let mut read = |key: &Key, sku: &mut Sku| {
-                let info = sku.info(now_ms);
-                let now = Contribution::of(&info);
-                totals.replace(&sku.sampled, &now);
-                sku.sampled = now;
-                sku.changed = false;
-                if sku.taken_total != sku.sampled_taken {
-                    let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
-                    visit(key, info, previous, sku.taken_total);
-                }
-            };
+            shard_start(index, &shard);
             for key in &lapsed {
-                shard.skus.touch(key);
+                shard.skus.touch(key, watcher);
             }
-            let changed = shard.skus.take_changed();
+            let changed = shard.skus.take_changed(watcher);
+            let mut read = |key: &Key, sku: &mut Sku| {
+                sku.seen_by(watcher);
+                each(index, key, sku);
+            };
             if last_ms.is_none() {
                 // Every SKU; what was listed as changed is read anyway.
                 let mut at = 0;
@@ -337,16 +431,13 @@ impl Engine {
                     if i > 0 {
                         MutexGuard::bump(&mut shard);
                     }
-                    for &index in chunk {
-                        let (key, sku) = shard.skus.entry_mut(index);
+                    for &position in chunk {
+                        let (key, sku) = shard.skus.entry_mut(position);
                         read(key, sku);
                     }
                 }
             }
-            total.skus += shard.skus.len();
-            total.add_totals(totals);
         }
-        total
     }
 
     /// Per shard, the SKUs of holds whose deadline passed after `after_ms`, up to `now_ms`

@@ -10,7 +10,8 @@
 //! drops out; at most `http.activity_skus_max` SKUs are followed (the least recently active
 //! drop out first).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +91,12 @@ struct Track {
     history: VecDeque<(u64, u64)>,
     last_change_ms: u64,
     available: u64,
+    /// When the engine last reported the SKU (it reports only SKUs that changed).
+    read_ms: u64,
 }
+
+/// A SKU that took holds and is not followed yet, ordered by the units it took.
+type Candidate = Reverse<(u64, Bytes, u64, u64, u64)>;
 
 /// Follows the active SKUs between samples.
 struct Tracker {
@@ -107,41 +113,64 @@ impl Tracker {
     }
 
     /// Takes one sample of the engine at `now_ms`: the state's totals, and the sell rates.
+    ///
+    /// The engine reports only the SKUs that changed since the previous sample, so the cost
+    /// follows the traffic. A followed SKU it does not report sold nothing and kept its
+    /// counters. Of the SKUs not followed yet that took holds, at most `max` (those that took
+    /// the most units) are kept as candidates: with more SKUs selling than can be followed,
+    /// the busiest are the ones worth showing, and the others cost no copy of their id.
     fn sample(&mut self, engine: &Engine, now_ms: u64) -> (Summary, HashMap<Bytes, Trend>) {
-        let mut changed: HashMap<Bytes, (u64, u64, u64), ahash::RandomState> = HashMap::default();
+        let first = self.last_ms.is_none();
+        let (tracks, max) = (&mut self.tracks, self.max);
+        let mut fresh: BinaryHeap<Candidate> = BinaryHeap::new();
         let totals = engine.sample_activity(now_ms, |sku, info, previous, taken| {
-            changed.insert(Bytes::copy_from_slice(sku), (previous, taken, info.available));
+            if first {
+                return;
+            }
+            if let Some(track) = tracks.get_mut(sku) {
+                track.history.push_back((now_ms, taken));
+                track.available = info.available;
+                track.read_ms = now_ms;
+                if taken != previous {
+                    track.last_change_ms = now_ms;
+                }
+            } else if taken != previous && max > 0 {
+                let took = taken.saturating_sub(previous);
+                if fresh.len() == max {
+                    if fresh.peek().is_some_and(|least| least.0 .0 >= took) {
+                        return;
+                    }
+                    fresh.pop();
+                }
+                let id = Bytes::copy_from_slice(sku);
+                fresh.push(Reverse((took, id, previous, taken, info.available)));
+            }
         });
         let Some(last_ms) = self.last_ms.replace(now_ms) else {
             // The first pass sees everything replayed at startup: a baseline, not activity.
             return (totals, HashMap::new());
         };
         let mut idle = Vec::new();
-        for (sku, track) in &mut self.tracks {
-            if changed.contains_key(sku) {
-                continue;
+        for track in self.tracks.values_mut() {
+            if track.read_ms != now_ms {
+                let taken = track.history.back().map_or(0, |(_, taken)| *taken);
+                track.history.push_back((now_ms, taken));
             }
-            match engine.sku_activity(sku, now_ms) {
-                Some((info, taken)) => {
-                    track.history.push_back((now_ms, taken));
-                    track.available = info.available;
-                }
-                None => idle.push(sku.clone()),
-            }
+        }
+        for Reverse((_, sku, previous, taken, available)) in fresh {
+            // A SKU newly active: its count at the previous sample starts the history.
+            self.tracks.insert(
+                sku,
+                Track {
+                    history: VecDeque::from([(last_ms, previous), (now_ms, taken)]),
+                    last_change_ms: now_ms,
+                    available,
+                    read_ms: now_ms,
+                },
+            );
         }
         // A SKU stays followed without new holds for as long as its history reaches back.
         let window_ms = (now_ms - last_ms).max(1) * self.samples as u64;
-        for (sku, (previous, taken, available)) in changed {
-            let track = self.tracks.entry(sku).or_insert_with(|| Track {
-                // A SKU newly active: its count at the previous sample starts the history.
-                history: VecDeque::from([(last_ms, previous)]),
-                last_change_ms: now_ms,
-                available,
-            });
-            track.history.push_back((now_ms, taken));
-            track.last_change_ms = now_ms;
-            track.available = available;
-        }
         for (sku, track) in &mut self.tracks {
             while track.history.len() > self.samples + 1 {
                 track.history.pop_front();
@@ -396,5 +425,33 @@ mod tests {
             assert!(followed.len() <= 3);
             assert!(followed.contains_key(&Bytes::from(sku)), "the newest is kept");
         }
+    }
+
+    #[test]
+    fn with_more_skus_selling_than_followed_the_busiest_are_kept() {
+        let engine = Engine::new(EngineConfig::default());
+        for n in 0..5u32 {
+            let set =
+                Command::SetStock { sku: format!("sku-{n}").into(), on_hand: 100, expected: None };
+            engine.apply(&set, 0, || {});
+        }
+        let mut tracker = Tracker::new(10, 2);
+        tracker.sample(&engine, 0);
+        // Five SKUs sell in the same second, sku-3 most, then sku-1.
+        for (n, qty) in [(0, 1), (1, 7), (2, 2), (3, 9), (4, 3)] {
+            reserve(&engine, &format!("r{n}"), &format!("sku-{n}"), qty, 500);
+        }
+        let followed = tracker.sample(&engine, 1000).1;
+        let mut skus: Vec<&Bytes> = followed.keys().collect();
+        skus.sort();
+        assert_eq!(skus, vec!["sku-1", "sku-3"]);
+        // A followed SKU whose hold is released gets its units back without new holds: its
+        // projection follows (91 available at 9 units in the last second... then nothing).
+        assert_eq!(followed[&Bytes::from("sku-3")].sells_out_in_s, Some(91.0 * 60.0 / 540.0));
+        engine.apply(&Command::Release { id: "r3".into() }, 1500, || {});
+        let after = tracker.sample(&engine, 2000).1;
+        let sku3 = &after[&Bytes::from("sku-3")];
+        assert_eq!(sku3.rate_per_min, 270.0, "9 units over the last 2 s");
+        assert_eq!(sku3.sells_out_in_s, Some(100.0 * 60.0 / 270.0), "all 100 available again");
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use stockd::engine::{Command, Engine, EngineConfig};
+use stockd::engine::{Command, Engine, EngineConfig, SkuFilter};
 use stockd_protocol::{
     Allocation, ChannelQuota, ChannelUse, Confirm, ExtendReply, IncomingInfo, LimitsReply, Line,
     LocationInfo, LocationsReply, OpReply, QuotaLimit, ReservationInfo, ReservationLine,
@@ -1236,28 +1236,39 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     let mut now = 1_000_000u64;
     let seed = if seeded { seed() } else { vec![] };
-    // Each SKU's units ever held, as the sampler last reported them.
-    let mut sampled_taken: BTreeMap<&str, u64> = BTreeMap::new();
+    // Each SKU's counters and units ever held, as the sampler last reported them.
+    let mut sampled: BTreeMap<&str, (Option<SkuInfo>, u64)> = BTreeMap::new();
     for step in seed.iter().chain(steps) {
         match step {
             Step::Advance(dt) => now += dt,
             Step::Sample => {
                 // The sampler reads only what changed since its last call, yet its totals are
-                // those of a full scan, and it reports exactly the SKUs that took holds.
+                // those of a full scan, it reports every SKU that took holds, and each SKU it
+                // does not report has the counters it was last reported with.
                 let mut visited = BTreeMap::new();
-                let totals = engine.sample_activity(now, |sku, _, previous, taken| {
-                    visited.insert(String::from_utf8(sku.to_vec()).unwrap(), (previous, taken));
+                let totals = engine.sample_activity(now, |sku, info, previous, taken| {
+                    let sku = String::from_utf8(sku.to_vec()).unwrap();
+                    visited.insert(sku, (info, previous, taken));
                 });
                 prop_assert_eq!(totals, engine.summary(now));
+                // The alert evaluator's incremental listing agrees with a full one.
+                let filter = SkuFilter { available_max: Some(1), ..SkuFilter::default() };
+                let full = engine.list_skus(&filter, None, 2, now);
+                let low = engine.low_stock(1, 2, now);
+                prop_assert_eq!((low.rows, low.matched), (full.rows, full.matched));
                 for sku in SKUS {
-                    let taken = engine.sku_activity(sku.as_bytes(), now).map_or(0, |(_, t)| t);
-                    let before = sampled_taken.insert(sku, taken).unwrap_or(0);
+                    let (info, taken) = engine.sku_activity(sku.as_bytes(), now).unzip();
+                    let taken = taken.unwrap_or(0);
+                    let (seen, before) = sampled.insert(sku, (info, taken)).unwrap_or_default();
                     match visited.get(sku) {
-                        Some(&(previous, reported)) => {
-                            prop_assert_eq!((previous, reported), (before, taken), "sku {}", sku);
-                            prop_assert!(taken > before);
+                        Some(&(reported, previous, now_taken)) => {
+                            prop_assert_eq!((previous, now_taken), (before, taken), "sku {}", sku);
+                            prop_assert_eq!(Some(reported), info, "sku {}", sku);
                         }
-                        None => prop_assert_eq!(taken, before, "sku {} took holds unseen", sku),
+                        None => {
+                            prop_assert_eq!(taken, before, "sku {} took holds unseen", sku);
+                            prop_assert_eq!(info, seen, "sku {} changed unseen", sku);
+                        }
                     }
                 }
             }
