@@ -6,7 +6,9 @@
 //! Costs are linear in the number of SKUs (listing, summary, sampling) or reservations (holds
 //! of a SKU). Scans of SKUs hold a shard's lock for at most 512 SKUs at a time
 //! (`Engine::visit_skus`): at 1 000 000 SKUs a full scan takes tens of milliseconds, and an
-//! operation waits for at most one such chunk of it.
+//! operation waits for at most one such chunk of it. The two views asked for every second, the
+//! dashboard's activity sample and the alert evaluator's low-stock listing, scan only once:
+//! afterwards they read the SKUs that changed since their previous call (`Engine::refresh`).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap};

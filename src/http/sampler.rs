@@ -8,7 +8,10 @@
 //! sell rate (units held per minute), which projects the sell-out time from the units
 //! available ("at the current rate, sells out in 4 min"). A SKU with no new holds for a whole history
 //! drops out; at most `http.activity_skus_max` SKUs are followed (the least recently active
-//! drop out first).
+//! drop out first; of SKUs that start selling in the same sample, the busiest are taken).
+//! The engine reports only the SKUs that changed since the previous sample
+//! (`Engine::sample_activity`), so a sample costs what the traffic changed, not the size of
+//! the catalogue.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
