@@ -246,7 +246,13 @@ impl Engine {
     /// grouped by reservation, in the reservations' order. Consistent only when no command
     /// runs concurrently, as [`Engine::image`].
     pub fn snapshot_image(&self) -> Image {
-        let mut image = Image::default();
+        // Sized up front: growing vectors of millions of rows copies them over and over.
+        let (skus, reservations) = self.counts();
+        let mut image = Image {
+            skus: Vec::with_capacity(skus),
+            reservations: Vec::with_capacity(reservations),
+            ..Image::default()
+        };
         for shard in self.shards.iter() {
             let shard = shard.lock();
             image.skus.extend(shard.skus.iter().map(|(sku, s)| SkuImage {

@@ -73,11 +73,19 @@ pub fn list(storage: &dyn Storage) -> io::Result<Vec<(u64, String)>> {
 }
 
 /// Writes a snapshot of `image` at `lsn` durably and returns its file name.
+///
+/// The body is serialised straight into the file, 1 MiB at a time, and checksummed on the way;
+/// the header, which holds its length and checksum, is written last. The serialised body is
+/// never whole in memory: it is about as large as the image itself, and building it in one
+/// buffer meant growing that buffer by copies while the image was still held.
 pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io::Result<String> {
-    let body = rkyv::to_bytes::<rancor::Error>(image).map_err(io::Error::other)?;
-    write_body(storage, lsn, now_ms, SNAPSHOT_VERSION, &body)
+    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| {
+        let writer = rkyv::ser::writer::IoWriter::new(out);
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(image, writer).map(|_| ())
+    })
 }
 
+#[cfg(test)]
 fn write_body(
     storage: &dyn Storage,
     lsn: u64,
@@ -85,21 +93,86 @@ fn write_body(
     version: u32,
     body: &[u8],
 ) -> io::Result<String> {
+    use io::Write;
+    write_with(storage, lsn, now_ms, version, |out| out.write_all(body))
+}
+
+/// Streams a snapshot body into the file after the header's room, checksumming it.
+struct BodyWriter<'f> {
+    file: &'f mut dyn crate::wal::storage::StorageFile,
+    at: u64,
+    crc: u32,
+    pending: Vec<u8>,
+    /// The first write error, kept whole (the serialiser only passes on a description).
+    error: Option<io::Error>,
+}
+
+const BODY_CHUNK: usize = 1 << 20;
+
+impl BodyWriter<'_> {
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.pending);
+        if let Err(e) = self.file.write_at(self.at, &self.pending) {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.error.get_or_insert(e);
+            return Err(copy);
+        }
+        self.at += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+impl io::Write for BodyWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= BODY_CHUNK {
+            self.write_pending()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_pending()
+    }
+}
+
+fn write_with<E: std::error::Error + Send + Sync + 'static>(
+    storage: &dyn Storage,
+    lsn: u64,
+    now_ms: u64,
+    version: u32,
+    body: impl FnOnce(&mut BodyWriter<'_>) -> Result<(), E>,
+) -> io::Result<String> {
+    let name = snapshot_name(lsn);
+    let temp = format!("{name}.tmp");
+    let mut file = storage.create(&temp)?;
+    let mut out = BodyWriter {
+        file: &mut *file,
+        at: SNAPSHOT_HEADER_BYTES as u64,
+        crc: 0,
+        pending: Vec::with_capacity(BODY_CHUNK + 4096),
+        error: None,
+    };
+    let written = body(&mut out).map_err(io::Error::other);
+    let written = written.and_then(|()| io::Write::flush(&mut out));
+    if let Err(e) = written {
+        return Err(out.error.take().unwrap_or(e));
+    }
+    let (body_len, body_crc) = (out.at - SNAPSHOT_HEADER_BYTES as u64, out.crc);
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
     header[8..12].copy_from_slice(&version.to_le_bytes());
     header[16..24].copy_from_slice(&lsn.to_le_bytes());
     header[24..32].copy_from_slice(&now_ms.to_le_bytes());
-    header[32..40].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    header[40..44].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    header[32..40].copy_from_slice(&body_len.to_le_bytes());
+    header[40..44].copy_from_slice(&body_crc.to_le_bytes());
     let crc = crc32c::crc32c(&header[..60]);
     header[60..64].copy_from_slice(&crc.to_le_bytes());
-
-    let name = snapshot_name(lsn);
-    let temp = format!("{name}.tmp");
-    let mut file = storage.create(&temp)?;
     file.write_at(0, &header)?;
-    file.write_at(SNAPSHOT_HEADER_BYTES as u64, body)?;
     file.sync_data()?;
     drop(file);
     storage.rename(&temp, &name)?;
@@ -287,6 +360,43 @@ mod tests {
         bad.locations[0].on_hand += 1;
         let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
         assert!(refused.to_string().contains("sum of its locations"), "{refused}");
+    }
+
+    #[test]
+    fn a_body_of_several_chunks_round_trips_and_a_full_disk_is_reported_as_such() {
+        // 40 000 SKUs with a reservation each: a body of several 1 MiB chunks.
+        let engine = Engine::new(EngineConfig::default());
+        for n in 0..40_000u32 {
+            let sku = Bytes::from(format!("sku-{n:06}"));
+            engine.apply(
+                &Command::SetStock { sku: sku.clone(), on_hand: 5, expected: None },
+                1,
+                || {},
+            );
+            let reserve = Command::Reserve(stockd_protocol::Reserve {
+                id: Bytes::from(format!("order-{n:06}")),
+                ttl_ms: 0,
+                channel: "".into(),
+                customer: "".into(),
+                lines: vec![stockd_protocol::Line { sku, qty: 1 + n % 3 }],
+            });
+            engine.apply(&reserve, 1, || {});
+        }
+        let image = engine.image();
+        let storage = MemStorage::new();
+        let name = write(&storage, 7, 1, &image).expect("write");
+        let bytes = storage.read(&name).expect("read").len();
+        assert!(bytes > 3 * BODY_CHUNK, "{bytes} bytes");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!(loaded.engine.image(), image);
+        assert_eq!((loaded.lsn, loaded.now_ms), (7, 1));
+
+        // The disk fills up during the body: the error says so, and no snapshot appears.
+        let full = MemStorage::new();
+        full.set_disk_full(true);
+        let error = write(&full, 8, 1, &image).expect_err("the disk is full");
+        assert_eq!(error.raw_os_error(), Some(28), "ENOSPC, not a serialiser error: {error}");
+        assert!(list(&full).expect("list").is_empty());
     }
 
     #[test]
