@@ -23,8 +23,9 @@
 //! `reservations`, which loading relies on. Files written sorted by id, as before, load the
 //! same way.
 //!
-//! Writing: a `.tmp` file is written and synced, renamed to its final name, and the directory
-//! is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
+//! Writing: a `.tmp` file is written (the body streamed from offset 64 as it is serialised,
+//! then the header with its length and checksum) and synced, renamed to its final name, and
+//! the directory is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
 //! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
 //! kept; if the newest is damaged, recovery falls back to the older one and the longer log.
 //!
