@@ -368,8 +368,9 @@ impl Watcher {
 #[derive(Debug, Default)]
 pub(super) struct Skus {
     map: IndexMap<Key, Sku, ahash::RandomState>,
-    /// Per watcher, the positions of the SKUs with its bit of `listed` set. At most one entry
-    /// per SKU each, so they stay bounded when a watcher does not run.
+    /// Per watcher, the positions of the SKUs with its bit of `listed` set: one entry per SKU
+    /// (two for a SKU changed twice while a watcher's first pass went past it, which reads it
+    /// again), so a list stays bounded by the number of SKUs when its watcher does not run.
     changed: [Vec<usize>; WATCHERS],
 }
 

@@ -448,8 +448,8 @@ mod tests {
         let mut skus: Vec<&Bytes> = followed.keys().collect();
         skus.sort();
         assert_eq!(skus, vec!["sku-1", "sku-3"]);
-        // A followed SKU whose hold is released gets its units back without new holds: its
-        // projection follows (91 available at 9 units in the last second... then nothing).
+        // 91 left at 9 units a second. Then the hold is released: no new holds, but the units
+        // are back, and the projection follows them (100 available at 9 units over 2 s).
         assert_eq!(followed[&Bytes::from("sku-3")].sells_out_in_s, Some(91.0 * 60.0 / 540.0));
         engine.apply(&Command::Release { id: "r3".into() }, 1500, || {});
         let after = tracker.sample(&engine, 2000).1;
