@@ -254,17 +254,19 @@ impl Engine {
         due
     }
 
-    /// Stops keeping the deadline and retirement indexes, for an engine that only replays the
-    /// log and is imaged (the snapshotter's copy): they cost a tree insertion per hold and per
-    /// finished reservation, and only the sweep ([`due`]) and the operations views read them.
-    /// Replies and images are unchanged; `due` then finds nothing.
+    /// Makes this an engine that only replays the log and is imaged (the snapshotter's copy):
+    /// it stops keeping the deadline and retirement indexes, which cost a tree insertion per
+    /// hold and per finished reservation and which only the sweep ([`due`]) and the operations
+    /// views read, and the lists of changed SKUs, which only the views read. Replies and
+    /// images are unchanged; `due` and the views must not be used on it.
     ///
     /// [`due`]: Engine::due
-    pub fn drop_time_indexes(&self) {
+    pub fn replay_only(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard.deadlines = shard::TimeIndex::off();
             shard.retired = shard::TimeIndex::off();
+            shard.skus.unwatch();
         }
     }
 

@@ -372,6 +372,8 @@ pub(super) struct Skus {
     /// (two for a SKU changed twice while a watcher's first pass went past it, which reads it
     /// again), so a list stays bounded by the number of SKUs when its watcher does not run.
     changed: [Vec<usize>; WATCHERS],
+    /// Nobody watches (the snapshotter's copy): nothing is listed.
+    unwatched: bool,
 }
 
 impl Deref for Skus {
@@ -385,7 +387,9 @@ impl Skus {
     /// A SKU to change.
     pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
         let (index, _, state) = self.map.get_full_mut(sku)?;
-        Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+        if !self.unwatched {
+            Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+        }
         Some(state)
     }
 
@@ -396,7 +400,9 @@ impl Skus {
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
         let state = &mut self.map[index];
-        Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+        if !self.unwatched {
+            Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+        }
         (state, created)
     }
 
@@ -407,10 +413,18 @@ impl Skus {
             indexmap::map::Entry::Vacant(vacant) => {
                 let index = vacant.index();
                 let state = vacant.insert(state);
-                Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+                if !self.unwatched {
+                    Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
+                }
                 true
             }
         }
+    }
+
+    /// Stops listing changes, and forgets those listed (for an engine nobody watches).
+    pub fn unwatch(&mut self) {
+        self.unwatched = true;
+        self.changed = Default::default();
     }
 
     /// Lists the SKU as changed for `watcher` (time alone changed its counters: holds

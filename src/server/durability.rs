@@ -46,8 +46,8 @@ pub fn build_snapshot(
     let options = RecoverOptions { up_to: Some(up_to), read_only: true };
     let result = match shadow.take() {
         None => recover(storage, &config.engine_config(), options).map(|r| {
-            // The copy is never swept nor viewed: replaying into it need not index deadlines.
-            r.engine.drop_time_indexes();
+            // The copy is never swept nor viewed: no deadline indexes, no lists of changes.
+            r.engine.replay_only();
             let unchanged = r.last_lsn == r.snapshot_lsn;
             let shadow = Shadow {
                 engine: r.engine,
