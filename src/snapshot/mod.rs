@@ -25,9 +25,10 @@
 //!
 //! Writing: a `.tmp` file is written (the body streamed from offset 64 as it is serialised,
 //! then the header with its length and checksum) and synced, renamed to its final name, and
-//! the directory is synced. Loading: the file is memory-mapped, both checksums and the archive are validated,
-//! and the state is checked for consistency as it is rebuilt. The two newest snapshots are
-//! kept; if the newest is damaged, recovery falls back to the older one and the longer log.
+//! the directory is synced. Loading: the file is memory-mapped, both checksums and the
+//! archive are validated, and the state is checked for consistency as it is rebuilt. The two
+//! newest snapshots are kept; if the newest is damaged, recovery falls back to the older one
+//! and the longer log.
 //!
 //! Versions: 2 added SKU limits (`SkuImage::limits`); 3 added locations, deliveries and
 //! preorder allowances, and the allocations of reservation lines (`Image::locations`,
