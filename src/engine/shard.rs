@@ -368,12 +368,33 @@ impl Watcher {
 #[derive(Debug, Default)]
 pub(super) struct Skus {
     map: IndexMap<Key, Sku, ahash::RandomState>,
-    /// Per watcher, the positions of the SKUs with its bit of `listed` set: one entry per SKU
-    /// (two for a SKU changed twice while a watcher's first pass went past it, which reads it
-    /// again), so a list stays bounded by the number of SKUs when its watcher does not run.
-    changed: [Vec<usize>; WATCHERS],
+    changed: ChangeLists,
+}
+
+/// Per watcher, the positions of the SKUs with its bit of `listed` set: one entry per SKU (two
+/// for a SKU changed twice while a watcher's first pass went past it, which reads it again), so
+/// a list stays bounded by the number of SKUs when its watcher does not run.
+#[derive(Debug, Default)]
+struct ChangeLists {
+    lists: [Vec<usize>; WATCHERS],
     /// Nobody watches (the snapshotter's copy): nothing is listed.
-    unwatched: bool,
+    off: bool,
+}
+
+impl ChangeLists {
+    /// Lists the SKU at `index` for the watchers in `bits` that have not listed it yet.
+    fn list(&mut self, index: usize, state: &mut Sku, bits: u8) {
+        let new = bits & !state.listed;
+        if self.off || new == 0 {
+            return;
+        }
+        state.listed |= new;
+        for (w, list) in self.lists.iter_mut().enumerate() {
+            if new & (1 << w) != 0 {
+                list.push(index);
+            }
+        }
+    }
 }
 
 impl Deref for Skus {
@@ -387,9 +408,7 @@ impl Skus {
     /// A SKU to change.
     pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
         let (index, _, state) = self.map.get_full_mut(sku)?;
-        if !self.unwatched {
-            Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
-        }
+        self.changed.list(index, state, LISTED_BY_ALL);
         Some(state)
     }
 
@@ -400,9 +419,7 @@ impl Skus {
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
         let state = &mut self.map[index];
-        if !self.unwatched {
-            Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
-        }
+        self.changed.list(index, state, LISTED_BY_ALL);
         (state, created)
     }
 
@@ -413,9 +430,7 @@ impl Skus {
             indexmap::map::Entry::Vacant(vacant) => {
                 let index = vacant.index();
                 let state = vacant.insert(state);
-                if !self.unwatched {
-                    Self::list(&mut self.changed, index, state, LISTED_BY_ALL);
-                }
+                self.changed.list(index, state, LISTED_BY_ALL);
                 true
             }
         }
@@ -423,34 +438,21 @@ impl Skus {
 
     /// Stops listing changes, and forgets those listed (for an engine nobody watches).
     pub fn unwatch(&mut self) {
-        self.unwatched = true;
-        self.changed = Default::default();
+        self.changed = ChangeLists { off: true, ..ChangeLists::default() };
     }
 
     /// Lists the SKU as changed for `watcher` (time alone changed its counters: holds
     /// lapsed).
     pub fn touch(&mut self, sku: &[u8], watcher: Watcher) {
         if let Some((index, _, state)) = self.map.get_full_mut(sku) {
-            Self::list(&mut self.changed, index, state, watcher.bit());
-        }
-    }
-
-    fn list(changed: &mut [Vec<usize>; WATCHERS], index: usize, state: &mut Sku, bits: u8) {
-        let new = bits & !state.listed;
-        if new != 0 {
-            state.listed |= new;
-            for (w, list) in changed.iter_mut().enumerate() {
-                if new & (1 << w) != 0 {
-                    list.push(index);
-                }
-            }
+            self.changed.list(index, state, watcher.bit());
         }
     }
 
     /// Takes `watcher`'s list of changed SKUs. Their bits stay set until the watcher has read
     /// each (`Sku::listed`), so a change in between is not listed twice.
     pub fn take_changed(&mut self, watcher: Watcher) -> Vec<usize> {
-        std::mem::take(&mut self.changed[watcher as usize])
+        std::mem::take(&mut self.changed.lists[watcher as usize])
     }
 
     /// The SKUs at positions `range`, for the watchers, which change only their own fields.

@@ -124,6 +124,27 @@ impl Summary {
     }
 }
 
+/// Runs `body(shard, range)` over the positions `0..len(shard)`, [`SCAN_CHUNK`] at a time,
+/// handing the lock to any operation waiting for it between two chunks (fairly: `bump` lets
+/// the waiter in before taking the lock back). `len` is read again after each chunk, so
+/// positions added meanwhile are covered too.
+fn in_chunks(
+    shard: &mut MutexGuard<'_, Shard>,
+    len: impl Fn(&Shard) -> usize,
+    mut body: impl FnMut(&mut Shard, std::ops::Range<usize>),
+) {
+    let mut at = 0;
+    loop {
+        let end = len(shard).min(at + SCAN_CHUNK);
+        body(shard, at..end);
+        at = end;
+        if at >= len(shard) {
+            return;
+        }
+        MutexGuard::bump(shard);
+    }
+}
+
 /// What the sampler keeps between calls (`Engine::sample_activity`).
 #[derive(Debug, Default)]
 pub(super) struct Sampling {
@@ -418,26 +439,24 @@ impl Engine {
             };
             if last_ms.is_none() {
                 // Every SKU; what was listed as changed is read anyway.
-                let mut at = 0;
-                loop {
-                    let end = shard.skus.len().min(at + SCAN_CHUNK);
-                    shard.skus.entries_mut(at..end).for_each(|(key, sku)| read(key, sku));
-                    at = end;
-                    if at == shard.skus.len() {
-                        break;
-                    }
-                    MutexGuard::bump(&mut shard);
-                }
+                in_chunks(
+                    &mut shard,
+                    |s| s.skus.len(),
+                    |s, range| {
+                        s.skus.entries_mut(range).for_each(|(key, sku)| read(key, sku));
+                    },
+                );
             } else {
-                for (i, chunk) in changed.chunks(SCAN_CHUNK).enumerate() {
-                    if i > 0 {
-                        MutexGuard::bump(&mut shard);
-                    }
-                    for &position in chunk {
-                        let (key, sku) = shard.skus.entry_mut(position);
-                        read(key, sku);
-                    }
-                }
+                in_chunks(
+                    &mut shard,
+                    |_| changed.len(),
+                    |s, range| {
+                        for &position in &changed[range] {
+                            let (key, sku) = s.skus.entry_mut(position);
+                            read(key, sku);
+                        }
+                    },
+                );
             }
         }
     }
@@ -472,16 +491,13 @@ impl Engine {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             shard_start(&shard);
-            let mut at = 0;
-            loop {
-                let end = shard.skus.len().min(at + SCAN_CHUNK);
-                shard.skus.as_slice()[at..end].iter().for_each(|(key, sku)| each(key, sku));
-                at = end;
-                if at == shard.skus.len() {
-                    break;
-                }
-                MutexGuard::bump(&mut shard);
-            }
+            in_chunks(
+                &mut shard,
+                |s| s.skus.len(),
+                |s, range| {
+                    s.skus.as_slice()[range].iter().for_each(|(key, sku)| each(key, sku));
+                },
+            );
         }
     }
 
