@@ -223,6 +223,85 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
+impl Image {
+    /// Adds one SKU's rows: the SKU, its locations, its supply.
+    pub(super) fn push_sku(&mut self, key: &Key, s: &Sku) {
+        self.skus.push(SkuImage {
+            sku: key.to_vec(),
+            on_hand: s.on_hand,
+            safety_stock: s.safety_stock,
+            limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
+        });
+        let locations = s.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
+        self.locations.extend(locations.iter().map(|l| LocationImage {
+            sku: key.to_vec(),
+            location: l.id.to_vec(),
+            priority: l.priority,
+            on_hand: l.stock.on_hand,
+        }));
+        if let Some(supply) = s.supply.as_deref() {
+            self.supplies.push(SupplyImage {
+                sku: key.to_vec(),
+                preorder_max: supply.preorder_max,
+                incoming: supply
+                    .incoming
+                    .iter()
+                    .map(|i| IncomingImage {
+                        location: i.location.as_deref().unwrap_or_default().to_vec(),
+                        reference: i.reference.to_vec(),
+                        qty: i.qty,
+                        eta_ms: i.eta_ms,
+                    })
+                    .collect(),
+            });
+        }
+    }
+
+    /// Adds one reservation's rows: the reservation and, after those of the reservations
+    /// added before it, its allocations (the order loading needs).
+    pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation) {
+        if matches!(r.state, ReservationState::Held | ReservationState::Confirmed) {
+            for (index, line) in r.lines.iter().enumerate() {
+                self.allocations.extend(line.at.iter().map(|(location, qty)| AllocationImage {
+                    id: id.to_vec(),
+                    line: index as u16,
+                    location: location.to_vec(),
+                    qty: *qty,
+                }));
+            }
+        }
+        self.reservations.push(ReservationImage {
+            id: id.to_vec(),
+            state: r.state as u8,
+            lines: r
+                .lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| LineImage {
+                    sku: line.sku.to_vec(),
+                    qty: line.qty,
+                    confirmed: r.confirmed.get(i).copied().unwrap_or(0),
+                })
+                .collect(),
+            ttl_ms: r.ttl_ms,
+            channel: r.channel.as_deref().unwrap_or_default().to_vec(),
+            customer: r.customer.as_deref().unwrap_or_default().to_vec(),
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            forget_at_ms: r.forget_at_ms,
+        });
+    }
+
+    /// Adds the rows of `other` after this image's (SKUs and reservations; not tickets).
+    pub(super) fn append(&mut self, other: Image) {
+        self.skus.extend(other.skus);
+        self.reservations.extend(other.reservations);
+        self.locations.extend(other.locations);
+        self.supplies.extend(other.supplies);
+        self.allocations.extend(other.allocations);
+    }
+}
+
 impl Engine {
     /// Copies the whole state, in canonical order (SKUs, reservations, locations and supplies
     /// sorted by id), so two engines in the same state give equal images: what tests and the
@@ -255,73 +334,12 @@ impl Engine {
         };
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            image.skus.extend(shard.skus.iter().map(|(sku, s)| SkuImage {
-                sku: sku.to_vec(),
-                on_hand: s.on_hand,
-                safety_stock: s.safety_stock,
-                limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
-            }));
-            for (sku, s) in shard.skus.iter() {
-                let locations = s.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
-                image.locations.extend(locations.iter().map(|l| LocationImage {
-                    sku: sku.to_vec(),
-                    location: l.id.to_vec(),
-                    priority: l.priority,
-                    on_hand: l.stock.on_hand,
-                }));
-                if let Some(supply) = s.supply.as_deref() {
-                    image.supplies.push(SupplyImage {
-                        sku: sku.to_vec(),
-                        preorder_max: supply.preorder_max,
-                        incoming: supply
-                            .incoming
-                            .iter()
-                            .map(|i| IncomingImage {
-                                location: i.location.as_deref().unwrap_or_default().to_vec(),
-                                reference: i.reference.to_vec(),
-                                qty: i.qty,
-                                eta_ms: i.eta_ms,
-                            })
-                            .collect(),
-                    });
-                }
+            for (key, sku) in shard.skus.iter() {
+                image.push_sku(key, sku);
             }
-            for (id, r) in shard.reservations.iter() {
-                let counted =
-                    matches!(r.state, ReservationState::Held | ReservationState::Confirmed);
-                for (index, line) in r.lines.iter().enumerate().filter(|_| counted) {
-                    image.allocations.extend(line.at.iter().map(|(location, qty)| {
-                        AllocationImage {
-                            id: id.to_vec(),
-                            line: index as u16,
-                            location: location.to_vec(),
-                            qty: *qty,
-                        }
-                    }));
-                }
+            for (id, reservation) in shard.reservations.iter() {
+                image.push_reservation(id, reservation);
             }
-            image.reservations.extend(shard.reservations.iter().map(|(id, r)| {
-                ReservationImage {
-                    id: id.to_vec(),
-                    state: r.state as u8,
-                    lines: r
-                        .lines
-                        .iter()
-                        .enumerate()
-                        .map(|(i, line)| LineImage {
-                            sku: line.sku.to_vec(),
-                            qty: line.qty,
-                            confirmed: r.confirmed.get(i).copied().unwrap_or(0),
-                        })
-                        .collect(),
-                    ttl_ms: r.ttl_ms,
-                    channel: r.channel.as_deref().unwrap_or_default().to_vec(),
-                    customer: r.customer.as_deref().unwrap_or_default().to_vec(),
-                    created_at_ms: r.created_at_ms,
-                    expires_at_ms: r.expires_at_ms,
-                    forget_at_ms: r.forget_at_ms,
-                }
-            }));
         }
         image.aftersales = self.aftersales_image();
         image
@@ -528,7 +546,7 @@ impl Engine {
         if finished {
             reservation.ticket = shard.retired.insert(r.forget_at_ms, id.clone());
         }
-        if shard.reservations.insert(id, Box::new(reservation)).is_some() {
+        if !shard.reservations.insert_new(id, Box::new(reservation)) {
             return Err(bad(format!("reservation {} twice", name())));
         }
         Ok(())

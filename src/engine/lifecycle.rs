@@ -127,13 +127,13 @@ impl Engine {
     /// longer return window for a shipped one).
     fn retire(&self, locked: &mut Locked<'_>, res_shard: usize, key: Key, now_ms: u64) {
         let shard = locked.shard(res_shard);
-        let shipped = shard.reservations[&key].state == ReservationState::Shipped;
+        let shipped = shard.reservations[&key[..]].state == ReservationState::Shipped;
         let retention_ms =
             if shipped { self.config.shipped_retention_ms } else { self.config.retention_ms };
         let forget_at_ms = now_ms.saturating_add(retention_ms);
         let shard = locked.shard(res_shard);
         let ticket = shard.retired.insert(forget_at_ms, key.clone());
-        let reservation = shard.reservations.get_mut(&key).expect("locked");
+        let reservation = shard.reservations.get_mut(&key[..]).expect("locked");
         (reservation.forget_at_ms, reservation.ticket) = (forget_at_ms, ticket);
     }
 

@@ -18,6 +18,7 @@
 //! the sweep has run.
 
 mod aftersales;
+mod capture;
 mod command;
 pub mod image;
 mod lifecycle;
@@ -28,6 +29,8 @@ mod shard;
 mod stock;
 mod view;
 
+use std::sync::atomic::AtomicBool;
+
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -36,6 +39,7 @@ use stockd_protocol::{OpReply, ReservationReply, ReserveAtReply, ResultCode, Sku
 use crate::aftersales::Aftersales;
 
 pub use aftersales::{Outcome as TicketOutcome, REPLACEMENT_CHANNEL};
+pub use capture::Capture;
 pub use command::{Command, Touches};
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use locations::Placement;
@@ -83,6 +87,8 @@ pub struct Engine {
     sampling: Mutex<view::Sampling>,
     /// The alert evaluator's low-stock SKUs between calls. Taken before any shard lock.
     low_stock: Mutex<view::LowStock>,
+    /// A capture of the state is running (`capture`).
+    capturing: AtomicBool,
 }
 
 impl Engine {
@@ -100,6 +106,7 @@ impl Engine {
             aftersales: Mutex::default(),
             sampling: Mutex::default(),
             low_stock: Mutex::default(),
+            capturing: AtomicBool::new(false),
         }
     }
 

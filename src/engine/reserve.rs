@@ -193,7 +193,7 @@ impl Engine {
         let id: Key = Key::from(&request.id[..]);
         let shard = locked.shard(res_shard);
         let ticket = shard.deadlines.insert(expires_at_ms, id.clone());
-        shard.reservations.insert(
+        let added = shard.reservations.insert_new(
             id,
             Box::new(Reservation {
                 state: ReservationState::Held,
@@ -208,6 +208,7 @@ impl Engine {
                 ticket,
             }),
         );
+        debug_assert!(added, "the id was checked to be new");
         if confirmed.is_some() {
             let state = ReservationState::Confirmed;
             self.end_hold(&mut locked, res_shard, &request.id, state, confirmed, now_ms);

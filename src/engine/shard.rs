@@ -1,7 +1,7 @@
 //! One shard's state (SKUs, reservations, and their time indexes) and the set of shard locks
 //! an operation holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use parking_lot::MutexGuard;
 use smallvec::SmallVec;
 use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, ResultCode, SkuInfo};
 
+use super::capture::Copying;
 use super::limits::{Counted, Limits};
 use super::locations::{Locations, Supply};
 use super::Command;
@@ -369,6 +370,9 @@ impl Watcher {
 pub(super) struct Skus {
     map: IndexMap<Key, Sku, ahash::RandomState>,
     changed: ChangeLists,
+    /// While a capture runs and has not finished this shard: the SKUs' state at the cut
+    /// (`super::capture`).
+    pub(super) copying: Option<Box<Copying>>,
 }
 
 /// Per watcher, the positions of the SKUs with its bit of `listed` set: one entry per SKU (two
@@ -407,7 +411,10 @@ impl Deref for Skus {
 impl Skus {
     /// A SKU to change.
     pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
-        let (index, _, state) = self.map.get_full_mut(sku)?;
+        let (index, key, state) = self.map.get_full_mut(sku)?;
+        if let Some(copying) = &mut self.copying {
+            copying.before_change(index, key, |rows| rows.push_sku(key, state));
+        }
         self.changed.list(index, state, LISTED_BY_ALL);
         Some(state)
     }
@@ -418,7 +425,10 @@ impl Skus {
             Some(index) => (index, false),
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
-        let state = &mut self.map[index];
+        let (key, state) = self.map.get_index_mut(index).expect("just found or added");
+        if let Some(copying) = &mut self.copying {
+            copying.before_change(index, key, |rows| rows.push_sku(key, state));
+        }
         self.changed.list(index, state, LISTED_BY_ALL);
         (state, created)
     }
@@ -476,13 +486,127 @@ impl Sku {
     }
 }
 
+/// The reservations of a shard.
+///
+/// Kept in a dense vector behind a hash index, like the SKUs, so that a capture of the state
+/// (`super::capture`) can read them a few hundred at a time, dropping the lock in between.
+/// That needs positions that stay put while a capture runs: a reservation forgotten then
+/// leaves an empty slot (taken again if the same id is reserved anew) instead of having the
+/// last one moved into its place, and the empty slots go when the capture has finished the
+/// shard. Boxed: a slot then holds an id and a pointer instead of a whole reservation.
+///
+/// Every change goes through [`Reservations::get_mut`], [`Reservations::insert_new`] or
+/// [`Reservations::remove`], which first save what a running capture still needs.
+#[derive(Debug, Default)]
+pub(super) struct Reservations {
+    map: IndexMap<Key, Option<Box<Reservation>>, ahash::RandomState>,
+    /// Empty slots in `map` (reservations forgotten while a capture ran).
+    empty: usize,
+    /// While a capture runs and has not finished this shard: the reservations' state at the
+    /// cut.
+    pub(super) copying: Option<Box<Copying>>,
+}
+
+impl Reservations {
+    pub fn get(&self, id: &[u8]) -> Option<&Reservation> {
+        self.map.get(id)?.as_deref()
+    }
+
+    pub fn get_key_value(&self, id: &[u8]) -> Option<(&Key, &Reservation)> {
+        let (key, slot) = self.map.get_key_value(id)?;
+        Some((key, slot.as_deref()?))
+    }
+
+    /// A reservation to change.
+    pub fn get_mut(&mut self, id: &[u8]) -> Option<&mut Reservation> {
+        let (index, key, slot) = self.map.get_full_mut(id)?;
+        let reservation = slot.as_deref_mut()?;
+        if let Some(copying) = &mut self.copying {
+            copying.before_change(index, key, |rows| rows.push_reservation(key, reservation));
+        }
+        Some(reservation)
+    }
+
+    /// Adds a reservation; false (and no change) if one with this id exists.
+    pub fn insert_new(&mut self, id: Key, reservation: Box<Reservation>) -> bool {
+        match self.map.entry(id) {
+            indexmap::map::Entry::Vacant(vacant) => {
+                vacant.insert(Some(reservation));
+            }
+            indexmap::map::Entry::Occupied(mut occupied) => {
+                if occupied.get().is_some() {
+                    return false;
+                }
+                // An empty slot: its reservation was forgotten while this capture ran, and
+                // what the capture needs of it was saved then.
+                *occupied.get_mut() = Some(reservation);
+                self.empty -= 1;
+            }
+        }
+        true
+    }
+
+    /// Removes a reservation (leaving its slot empty while a capture runs).
+    pub fn remove(&mut self, id: &[u8]) -> Option<Box<Reservation>> {
+        let Some(copying) = &mut self.copying else {
+            return self.map.swap_remove(id)?;
+        };
+        let (index, key, slot) = self.map.get_full_mut(id)?;
+        let reservation = slot.take()?;
+        copying.before_change(index, key, |rows| rows.push_reservation(key, &reservation));
+        self.empty += 1;
+        Some(reservation)
+    }
+
+    /// Number of reservations.
+    pub fn len(&self) -> usize {
+        self.map.len() - self.empty
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Reservation)> {
+        self.map.iter().filter_map(|(id, slot)| Some((id, slot.as_deref()?)))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Reservation> {
+        self.map.values().filter_map(|slot| slot.as_deref())
+    }
+
+    /// Number of slots (reservations and empty slots): positions are below it.
+    pub(super) fn slots(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The reservations at positions `range` (empty slots skipped).
+    pub(super) fn slots_in(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (&Key, &Reservation)> {
+        let slots = &self.map.as_slice()[range];
+        slots.iter().filter_map(|(id, slot)| Some((id, slot.as_deref()?)))
+    }
+
+    /// Drops the empty slots (no capture may be running on this shard).
+    pub(super) fn compact(&mut self) {
+        debug_assert!(self.copying.is_none());
+        if self.empty > 0 {
+            self.map.retain(|_, slot| slot.is_some());
+            self.empty = 0;
+        }
+    }
+}
+
+impl std::ops::Index<&[u8]> for Reservations {
+    type Output = Reservation;
+    fn index(&self, id: &[u8]) -> &Reservation {
+        self.get(id).expect("the reservation exists")
+    }
+}
+
 /// A shard: the SKUs and reservations whose ids hash to it.
 #[derive(Debug, Default)]
 pub(super) struct Shard {
     pub skus: Skus,
-    /// Boxed: under churn a hash table settles at 2-4 times as many buckets as entries, and
-    /// a bucket then holds an id and a pointer (24 bytes) instead of a whole reservation.
-    pub reservations: HashMap<Key, Box<Reservation>, ahash::RandomState>,
+    pub reservations: Reservations,
     /// Held reservations of this shard by deadline: what the sweep expires.
     pub deadlines: TimeIndex,
     /// Finished reservations of this shard by forget time.

@@ -259,7 +259,7 @@ impl Engine {
         let mut holds = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for (id, r) in &shard.reservations {
+            for (id, r) in shard.reservations.iter() {
                 if r.state != ReservationState::Held || r.lapsed(now_ms) {
                     continue;
                 }

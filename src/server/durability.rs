@@ -1,11 +1,13 @@
 //! The server's durability duties: opening the data directory with recovery, the background
 //! snapshotter, and the final snapshot on clean shutdown.
 //!
-//! Snapshots are built without touching the live engine: the snapshotter keeps a private copy
-//! of the state, built once by crash recovery (the same code) and then brought up to date by
-//! replaying only the durable log records written since, writes it, prunes old snapshots, and
-//! hands log segments that no kept snapshot needs to the WAL for reuse. Traffic never pauses
-//! for a snapshot; the price is a second copy of the state in memory.
+//! Snapshots are captured from the live engine without stopping traffic
+//! (`Engine::capture`, whose module doc says how): the cut is taken with every shard locked for
+//! a moment, at the log's last appended record, and the capture then images the state as it
+//! was at the cut a few hundred entries at a time while commands go on. The snapshot is
+//! written only once the log has made that record durable, so a snapshot never holds a change
+//! that a crash could take back out of the log. Old snapshots are then pruned and log segments
+//! that no kept snapshot needs are handed to the WAL for reuse.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,66 +16,51 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::Shared;
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Image};
 use crate::limits::SNAPSHOT_CHECK_MS;
 use crate::snapshot;
-use crate::wal::recovery::{replay, SegmentInfo};
+use crate::wal::recovery::{segment_infos, SegmentInfo};
 use crate::wal::segment::recycle_name;
-use crate::wal::{recover, Health, RecoverOptions, Storage, Wal};
+use crate::wal::{Health, Storage, Wal};
 
-/// The snapshotter's private copy of the state and the log position it reflects.
-pub struct Shadow {
-    engine: Engine,
-    last_lsn: u64,
-    max_now_ms: u64,
-    /// Where the record after `last_lsn` starts in the log (segment index, offset), so the
-    /// next replay reads on from there instead of rereading the segment from its start.
-    resume: Option<(u64, u64)>,
+/// Captures `engine`'s state, lets `durable` wait until the log has made the cut's record
+/// durable (it gets the LSN and answers whether it is), writes the snapshot, prunes old
+/// snapshots and recycles log segments no longer needed. Returns the snapshot's LSN; `None`
+/// when nothing was logged after `last_snapshot_lsn`.
+pub fn take_snapshot(
+    storage: &dyn Storage,
+    wal: &Wal,
+    engine: &Engine,
+    clock: &Clock,
+    last_snapshot_lsn: u64,
+    durable: impl FnOnce(u64) -> bool,
+) -> anyhow::Result<Option<u64>> {
+    let (capture, (lsn, now_ms)) = engine.capture(|| (wal.last_lsn(), clock.now_ms()));
+    if lsn <= last_snapshot_lsn {
+        return Ok(None);
+    }
+    let image = capture.finish();
+    if !durable(lsn) {
+        anyhow::bail!("the log did not make record {lsn} durable; no snapshot of it");
+    }
+    write_snapshot(storage, wal, lsn, now_ms, &image)?;
+    Ok(Some(lsn))
 }
 
-/// Brings `shadow` up to `up_to` (a durable LSN): recovered from disk the first time, then by
-/// replaying only the records after it. Writes a snapshot if that added anything, and recycles
-/// log segments no longer needed. Returns the snapshot's LSN. On error the shadow is dropped,
-/// to be rebuilt from disk next time.
-pub fn build_snapshot(
-    shadow: &mut Option<Shadow>,
+/// Writes `image` as the snapshot at `lsn` (which must be durable in the log), prunes old
+/// snapshots and recycles log segments no longer needed.
+pub fn write_snapshot(
     storage: &dyn Storage,
-    config: &Config,
     wal: &Wal,
-    up_to: u64,
-) -> anyhow::Result<u64> {
-    let options = RecoverOptions { up_to: Some(up_to), read_only: true };
-    let result = match shadow.take() {
-        None => recover(storage, &config.engine_config(), options).map(|r| {
-            // The copy is never swept nor viewed: no deadline indexes, no lists of changes.
-            r.engine.replay_only();
-            let unchanged = r.last_lsn == r.snapshot_lsn;
-            let shadow = Shadow {
-                engine: r.engine,
-                last_lsn: r.last_lsn,
-                max_now_ms: r.max_now_ms,
-                resume: r.tail_segment.map(|(index, _, offset)| (index, offset)),
-            };
-            (shadow, r.segments, unchanged)
-        }),
-        Some(mut s) => {
-            replay(storage, &s.engine, s.last_lsn, s.max_now_ms, s.resume, options).map(|r| {
-                let unchanged = r.records == 0;
-                (s.last_lsn, s.max_now_ms) = (r.last_lsn, r.max_now_ms);
-                s.resume = r.tail_segment.map(|(index, _, offset)| (index, offset));
-                (s, r.segments, unchanged)
-            })
-        }
-    };
-    let (built, segments, unchanged) = result?;
-    let lsn = built.last_lsn;
-    if !unchanged {
-        snapshot::write(storage, lsn, built.max_now_ms, &built.engine.snapshot_image())?;
-        finish_snapshot(storage, wal, &segments)?;
-    }
-    *shadow = Some(built);
-    Ok(lsn)
+    lsn: u64,
+    now_ms: u64,
+    image: &Image,
+) -> anyhow::Result<()> {
+    snapshot::write(storage, lsn, now_ms, image)?;
+    finish_snapshot(storage, wal, &segment_infos(storage)?)?;
+    Ok(())
 }
 
 /// Prunes old snapshots and recycles every segment whose records are all covered by the
@@ -136,25 +123,26 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
     let storage = &*shared.storage;
     let policy = SnapshotPolicy::of(&shared.config);
     let mut last_time = Instant::now();
-    // The state's size at the last snapshot (about: the live state's when it was written; at
-    // first, what recovery loaded).
+    // The state's size at the last snapshot (at first, what recovery loaded).
     let mut entities = shared.engine.entities();
-    let mut shadow = None;
     loop {
         match stop.recv_timeout(Duration::from_millis(SNAPSHOT_CHECK_MS)) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         let progress = shared.wal.progress();
-        let since = progress.durable_lsn.saturating_sub(*shared.snapshot_lsn.borrow());
+        let last_lsn = *shared.snapshot_lsn.borrow();
+        let since = progress.durable_lsn.saturating_sub(last_lsn);
         let due = policy.due(since, entities, last_time.elapsed());
         if !due || progress.health == Health::Failed {
             continue;
         }
         let started = Instant::now();
-        let up_to = progress.durable_lsn;
-        match build_snapshot(&mut shadow, storage, &shared.config, &shared.wal, up_to) {
-            Ok(lsn) => {
+        let durable = |lsn| wait_durable(&shared.wal, lsn, &stop);
+        match take_snapshot(storage, &shared.wal, &shared.engine, &shared.clock, last_lsn, durable)
+        {
+            Ok(None) => {}
+            Ok(Some(lsn)) => {
                 shared.snapshot_lsn.send_replace(lsn);
                 shared
                     .snapshot_at_ms
@@ -169,6 +157,25 @@ pub(super) fn snapshot_loop(shared: Arc<Shared>, stop: Receiver<()>) {
                 );
             }
             Err(e) => warn!(error = %format!("{e:#}"), "snapshot failed; will retry"),
+        }
+    }
+}
+
+/// Waits until the log has made record `lsn` durable: true then; false if the log failed or
+/// `stop` fired first. (The record was appended before the capture started, so it is usually
+/// durable long before the capture ends.)
+fn wait_durable(wal: &Wal, lsn: u64, stop: &Receiver<()>) -> bool {
+    loop {
+        let progress = wal.progress();
+        if progress.durable_lsn >= lsn {
+            return true;
+        }
+        if progress.health == Health::Failed {
+            return false;
+        }
+        match stop.recv_timeout(Duration::from_millis(1)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return false,
         }
     }
 }

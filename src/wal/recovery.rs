@@ -101,6 +101,22 @@ pub fn list_segments(storage: &dyn Storage) -> Result<Vec<(u64, String)>, Recove
     Ok(segments)
 }
 
+/// The segment files on disk with the first LSN each header names, by index.
+pub fn segment_infos(storage: &dyn Storage) -> Result<Vec<SegmentInfo>, RecoveryError> {
+    list_segments(storage)?
+        .into_iter()
+        .map(|(index, name)| {
+            let data = storage.read(&name).map_err(io_error(&name))?;
+            let invalid = |reason: String| RecoveryError::Invalid { file: name.clone(), reason };
+            let header = SegmentHeader::decode(&data).map_err(invalid)?;
+            if header.index != index {
+                return Err(invalid(format!("header says segment {}", header.index)));
+            }
+            Ok(SegmentInfo { index, first_lsn: header.first_lsn, name })
+        })
+        .collect()
+}
+
 /// Looks for proof that the damage at `offset` of segment `segments[at]` hit data that had been
 /// durable: a later segment (the writer syncs a segment before it starts the next), or a valid
 /// record after the damage that was written once the damaged record (`last_lsn + 1`) was

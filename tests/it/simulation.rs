@@ -30,9 +30,8 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use stockd::clock::Clock;
-use stockd::config::Config;
 use stockd::engine::{Command, Engine, EngineConfig};
-use stockd::server::durability::{build_snapshot, close_with_snapshot, Shadow};
+use stockd::server::durability::{close_with_snapshot, write_snapshot};
 use stockd::wal::segment::is_spare;
 use stockd::wal::{
     recover, FsyncMode, Health, MemStorage, Progress, RecoverOptions, Wal, WalConfig,
@@ -72,11 +71,11 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// One incarnation of the server process.
 struct Node {
-    engine: Engine,
+    /// Shared with a capture that runs while rounds go on (`Sim::snapshot`).
+    engine: Arc<Engine>,
     wal: Wal,
     clock: Clock,
     progress: watch::Receiver<Progress>,
-    shadow: Option<Shadow>,
     snapshot_lsn: u64,
 }
 
@@ -95,7 +94,6 @@ struct Sim {
     seed: u64,
     rng: StdRng,
     storage: MemStorage,
-    config: Config,
     runtime: tokio::runtime::Runtime,
     /// The simulated wall clock; a restarted node may find it behind the log.
     wall_ms: u64,
@@ -113,20 +111,12 @@ struct Sim {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut config = Config::default();
-        let engine = engine_config();
-        config.engine.shards = engine.shards;
-        config.engine.ttl_ms_default = engine.ttl_ms_default;
-        config.engine.hold_ms_max = engine.hold_ms_max;
-        config.engine.retention_ms = engine.retention_ms;
-        config.engine.shipped_retention_ms = engine.shipped_retention_ms;
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
         Sim {
             seed,
             rng: StdRng::seed_from_u64(seed),
             storage: MemStorage::new(),
-            config,
             runtime,
             wall_ms: 1_000_000,
             node: None,
@@ -290,15 +280,37 @@ impl Sim {
         self.group(due);
     }
 
+    /// Captures the live state while a few rounds, sweeps and clock jumps go on between the
+    /// capture's steps (a few entries each), then writes the snapshot if the log made the cut
+    /// durable, as the server's snapshotter does.
     fn snapshot(&mut self) {
         self.stuck = false; // it may hand segments back for reuse
-        let mut node = self.node.take().expect("a node is running");
-        let durable = node.wal.progress().durable_lsn;
-        let built =
-            build_snapshot(&mut node.shadow, &self.storage, &self.config, &node.wal, durable);
-        self.node = Some(node);
-        match built {
-            Ok(lsn) => {
+        let engine = self.node().engine.clone();
+        let (mut capture, (lsn, now_ms)) = {
+            let node = self.node();
+            engine.capture(|| (node.wal.last_lsn(), node.clock.now_ms()))
+        };
+        self.note(format!("capture at {lsn}"));
+        while !capture.step_by(self.rng.random_range(1..=3)) {
+            match self.rng.random_range(0..6) {
+                0 => self.round(),
+                1 => self.sweep(),
+                2 => self.advance(),
+                _ => {}
+            }
+        }
+        let image = capture.finish();
+        let node = self.node();
+        if lsn <= node.snapshot_lsn {
+            self.note("snapshot: nothing new".into());
+            return;
+        }
+        if node.wal.progress().durable_lsn < lsn {
+            self.note(format!("snapshot at {lsn} not written: not durable"));
+            return;
+        }
+        match write_snapshot(&self.storage, &node.wal, lsn, now_ms, &image) {
+            Ok(()) => {
                 self.node.as_mut().expect("node").snapshot_lsn = lsn;
                 self.note(format!("snapshot at {lsn}"));
             }
@@ -455,11 +467,10 @@ impl Sim {
         clock.not_before(recovered.max_now_ms);
         let progress = wal.subscribe();
         self.node = Some(Node {
-            engine: recovered.engine,
+            engine: Arc::new(recovered.engine),
             wal,
             clock,
             progress,
-            shadow: None,
             snapshot_lsn: recovered.snapshot_lsn,
         });
         self.settle();
