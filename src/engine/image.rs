@@ -292,6 +292,17 @@ impl Image {
         });
     }
 
+    /// The same state in canonical order (by id): equal states give equal images.
+    pub fn sorted(mut self) -> Image {
+        self.skus.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        self.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
+        self.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        // Stable: allocations of one line keep their order.
+        self.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
+        self
+    }
+
     /// Adds the rows of `other` after this image's (SKUs and reservations; not tickets).
     pub(super) fn append(&mut self, other: Image) {
         self.skus.extend(other.skus);
@@ -308,14 +319,7 @@ impl Engine {
     /// simulator compare. Shards are read one after another, so the image is consistent only
     /// when no command runs concurrently (recovery, snapshot rebuild, shutdown, tests).
     pub fn image(&self) -> Image {
-        let mut image = self.snapshot_image();
-        image.skus.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
-        image.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        image.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
-        image.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
-        // Stable: allocations of one line keep their order.
-        image.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
-        image
+        self.snapshot_image().sorted()
     }
 
     /// Copies the whole state in the engine's own order: what snapshots store. Loading does

@@ -261,22 +261,6 @@ impl Engine {
         due
     }
 
-    /// Makes this an engine that only replays the log and is imaged (the snapshotter's copy):
-    /// it stops keeping the deadline and retirement indexes, which cost a tree insertion per
-    /// hold and per finished reservation and which only the sweep ([`due`]) and the operations
-    /// views read, and the lists of changed SKUs, which only the views read. Replies and
-    /// images are unchanged; `due` and the views must not be used on it.
-    ///
-    /// [`due`]: Engine::due
-    pub fn replay_only(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            shard.deadlines = shard::TimeIndex::off();
-            shard.retired = shard::TimeIndex::off();
-            shard.skus.unwatch();
-        }
-    }
-
     /// Number of SKUs and of reservations (all states) currently stored.
     pub fn counts(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(skus, reservations), shard| {

@@ -381,15 +381,13 @@ pub(super) struct Skus {
 #[derive(Debug, Default)]
 struct ChangeLists {
     lists: [Vec<usize>; WATCHERS],
-    /// Nobody watches (the snapshotter's copy): nothing is listed.
-    off: bool,
 }
 
 impl ChangeLists {
     /// Lists the SKU at `index` for the watchers in `bits` that have not listed it yet.
     fn list(&mut self, index: usize, state: &mut Sku, bits: u8) {
         let new = bits & !state.listed;
-        if self.off || new == 0 {
+        if new == 0 {
             return;
         }
         state.listed |= new;
@@ -444,11 +442,6 @@ impl Skus {
                 true
             }
         }
-    }
-
-    /// Stops listing changes, and forgets those listed (for an engine nobody watches).
-    pub fn unwatch(&mut self) {
-        self.changed = ChangeLists { off: true, ..ChangeLists::default() };
     }
 
     /// Lists the SKU as changed for `watcher` (time alone changed its counters: holds
@@ -632,28 +625,15 @@ impl Shard {
 /// (Ids live behind pointers; with hundreds of holds sharing each millisecond of a flash sale,
 /// comparing them was most of the cost of the index.) Entries with the same time keep their
 /// insertion order.
-///
-/// An index can be turned off (`TimeIndex::off`) in an engine that never sweeps and is never
-/// viewed: the snapshotter's copy of the state, which only replays the log and images it.
-/// It then keeps nothing and hands out ticket 0.
 #[derive(Debug, Default)]
 pub(super) struct TimeIndex {
     entries: BTreeMap<(u64, u64), Key>,
     next_ticket: u64,
-    off: bool,
 }
 
 impl TimeIndex {
-    /// An index that keeps nothing.
-    pub fn off() -> TimeIndex {
-        TimeIndex { off: true, ..TimeIndex::default() }
-    }
-
     /// Adds `id` at time `at`; returns the ticket to remove it with.
     pub fn insert(&mut self, at: u64, id: Key) -> u64 {
-        if self.off {
-            return 0;
-        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.entries.insert((at, ticket), id);
@@ -662,9 +642,6 @@ impl TimeIndex {
 
     /// Removes the entry added at `at` with `ticket`.
     pub fn remove(&mut self, at: u64, ticket: u64) {
-        if self.off {
-            return;
-        }
         let removed = self.entries.remove(&(at, ticket));
         debug_assert!(removed.is_some(), "the entry was indexed at ({at}, {ticket})");
     }

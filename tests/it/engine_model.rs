@@ -1032,6 +1032,9 @@ enum Step {
     Sweep,
     /// The dashboard's sampler reads the engine.
     Sample,
+    /// Starts a capture of the state for a snapshot, or moves the running one on by this many
+    /// entries.
+    Capture(usize),
 }
 
 fn lines(lines: &[(usize, u32)]) -> Vec<Line> {
@@ -1066,6 +1069,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop::sample::select(vec![0u64, 1, 49, 50, 99, 100, 250, 301]).prop_map(Step::Advance),
         1 => Just(Step::Sweep),
         1 => Just(Step::Sample),
+        3 => (1..4usize).prop_map(Step::Capture),
     ]
 }
 
@@ -1145,7 +1149,7 @@ fn command(step: &Step) -> Option<Command> {
         Step::Release(id) => Command::Release { id: bytes(IDS[*id]) },
         Step::Extend(id, ttl) => Command::Extend { id: bytes(IDS[*id]), ttl_ms: TTLS[*ttl] },
         Step::Ship(id) => Command::Ship { id: bytes(IDS[*id]) },
-        Step::Advance(_) | Step::Sweep | Step::Sample => return None,
+        Step::Advance(_) | Step::Sweep | Step::Sample | Step::Capture(_) => return None,
     })
 }
 
@@ -1233,11 +1237,9 @@ fn seed() -> Vec<Step> {
 
 fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let engine = Engine::new(CONFIG);
-    // What the snapshotter keeps: a copy that replays only the commands that changed the state
-    // (what the log records), without deadline indexes or change lists. It must answer and end
-    // up the same.
+    // What recovery does: a copy that replays only the commands that changed the state (what
+    // the log records). It must answer and end up the same.
     let shadow = Engine::new(CONFIG);
-    shadow.replay_only();
     let replay = |command: &Command, now: u64, reply: &OpReply| {
         let mut changed = false;
         let replayed = shadow.apply(command, now, || changed = true);
@@ -1250,9 +1252,22 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     let seed = if seeded { seed() } else { vec![] };
     // Each SKU's counters and units ever held, as the sampler last reported them.
     let mut sampled: BTreeMap<&str, (Option<SkuInfo>, u64)> = BTreeMap::new();
+    // A capture of the state (what snapshots store) running while the steps go on, and the
+    // state it must end up with: the engine's at its start.
+    let mut capture = None;
     for step in seed.iter().chain(steps) {
         match step {
             Step::Advance(dt) => now += dt,
+            Step::Capture(entries) => match capture.take() {
+                None => capture = Some((engine.capture(|| ()).0, engine.image())),
+                Some((mut running, at_cut)) => {
+                    if running.step_by(*entries) {
+                        prop_assert_eq!(running.finish().sorted(), at_cut, "capture");
+                    } else {
+                        capture = Some((running, at_cut));
+                    }
+                }
+            },
             Step::Sample => {
                 // The sampler reads only what changed since its last call, yet its totals are
                 // those of a full scan, it reports every SKU that took holds, and each SKU it
@@ -1405,6 +1420,9 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
         check_agreement(&engine, &model, now)?;
     }
     prop_assert_eq!(shadow.image(), engine.image(), "the replayed copy differs");
+    if let Some((running, at_cut)) = capture {
+        prop_assert_eq!(running.finish().sorted(), at_cut, "capture");
+    }
     Ok(())
 }
 
