@@ -35,11 +35,13 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
+use parking_lot::MutexGuard;
+
 use super::shard::Key;
 use super::{Engine, Image};
 
 /// Entries imaged per step (per lock hold).
-const STEP_ENTRIES: usize = 512;
+const STEP_ENTRIES: usize = 1024;
 
 /// What a shard's SKUs or reservations keep for a running capture (see the module doc).
 #[derive(Debug)]
@@ -85,12 +87,20 @@ impl Engine {
         assert!(!running, "one capture at a time");
         let aftersales = self.aftersales.lock();
         let mut shards: Vec<_> = self.shards.iter().map(|shard| shard.lock()).collect();
+        // Sized up front: growing vectors of millions of rows copies them over and over.
+        let skus = shards.iter().map(|shard| shard.skus.len()).sum();
+        let reservations = shards.iter().map(|shard| shard.reservations.len()).sum();
         for shard in shards.iter_mut() {
             shard.skus.copying = Some(Copying::new(shard.skus.len()));
             shard.reservations.copying = Some(Copying::new(shard.reservations.slots()));
         }
         let value = at_cut();
-        let image = Image { aftersales: aftersales.image(), ..Image::default() };
+        let image = Image {
+            skus: Vec::with_capacity(skus),
+            reservations: Vec::with_capacity(reservations),
+            aftersales: aftersales.image(),
+            ..Image::default()
+        };
         drop(shards);
         drop(aftersales);
         (Capture { engine: self, shard: 0, image }, value)
@@ -109,8 +119,8 @@ impl Capture<'_> {
     pub fn step_by(&mut self, entries: usize) -> bool {
         let entries = entries.max(1);
         let Some(shard) = self.engine.shards.get(self.shard) else { return true };
-        let mut shard = shard.lock();
-        let shard = &mut *shard;
+        let mut guard = shard.lock();
+        let shard = &mut *guard;
         let image = &mut self.image;
         let (from, to) = advance(&mut shard.skus.copying, entries);
         let saved = &shard.skus.copying.as_deref().expect("copying this shard").saved_keys;
@@ -121,6 +131,15 @@ impl Capture<'_> {
         }
         let (from, to) = advance(&mut shard.reservations.copying, entries - (to - from));
         let saved = &shard.reservations.copying.as_deref().expect("copying this shard").saved_keys;
+        // Reading a reservation follows pointers (to it, its id, its lines, their SKU ids)
+        // into memory that is rarely in cache. Touching each level for the whole step first
+        // lets those loads overlap instead of waiting for them one at a time.
+        for (key, reservation) in shard.reservations.slots_in(from..to) {
+            std::hint::black_box((key.first(), reservation.state));
+        }
+        for (_, reservation) in shard.reservations.slots_in(from..to) {
+            std::hint::black_box(reservation.lines.first().map(|line| line.sku.first()));
+        }
         for (key, reservation) in shard.reservations.slots_in(from..to) {
             if saved.is_empty() || !saved.contains(key) {
                 image.push_reservation(key, reservation);
@@ -137,6 +156,8 @@ impl Capture<'_> {
             shard.reservations.compact();
             self.shard += 1;
         }
+        // Fairly: an operation waiting for this shard goes before the next step takes it again.
+        MutexGuard::unlock_fair(guard);
         self.shard == self.engine.shards.len()
     }
 
