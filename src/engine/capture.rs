@@ -37,36 +37,54 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::MutexGuard;
 
-use super::shard::Key;
+use super::shard::{Key, SavedReservations};
 use super::{Engine, Image};
 
 /// Entries imaged per step (per lock hold).
 const STEP_ENTRIES: usize = 1024;
 
-/// What a shard's SKUs or reservations keep for a running capture (see the module doc).
+/// What a shard's SKUs or reservations keep for a running capture (see the module doc):
+/// how far it got, and the entries saved as they were at the cut (`T`: image rows for SKUs,
+/// shared references for reservations).
 #[derive(Debug)]
-pub(super) struct Copying {
+pub(super) struct Copying<T> {
     /// Entries at positions below this were imaged already.
     next: usize,
     /// Entries at or past this position were added after the cut.
     end: usize,
-    /// Entries changed ahead of the capture: their images at the cut are in `saved`.
+    /// Entries changed ahead of the capture: they are in `saved` as they were at the cut.
     saved_keys: HashSet<Key, ahash::RandomState>,
-    saved: Image,
+    saved: T,
 }
 
-impl Copying {
-    fn new(end: usize) -> Box<Copying> {
-        Box::new(Copying { next: 0, end, saved_keys: HashSet::default(), saved: Image::default() })
+impl<T: Default> Copying<T> {
+    fn new(end: usize) -> Box<Copying<T>> {
+        Box::new(Copying { next: 0, end, saved_keys: HashSet::default(), saved: T::default() })
     }
 
-    /// The entry at `index` (with `key`) is about to change or go: saves its current image
-    /// (`image` pushes it) if the capture still needs it as it is.
-    pub fn before_change(&mut self, index: usize, key: &Key, image: impl FnOnce(&mut Image)) {
+    /// The entry at `index` (with `key`) is about to change or go: saves it as it is (`save`
+    /// adds it to the saved entries) if the capture still needs it as it is.
+    pub fn before_change(&mut self, index: usize, key: &Key, save: impl FnOnce(&mut T)) {
         if (self.next..self.end).contains(&index) && !self.saved_keys.contains(key) {
             self.saved_keys.insert(key.clone());
-            image(&mut self.saved);
+            save(&mut self.saved);
         }
+    }
+
+    /// Moves the position on by up to `entries`; the positions to image.
+    fn advance(&mut self, entries: usize) -> (usize, usize) {
+        let from = self.next;
+        self.next = self.end.min(from + entries);
+        (from, self.next)
+    }
+
+    fn done(&self) -> bool {
+        self.next == self.end
+    }
+
+    /// Whether the entry with `key` is to be read where it is (not saved).
+    fn unsaved(&self, key: &Key) -> bool {
+        self.saved_keys.is_empty() || !self.saved_keys.contains(key)
     }
 }
 
@@ -114,50 +132,48 @@ impl Capture<'_> {
         self.step_by(STEP_ENTRIES)
     }
 
-    /// Images up to `entries` more entries (at least one) under one shard lock. True when the
-    /// capture is complete.
+    /// Images up to `entries` more entries (at least one) of the current shard: SKUs under
+    /// its lock, reservations after letting go of it (the lock is held only to take a
+    /// reference to each). True when the capture is complete.
     pub fn step_by(&mut self, entries: usize) -> bool {
         let entries = entries.max(1);
         let Some(shard) = self.engine.shards.get(self.shard) else { return true };
         let mut guard = shard.lock();
         let shard = &mut *guard;
-        let image = &mut self.image;
-        let (from, to) = advance(&mut shard.skus.copying, entries);
-        let saved = &shard.skus.copying.as_deref().expect("copying this shard").saved_keys;
+        let (from, to) = copying(&mut shard.skus.copying).advance(entries);
+        let skus = shard.skus.copying.as_deref().expect("copying this shard");
         for (key, sku) in shard.skus.as_slice()[from..to].iter() {
-            if saved.is_empty() || !saved.contains(key) {
-                image.push_sku(key, sku);
+            if skus.unsaved(key) {
+                self.image.push_sku(key, sku);
             }
         }
-        let (from, to) = advance(&mut shard.reservations.copying, entries - (to - from));
-        let saved = &shard.reservations.copying.as_deref().expect("copying this shard").saved_keys;
-        // Reading a reservation follows pointers (to it, its id, its lines, their SKU ids)
-        // into memory that is rarely in cache. Touching each level for the whole step first
-        // lets those loads overlap instead of waiting for them one at a time.
-        for (key, reservation) in shard.reservations.slots_in(from..to) {
+        let taken = to - from;
+        let (from, to) = copying(&mut shard.reservations.copying).advance(entries - taken);
+        let reservations = shard.reservations.copying.as_deref().expect("copying this shard");
+        let slots = shard.reservations.slots_in(from..to);
+        // Each reservation is behind a pointer into memory rarely in cache: reading them all
+        // first lets those loads overlap instead of waiting for each in turn.
+        for (key, reservation) in slots.clone() {
             std::hint::black_box((key.first(), reservation.state));
         }
-        for (_, reservation) in shard.reservations.slots_in(from..to) {
-            std::hint::black_box(reservation.lines.first().map(|line| line.sku.first()));
-        }
-        for (key, reservation) in shard.reservations.slots_in(from..to) {
-            if saved.is_empty() || !saved.contains(key) {
-                image.push_reservation(key, reservation);
-            }
-        }
-        let done =
-            |copying: &Option<Box<Copying>>| copying.as_deref().is_some_and(|c| c.next == c.end);
-        if done(&shard.skus.copying) && done(&shard.reservations.copying) {
+        let mut held: SavedReservations = slots
+            .filter(|(key, _)| reservations.unsaved(key))
+            .map(|(key, reservation)| (key.clone(), reservation.clone()))
+            .collect();
+        let finished = skus.done() && reservations.done();
+        if finished {
             let skus = shard.skus.copying.take().expect("copying this shard");
             let reservations = shard.reservations.copying.take().expect("copying this shard");
-            image.append(skus.saved);
-            image.append(reservations.saved);
-
+            self.image.append(skus.saved);
+            held.extend(reservations.saved);
             shard.reservations.compact();
             self.shard += 1;
         }
         // Fairly: an operation waiting for this shard goes before the next step takes it again.
         MutexGuard::unlock_fair(guard);
+        for (key, reservation) in held {
+            self.image.push_reservation(&key, &reservation);
+        }
         self.shard == self.engine.shards.len()
     }
 
@@ -168,12 +184,9 @@ impl Capture<'_> {
     }
 }
 
-/// Moves `copying`'s position on by up to `entries`; the positions to image.
-fn advance(copying: &mut Option<Box<Copying>>, entries: usize) -> (usize, usize) {
-    let copying = copying.as_deref_mut().expect("copying this shard");
-    let from = copying.next;
-    copying.next = copying.end.min(from + entries);
-    (from, copying.next)
+/// The running capture's part of a shard.
+fn copying<T>(copying: &mut Option<Box<Copying<T>>>) -> &mut Copying<T> {
+    copying.as_deref_mut().expect("copying this shard")
 }
 
 impl Drop for Capture<'_> {

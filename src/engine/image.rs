@@ -550,7 +550,7 @@ impl Engine {
         if finished {
             reservation.ticket = shard.retired.insert(r.forget_at_ms, id.clone());
         }
-        if !shard.reservations.insert_new(id, Box::new(reservation)) {
+        if !shard.reservations.insert_new(id, reservation) {
             return Err(bad(format!("reservation {} twice", name())));
         }
         Ok(())

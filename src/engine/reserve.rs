@@ -195,7 +195,7 @@ impl Engine {
         let ticket = shard.deadlines.insert(expires_at_ms, id.clone());
         let added = shard.reservations.insert_new(
             id,
-            Box::new(Reservation {
+            Reservation {
                 state: ReservationState::Held,
                 lines: held,
                 confirmed: Box::default(),
@@ -206,7 +206,7 @@ impl Engine {
                 expires_at_ms,
                 forget_at_ms: 0,
                 ticket,
-            }),
+            },
         );
         debug_assert!(added, "the id was checked to be new");
         if confirmed.is_some() {

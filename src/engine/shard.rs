@@ -15,6 +15,7 @@ use super::capture::Copying;
 use super::limits::{Counted, Limits};
 use super::locations::{Locations, Supply};
 use super::Command;
+use super::Image;
 
 /// Interned id bytes, shared between the maps, the time indexes and reservation lines.
 pub(super) type Key = Arc<[u8]>;
@@ -283,7 +284,7 @@ impl HeldLine {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Reservation {
     pub state: ReservationState,
     pub lines: Arc<[HeldLine]>,
@@ -372,7 +373,7 @@ pub(super) struct Skus {
     changed: ChangeLists,
     /// While a capture runs and has not finished this shard: the SKUs' state at the cut
     /// (`super::capture`).
-    pub(super) copying: Option<Box<Copying>>,
+    pub(super) copying: Option<Box<Copying<Image>>>,
 }
 
 /// Per watcher, the positions of the SKUs with its bit of `listed` set: one entry per SKU (two
@@ -486,19 +487,26 @@ impl Sku {
 /// That needs positions that stay put while a capture runs: a reservation forgotten then
 /// leaves an empty slot (taken again if the same id is reserved anew) instead of having the
 /// last one moved into its place, and the empty slots go when the capture has finished the
-/// shard. Boxed: a slot then holds an id and a pointer instead of a whole reservation.
+/// shard.
+///
+/// Each reservation is shared (`Arc`) and changed copy-on-write: a capture takes a reference
+/// to each under the lock and images them after letting go, and a change to one it still
+/// holds copies it first. Unshared, a change costs one check of the count.
 ///
 /// Every change goes through [`Reservations::get_mut`], [`Reservations::insert_new`] or
 /// [`Reservations::remove`], which first save what a running capture still needs.
 #[derive(Debug, Default)]
 pub(super) struct Reservations {
-    map: IndexMap<Key, Option<Box<Reservation>>, ahash::RandomState>,
+    map: IndexMap<Key, Option<Arc<Reservation>>, ahash::RandomState>,
     /// Empty slots in `map` (reservations forgotten while a capture ran).
     empty: usize,
-    /// While a capture runs and has not finished this shard: the reservations' state at the
-    /// cut.
-    pub(super) copying: Option<Box<Copying>>,
+    /// While a capture runs and has not finished this shard: the reservations as they were at
+    /// the cut, of those changed since ahead of the capture.
+    pub(super) copying: Option<Box<Copying<SavedReservations>>>,
 }
+
+/// Reservations as they were at a capture's cut (shared with the live ones until they change).
+pub(super) type SavedReservations = Vec<(Key, Arc<Reservation>)>;
 
 impl Reservations {
     pub fn get(&self, id: &[u8]) -> Option<&Reservation> {
@@ -513,18 +521,19 @@ impl Reservations {
     /// A reservation to change.
     pub fn get_mut(&mut self, id: &[u8]) -> Option<&mut Reservation> {
         let (index, key, slot) = self.map.get_full_mut(id)?;
-        let reservation = slot.as_deref_mut()?;
+        let reservation = slot.as_mut()?;
         if let Some(copying) = &mut self.copying {
-            copying.before_change(index, key, |rows| rows.push_reservation(key, reservation));
+            copying
+                .before_change(index, key, |saved| saved.push((key.clone(), reservation.clone())));
         }
-        Some(reservation)
+        Some(Arc::make_mut(reservation))
     }
 
     /// Adds a reservation; false (and no change) if one with this id exists.
-    pub fn insert_new(&mut self, id: Key, reservation: Box<Reservation>) -> bool {
+    pub fn insert_new(&mut self, id: Key, reservation: Reservation) -> bool {
         match self.map.entry(id) {
             indexmap::map::Entry::Vacant(vacant) => {
-                vacant.insert(Some(reservation));
+                vacant.insert(Some(Arc::new(reservation)));
             }
             indexmap::map::Entry::Occupied(mut occupied) => {
                 if occupied.get().is_some() {
@@ -532,7 +541,7 @@ impl Reservations {
                 }
                 // An empty slot: its reservation was forgotten while this capture ran, and
                 // what the capture needs of it was saved then.
-                *occupied.get_mut() = Some(reservation);
+                *occupied.get_mut() = Some(Arc::new(reservation));
                 self.empty -= 1;
             }
         }
@@ -540,13 +549,13 @@ impl Reservations {
     }
 
     /// Removes a reservation (leaving its slot empty while a capture runs).
-    pub fn remove(&mut self, id: &[u8]) -> Option<Box<Reservation>> {
+    pub fn remove(&mut self, id: &[u8]) -> Option<Arc<Reservation>> {
         let Some(copying) = &mut self.copying else {
             return self.map.swap_remove(id)?;
         };
         let (index, key, slot) = self.map.get_full_mut(id)?;
         let reservation = slot.take()?;
-        copying.before_change(index, key, |rows| rows.push_reservation(key, &reservation));
+        copying.before_change(index, key, |saved| saved.push((key.clone(), reservation.clone())));
         self.empty += 1;
         Some(reservation)
     }
@@ -569,13 +578,13 @@ impl Reservations {
         self.map.len()
     }
 
-    /// The reservations at positions `range` (empty slots skipped).
+    /// The reservations at positions `range` (empty slots skipped), shared.
     pub(super) fn slots_in(
         &self,
         range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = (&Key, &Reservation)> {
+    ) -> impl Iterator<Item = (&Key, &Arc<Reservation>)> + Clone {
         let slots = &self.map.as_slice()[range];
-        slots.iter().filter_map(|(id, slot)| Some((id, slot.as_deref()?)))
+        slots.iter().filter_map(|(id, slot)| Some((id, slot.as_ref()?)))
     }
 
     /// Drops the empty slots (no capture may be running on this shard).
