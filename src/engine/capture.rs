@@ -35,8 +35,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use parking_lot::MutexGuard;
-
+use super::image::SharedIds;
 use super::shard::{Key, SavedReservations};
 use super::{Engine, Image};
 
@@ -94,6 +93,7 @@ pub struct Capture<'e> {
     /// The shard being copied (all done when past the last).
     shard: usize,
     image: Image,
+    shared: SharedIds,
 }
 
 impl Engine {
@@ -121,7 +121,7 @@ impl Engine {
         };
         drop(shards);
         drop(aftersales);
-        (Capture { engine: self, shard: 0, image }, value)
+        (Capture { engine: self, shard: 0, image, shared: SharedIds::default() }, value)
     }
 }
 
@@ -170,9 +170,9 @@ impl Capture<'_> {
             self.shard += 1;
         }
         // Fairly: an operation waiting for this shard goes before the next step takes it again.
-        MutexGuard::unlock_fair(guard);
+        drop(guard);
         for (key, reservation) in held {
-            self.image.push_reservation(&key, &reservation);
+            self.image.push_reservation(&key, &reservation, &mut self.shared);
         }
         self.shard == self.engine.shards.len()
     }

@@ -223,6 +223,30 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
+/// Copies of the ids that reservations share, the last one of each kind (a line's SKU, a
+/// channel, a customer): imaging reservations one after the other reads the same hot SKU's id
+/// again and again. Its bytes sit beside its reference count, which the other cores keep
+/// writing while they take new reservations of it, so each read would miss the cache. Each id
+/// is kept alive here, so the same address is the same id.
+#[derive(Default)]
+pub(super) struct SharedIds {
+    last: [Option<(Key, Vec<u8>)>; 3],
+}
+
+impl SharedIds {
+    /// The bytes of `key`, remembered as the last id of kind `slot`.
+    fn bytes(&mut self, key: &Key, slot: usize) -> Vec<u8> {
+        match &self.last[slot] {
+            Some((last, bytes)) if Arc::ptr_eq(last, key) => bytes.clone(),
+            _ => {
+                let bytes = key.to_vec();
+                self.last[slot] = Some((key.clone(), bytes.clone()));
+                bytes
+            }
+        }
+    }
+}
+
 impl Image {
     /// Adds one SKU's rows: the SKU, its locations, its supply.
     pub(super) fn push_sku(&mut self, key: &Key, s: &Sku) {
@@ -258,8 +282,9 @@ impl Image {
     }
 
     /// Adds one reservation's rows: the reservation and, after those of the reservations
-    /// added before it, its allocations (the order loading needs).
-    pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation) {
+    /// added before it, its allocations (the order loading needs). `shared` copies the ids
+    /// that reservations share (SKUs, channels, customers).
+    pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation, shared: &mut SharedIds) {
         if matches!(r.state, ReservationState::Held | ReservationState::Confirmed) {
             for (index, line) in r.lines.iter().enumerate() {
                 self.allocations.extend(line.at.iter().map(|(location, qty)| AllocationImage {
@@ -270,6 +295,9 @@ impl Image {
                 }));
             }
         }
+        let mut tag =
+            |tag: &Option<Key>, slot| tag.as_ref().map_or(Vec::new(), |t| shared.bytes(t, slot));
+        let (channel, customer) = (tag(&r.channel, 1), tag(&r.customer, 2));
         self.reservations.push(ReservationImage {
             id: id.to_vec(),
             state: r.state as u8,
@@ -278,14 +306,14 @@ impl Image {
                 .iter()
                 .enumerate()
                 .map(|(i, line)| LineImage {
-                    sku: line.sku.to_vec(),
+                    sku: shared.bytes(&line.sku, 0),
                     qty: line.qty,
                     confirmed: r.confirmed.get(i).copied().unwrap_or(0),
                 })
                 .collect(),
             ttl_ms: r.ttl_ms,
-            channel: r.channel.as_deref().unwrap_or_default().to_vec(),
-            customer: r.customer.as_deref().unwrap_or_default().to_vec(),
+            channel,
+            customer,
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             forget_at_ms: r.forget_at_ms,
@@ -336,13 +364,14 @@ impl Engine {
             reservations: Vec::with_capacity(reservations),
             ..Image::default()
         };
+        let mut shared = SharedIds::default();
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for (key, sku) in shard.skus.iter() {
                 image.push_sku(key, sku);
             }
             for (id, reservation) in shard.reservations.iter() {
-                image.push_reservation(id, reservation);
+                image.push_reservation(id, reservation, &mut shared);
             }
         }
         image.aftersales = self.aftersales_image();
