@@ -370,3 +370,105 @@ fn a_split_line_uses_at_most_four_locations_and_locations_follow_the_hold_deadli
     let now = engine.query_locations(b"tee", T0);
     assert_eq!(now.locations.iter().map(|l| l.available).sum::<u64>(), 1);
 }
+
+/// A capture dropped before it finishes stops saving entries and drops the empty slots of
+/// reservations forgotten meanwhile; the next capture starts clean.
+#[test]
+fn a_capture_dropped_halfway_leaves_the_engine_as_it_was() {
+    let e = engine();
+    stock(&e, "a", 100);
+    for i in 0..40 {
+        apply(&e, reserve(&format!("r{i}"), &[("a", 1)]), T0);
+        apply(&e, Command::Release { id: id(&format!("r{i}")) }, T0);
+    }
+    let (mut capture, ()) = e.capture(|| ());
+    assert!(!capture.step_by(1));
+    // Forgotten while the capture runs: their slots stay, empty, until it ends.
+    let late = T0 + 20_000;
+    for command in e.due(late, 1_000) {
+        assert!(apply(&e, command, late).1);
+    }
+    assert_eq!(e.counts(), (1, 0));
+    drop(capture);
+    assert_eq!(e.counts(), (1, 0));
+    for shard in e.shards.iter() {
+        let shard = shard.lock();
+        assert!(shard.skus.copying.is_none() && shard.reservations.copying.is_none());
+        assert_eq!(shard.reservations.slots(), 0, "empty slots dropped");
+    }
+    apply(&e, reserve("again", &[("a", 3)]), late);
+    let (capture, ()) = e.capture(|| ());
+    assert_eq!(capture.finish().sorted(), e.image());
+}
+
+/// Captures taken while threads keep changing the state image exactly the state at their
+/// cut: the commands numbered up to the number read at the cut, replayed in order, give
+/// the same image. (The server reads the log's last LSN there.) The threads go on until three
+/// captures have seen commands change the state while they ran.
+#[test]
+fn a_capture_beside_running_commands_images_the_state_at_its_cut() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    const CAPTURES: u64 = 3;
+    let setup = |e: &Engine| ["a", "b", "c"].iter().for_each(|sku| stock(e, sku, 1 << 40));
+    let e = engine();
+    setup(&e);
+    let seq = AtomicU64::new(0);
+    let log = Mutex::new(Vec::new());
+    let captured = AtomicU64::new(0);
+    let running = AtomicU64::new(3);
+    std::thread::scope(|scope| {
+        for thread in 0..3u64 {
+            let (e, seq, log, captured, running) = (&e, &seq, &log, &captured, &running);
+            scope.spawn(move || {
+                let mut i = 0u64;
+                let mut random = thread + 1; // xorshift: each thread its own sequence
+                while (captured.load(Ordering::SeqCst) < CAPTURES || i < 5_000) && i < 10_000_000 {
+                    random ^= random << 13;
+                    random ^= random >> 7;
+                    random ^= random << 17;
+                    let r = format!("t{thread}-{}", random % 60);
+                    let command = match (random >> 8) % 10 {
+                        0..4 => reserve(&r, &[("a", 1), (["b", "c"][(random % 2) as usize], 2)]),
+                        4 | 5 => Command::Confirm(Confirm { id: id(&r), lines: vec![] }),
+                        6 | 7 => Command::Release { id: id(&r) },
+                        8 => Command::Ship { id: id(&r) },
+                        _ => Command::Forget { id: id(&r) },
+                    };
+                    let now = T0 + i * 10;
+                    e.apply(&command, now, || {
+                        let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
+                        log.lock().unwrap().push((n, now, command.clone()));
+                    });
+                    i += 1;
+                }
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        let mut captures = 0;
+        while running.load(Ordering::SeqCst) > 0 {
+            captures += 1;
+            assert!(captures < 100_000, "the threads never ran beside a capture");
+            let (mut capture, cut) = e.capture(|| seq.load(Ordering::SeqCst));
+            while !capture.step_by(1) {
+                std::thread::yield_now();
+            }
+            let image = capture.finish().sorted();
+            let overlapped = seq.load(Ordering::SeqCst) > cut;
+            let mut applied: Vec<_> = log.lock().unwrap().clone();
+            applied.retain(|(n, _, _)| *n <= cut);
+            applied.sort_by_key(|(n, _, _)| *n);
+            let replayed = engine();
+            setup(&replayed);
+            for (n, now, command) in applied {
+                assert!(apply(&replayed, command, now).1, "command {n} replays");
+            }
+            assert_eq!(image, replayed.image(), "capture at {cut}");
+            if overlapped {
+                captured.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    assert!(captured.load(Ordering::SeqCst) >= CAPTURES);
+}
