@@ -8,38 +8,42 @@
 //!    (the global lock order), so no command is half applied; it copies the return tickets
 //!    (small), notes in each shard how many SKUs and reservation slots it has, runs the
 //!    caller's `at_cut` (the server reads the log's last LSN there: every command applied so
-//!    far has logged its record, and none after it has), and lets go. This stops traffic for
-//!    about a microsecond per shard.
-//! 2. **Copying.** [`Capture::step`] images the next few hundred SKUs or reservation slots of
-//!    the current shard under its lock, and lets go between steps. An entry at a position the
-//!    capture has not reached yet may change before it gets there: the first change (through
-//!    the one accessor every change goes through: `Skus::get_mut` / `get_or_insert`,
-//!    `Reservations::get_mut` / `remove`) first saves the entry's image as it still is, that
-//!    is as it was at the cut, in the shard's [`Copying`]. The capture skips saved entries
-//!    when it reaches them and takes the saved images instead when it finishes the shard.
-//!    Entries added after the cut sit at or past the noted end and are never read. Positions
-//!    stay put while a shard is being copied: SKUs are never removed, and a reservation
-//!    forgotten meanwhile leaves an empty slot (`Reservations`).
-//! 3. **Finishing a shard** appends its saved images, stops the saving and drops the empty
+//!    far has logged its record, and none after it has), and lets go. Traffic stops only for
+//!    the locking and a small allocation per shard.
+//! 2. **Copying.** [`Capture::step`] goes on with the current shard, about a thousand entries
+//!    per lock hold: it images SKUs under the lock, and takes a reference to each reservation
+//!    (they are shared, `Arc`, and changed copy-on-write) to image them after letting go. An
+//!    entry at a position the capture has not reached yet may change before it gets there:
+//!    the first change (through the one accessor every change goes through: `Skus::get_mut` /
+//!    `get_or_insert`, `Reservations::get_mut` / `remove`) first saves the entry as it still
+//!    is, that is as it was at the cut, in the shard's [`Copying`]: a SKU as image rows, a
+//!    reservation as a reference (the change then copies it). The capture skips saved
+//!    entries when it reaches them and takes the saved ones instead when it finishes the
+//!    shard. Entries added after the cut sit at or past the noted end and are never read.
+//!    Positions stay put while a shard is being copied: SKUs are never removed, and a
+//!    reservation forgotten meanwhile leaves an empty slot (`Reservations`).
+//! 3. **Finishing a shard** adds its saved entries, stops the saving and drops the empty
 //!    slots. Changes to a finished shard cost nothing more.
 //!
 //! The result is the state at the cut: every entry that existed then is imaged exactly once,
 //! either as read (unchanged since the cut) or as saved (before its first change), and no
 //! entry added later is. Commands that span shards changed all of them under one set of
-//! locks, on one side of the cut. What traffic pays meanwhile is one saved image per entry
-//! first changed ahead of the capture; entries behind it or in finished shards cost nothing.
+//! locks, on one side of the cut. What traffic pays meanwhile is one saved entry per entry
+//! first changed ahead of the capture (and, for a reservation the capture holds a reference
+//! to, a copy when it changes); entries behind it or in finished shards cost nothing.
 //!
 //! One capture runs at a time (the snapshotter's); dropping a [`Capture`] before it finishes
 //! ends the saving in every shard it had not finished.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::image::SharedIds;
 use super::shard::{Key, SavedReservations};
 use super::{Engine, Image};
 
-/// Entries imaged per step (per lock hold).
+/// Entries per step (per lock hold).
 const STEP_ENTRIES: usize = 1024;
 
 /// What a shard's SKUs or reservations keep for a running capture (see the module doc):
@@ -126,8 +130,8 @@ impl Engine {
 }
 
 impl Capture<'_> {
-    /// Images up to a few hundred more entries under one shard lock. True when the capture is
-    /// complete.
+    /// Images up to about a thousand more entries (see [`Capture::step_by`]). True when the
+    /// capture is complete.
     pub fn step(&mut self) -> bool {
         self.step_by(STEP_ENTRIES)
     }
@@ -152,9 +156,10 @@ impl Capture<'_> {
         let reservations = shard.reservations.copying.as_deref().expect("copying this shard");
         let slots = shard.reservations.slots_in(from..to);
         // Each reservation is behind a pointer into memory rarely in cache: reading them all
-        // first lets those loads overlap instead of waiting for each in turn.
+        // first (its count, which the reference taken below changes, and its state) lets those
+        // loads overlap instead of waiting for each in turn.
         for (key, reservation) in slots.clone() {
-            std::hint::black_box((key.first(), reservation.state));
+            std::hint::black_box((key.first(), Arc::strong_count(reservation), reservation.state));
         }
         let mut held: SavedReservations = slots
             .filter(|(key, _)| reservations.unsaved(key))
@@ -169,8 +174,11 @@ impl Capture<'_> {
             shard.reservations.compact();
             self.shard += 1;
         }
-        // Fairly: an operation waiting for this shard goes before the next step takes it again.
+        // Operations on this shard go on while the reservations taken are imaged.
         drop(guard);
+        for (_, reservation) in &held {
+            std::hint::black_box(reservation.lines.first().map(|line| line.qty));
+        }
         for (key, reservation) in held {
             self.image.push_reservation(&key, &reservation, &mut self.shared);
         }
