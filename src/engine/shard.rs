@@ -14,8 +14,7 @@ use stockd_protocol::{ReservationInfo, ReservationLine, ReservationState, Result
 use super::capture::Copying;
 use super::limits::{Counted, Limits};
 use super::locations::{Locations, Supply};
-use super::Command;
-use super::Image;
+use super::{Command, Image};
 
 /// Interned id bytes, shared between the maps, the time indexes and reservation lines.
 pub(super) type Key = Arc<[u8]>;
@@ -365,7 +364,8 @@ impl Watcher {
 /// Reads go through `Deref` to the map. Every change goes through [`Skus::get_mut`],
 /// [`Skus::get_or_insert`] or [`Skus::insert_new`], which list the SKU for every watcher
 /// (once per watcher, until it takes its list): what lets the watchers read only the SKUs
-/// that changed instead of all of them. The one mutable access that skips the lists is
+/// that changed instead of all of them. They also first save a SKU a running capture still
+/// needs as it is (`super::capture`). The one mutable access that skips the lists is
 /// [`Skus::entries_mut`] / [`Skus::entry_mut`], for the watchers' own fields.
 #[derive(Debug, Default)]
 pub(super) struct Skus {
@@ -483,7 +483,7 @@ impl Sku {
 /// The reservations of a shard.
 ///
 /// Kept in a dense vector behind a hash index, like the SKUs, so that a capture of the state
-/// (`super::capture`) can read them a few hundred at a time, dropping the lock in between.
+/// (`super::capture`) can read them about a thousand at a time, dropping the lock in between.
 /// That needs positions that stay put while a capture runs: a reservation forgotten then
 /// leaves an empty slot (taken again if the same id is reserved anew) instead of having the
 /// last one moved into its place, and the empty slots go when the capture has finished the

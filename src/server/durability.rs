@@ -4,7 +4,7 @@
 //! Snapshots are captured from the live engine without stopping traffic
 //! (`Engine::capture`, whose module doc says how): the cut is taken with every shard locked for
 //! a moment, at the log's last appended record, and the capture then images the state as it
-//! was at the cut a few hundred entries at a time while commands go on. The snapshot is
+//! was at the cut about a thousand entries at a time while commands go on. The snapshot is
 //! written only once the log has made that record durable, so a snapshot never holds a change
 //! that a crash could take back out of the log. Old snapshots are then pruned and log segments
 //! that no kept snapshot needs are handed to the WAL for reuse.
