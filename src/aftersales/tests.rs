@@ -469,6 +469,10 @@ fn a_replayed_log_gives_the_same_tickets_and_stock() {
     apply(open(TicketKind::Exchange, "o1", &[("a", 2)]), 1);
     apply(open(TicketKind::Return, "o1", &[("a", 5)]), 1); // refused
     apply(step("RMA-00000001", Step::Approved), 2);
+    // A snapshot's capture started here images the tickets (and stock) as they are now,
+    // whatever the later steps change.
+    let at_cut = live.image();
+    let (capture, ()) = live.capture(|| ());
     apply(step("RMA-00000001", Step::AwaitingReturn { tracking: "T".into() }), 3);
     apply(AftersalesCommand::Scan { code: "T".into(), actor: "d".into(), note: String::new() }, 4);
     apply(step("RMA-00000001", inspect(&[("a", 1, 1)])), 5);
@@ -476,6 +480,7 @@ fn a_replayed_log_gives_the_same_tickets_and_stock() {
         step("RMA-00000001", Step::Exchanged { lines: vec![Line { sku: "b".into(), qty: 1 }] }),
         6,
     );
+    assert_eq!(capture.finish().sorted(), at_cut);
     assert_eq!(log.len(), 6);
     for (command, now_ms) in &log {
         let mut changed = false;

@@ -5,11 +5,12 @@
 //! changing it:
 //!
 //! 1. **The cut.** [`Engine::capture`] takes the return tickets' lock and every shard's lock
-//!    (the global lock order), so no command is half applied; it copies the return tickets
-//!    (small), notes in each shard how many SKUs and reservation slots it has, runs the
-//!    caller's `at_cut` (the server reads the log's last LSN there: every command applied so
-//!    far has logged its record, and none after it has), and lets go. Traffic stops only for
-//!    the locking and a small allocation per shard.
+//!    (the global lock order), so no command is half applied; it notes in each shard how many
+//!    SKUs and reservation slots it has, runs the caller's `at_cut` (the server reads the log's
+//!    last LSN there: every command applied so far has logged its record, and none after it
+//!    has), and lets go of the shards. Traffic stops only for the locking and a small
+//!    allocation per shard. The return tickets, which change only under their own lock, are
+//!    copied before that lock is let go too.
 //! 2. **Copying.** [`Capture::step`] goes on with the current shard, about a thousand entries
 //!    per lock hold: it images SKUs under the lock, and takes a reference to each reservation
 //!    (they are shared, `Arc`, and changed copy-on-write) to image them after letting go. An
@@ -117,13 +118,14 @@ impl Engine {
             shard.reservations.copying = Some(Copying::new(shard.reservations.slots()));
         }
         let value = at_cut();
+        drop(shards);
+        // Tickets change only under their own lock, still held: copied as they were at the cut.
         let image = Image {
             skus: Vec::with_capacity(skus),
             reservations: Vec::with_capacity(reservations),
             aftersales: aftersales.image(),
             ..Image::default()
         };
-        drop(shards);
         drop(aftersales);
         (Capture { engine: self, shard: 0, image, shared: SharedIds::default() }, value)
     }
