@@ -223,24 +223,24 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
-/// Copies of the ids that reservations share, the last one of each kind (a line's SKU, a
-/// channel, a customer): imaging reservations one after the other reads the same hot SKU's id
-/// again and again. Its bytes sit beside its reference count, which the other cores keep
-/// writing while they take new reservations of it, so each read would miss the cache. Each id
-/// is kept alive here, so the same address is the same id.
+/// A copy of the last SKU id a reservation line named: imaging reservations one after the
+/// other reads the same hot SKU's id again and again (lines share the SKU's own `Key`). Its
+/// bytes sit beside its reference count, which the other cores keep writing while they take
+/// new reservations of it, so each read would miss the cache. The id is kept alive here, so
+/// the same address is the same id.
 #[derive(Default)]
 pub(super) struct SharedIds {
-    last: [Option<(Key, Vec<u8>)>; 3],
+    last: Option<(Key, Vec<u8>)>,
 }
 
 impl SharedIds {
-    /// The bytes of `key`, remembered as the last id of kind `slot`.
-    fn bytes(&mut self, key: &Key, slot: usize) -> Vec<u8> {
-        match &self.last[slot] {
+    /// The bytes of the SKU id `key`.
+    fn bytes(&mut self, key: &Key) -> Vec<u8> {
+        match &self.last {
             Some((last, bytes)) if Arc::ptr_eq(last, key) => bytes.clone(),
             _ => {
                 let bytes = key.to_vec();
-                self.last[slot] = Some((key.clone(), bytes.clone()));
+                self.last = Some((key.clone(), bytes.clone()));
                 bytes
             }
         }
@@ -282,8 +282,8 @@ impl Image {
     }
 
     /// Adds one reservation's rows: the reservation and, after those of the reservations
-    /// added before it, its allocations (the order loading needs). `shared` copies the ids
-    /// that reservations share (SKUs, channels, customers).
+    /// added before it, its allocations (the order loading needs). `shared` copies the SKU
+    /// ids that lines share.
     pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation, shared: &mut SharedIds) {
         if matches!(r.state, ReservationState::Held | ReservationState::Confirmed) {
             for (index, line) in r.lines.iter().enumerate() {
@@ -295,9 +295,6 @@ impl Image {
                 }));
             }
         }
-        let mut tag =
-            |tag: &Option<Key>, slot| tag.as_ref().map_or(Vec::new(), |t| shared.bytes(t, slot));
-        let (channel, customer) = (tag(&r.channel, 1), tag(&r.customer, 2));
         self.reservations.push(ReservationImage {
             id: id.to_vec(),
             state: r.state as u8,
@@ -306,14 +303,14 @@ impl Image {
                 .iter()
                 .enumerate()
                 .map(|(i, line)| LineImage {
-                    sku: shared.bytes(&line.sku, 0),
+                    sku: shared.bytes(&line.sku),
                     qty: line.qty,
                     confirmed: r.confirmed.get(i).copied().unwrap_or(0),
                 })
                 .collect(),
             ttl_ms: r.ttl_ms,
-            channel,
-            customer,
+            channel: r.channel.as_deref().unwrap_or_default().to_vec(),
+            customer: r.customer.as_deref().unwrap_or_default().to_vec(),
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             forget_at_ms: r.forget_at_ms,
