@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::record::{scan, Record, Scan, RECORD_ALIGN};
 use super::segment::{parse_segment_name, SegmentHeader, SEGMENT_HEADER_BYTES};
-use super::storage::{Storage, StorageFile};
+use super::storage::{Contents, Storage, StorageFile};
 use super::writer::{OpenSegment, Tail};
 use crate::engine::{Engine, EngineConfig};
 use crate::snapshot;
@@ -106,15 +106,25 @@ pub fn segment_infos(storage: &dyn Storage) -> Result<Vec<SegmentInfo>, Recovery
     list_segments(storage)?
         .into_iter()
         .map(|(index, name)| {
-            let data = storage.read(&name).map_err(io_error(&name))?;
-            let invalid = |reason: String| RecoveryError::Invalid { file: name.clone(), reason };
-            let header = SegmentHeader::decode(&data).map_err(invalid)?;
-            if header.index != index {
-                return Err(invalid(format!("header says segment {}", header.index)));
-            }
+            let (_, header) = read_segment(storage, index, &name)?;
             Ok(SegmentInfo { index, first_lsn: header.first_lsn, name })
         })
         .collect()
+}
+
+/// Reads segment file `name`, which must be segment number `index`, and its header.
+fn read_segment(
+    storage: &dyn Storage,
+    index: u64,
+    name: &str,
+) -> Result<(Contents, SegmentHeader), RecoveryError> {
+    let data = storage.read(name).map_err(io_error(name))?;
+    let invalid = |reason: String| RecoveryError::Invalid { file: name.to_string(), reason };
+    let header = SegmentHeader::decode(&data).map_err(invalid)?;
+    if header.index != index {
+        return Err(invalid(format!("header says segment {}", header.index)));
+    }
+    Ok((data, header))
 }
 
 /// Looks for proof that the damage at `offset` of segment `segments[at]` hit data that had been
@@ -174,7 +184,7 @@ pub fn recover(
         Some(s) => (s.engine, s.lsn, s.now_ms),
         None => (Engine::new(config.clone()), 0, 0),
     };
-    let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, None, options)?;
+    let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, options)?;
     info!(
         snapshot_lsn,
         records = replayed.records,
@@ -206,16 +216,12 @@ pub struct Replayed {
 
 /// Applies to `engine` every log record after `from_lsn` (the last record `engine` already
 /// contains; `from_now_ms` is the latest time it has seen). Segments whose records are all at
-/// or before `from_lsn` are not scanned. `resume`, when an earlier replay of this log stopped
-/// right after `from_lsn`, is where it stopped (its `tail_segment`: segment index and offset):
-/// that segment is read from there instead of from its first record. A wrong position is an
-/// error: what is there must be the record after `from_lsn`, or the end of the segment.
+/// or before `from_lsn` are not scanned.
 pub fn replay(
     storage: &dyn Storage,
     engine: &Engine,
     from_lsn: u64,
     from_now_ms: u64,
-    resume: Option<(u64, u64)>,
     options: RecoverOptions,
 ) -> Result<Replayed, RecoveryError> {
     let segments = list_segments(storage)?;
@@ -228,12 +234,8 @@ pub fn replay(
     let stop_after = options.up_to.unwrap_or(u64::MAX);
 
     'segments: for (at, (index, name)) in segments.iter().enumerate() {
-        let data = storage.read(name).map_err(io_error(name))?;
+        let (data, header) = read_segment(storage, *index, name)?;
         let invalid = |reason: String| RecoveryError::Invalid { file: name.clone(), reason };
-        let header = SegmentHeader::decode(&data).map_err(invalid)?;
-        if header.index != *index {
-            return Err(invalid(format!("header says segment {}", header.index)));
-        }
         if header.first_lsn > last_lsn + 1 {
             return Err(invalid(format!(
                 "starts at record {} but the state so far ends at record {last_lsn} \
@@ -253,28 +255,11 @@ pub fn replay(
         if next.transpose()?.is_some_and(|first| first <= from_lsn + 1) {
             continue;
         }
-        let resumed = resume.filter(|(segment, _)| segment == index);
-        let mut offset = resumed.map_or(SEGMENT_HEADER_BYTES, |(_, offset)| offset as usize);
-        let mut check_resumed = resumed.is_some() && stop_after > from_lsn;
+        let mut offset = SEGMENT_HEADER_BYTES;
         loop {
             let scanned = scan(&data, offset).map_err(|e| {
                 invalid(format!("offset {offset}: {e} (written by a newer stockd, or corrupt)"))
             })?;
-            if std::mem::take(&mut check_resumed) {
-                let expected = from_lsn + 1;
-                let fits = match &scanned {
-                    Scan::Record { record, .. } => record.lsn == expected,
-                    Scan::End => {
-                        data.get(offset..).is_some_and(|rest| rest.iter().all(|b| *b == 0))
-                    }
-                    Scan::Invalid(_) => false,
-                };
-                if !fits {
-                    return Err(invalid(format!(
-                        "offset {offset}: the replay was to resume at record {expected} here"
-                    )));
-                }
-            }
             match scanned {
                 Scan::Record { record, next, .. } => {
                     let Record { lsn, now_ms, command } = record;
