@@ -110,10 +110,12 @@ impl Engine {
         assert!(!running, "one capture at a time");
         let aftersales = self.aftersales.lock();
         let mut shards: Vec<_> = self.shards.iter().map(|shard| shard.lock()).collect();
-        // Sized up front: growing vectors of millions of rows copies them over and over.
-        let skus = shards.iter().map(|shard| shard.skus.len()).sum();
-        let reservations = shards.iter().map(|shard| shard.reservations.len()).sum();
+        // Counted to size the image up front: growing vectors of millions of rows copies them
+        // over and over.
+        let (mut skus, mut reservations) = (0, 0);
         for shard in shards.iter_mut() {
+            skus += shard.skus.len();
+            reservations += shard.reservations.len();
             shard.skus.copying = Some(Copying::new(shard.skus.len()));
             shard.reservations.copying = Some(Copying::new(shard.reservations.slots()));
         }
