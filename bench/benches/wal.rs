@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use stockd::wal::{FsyncMode, Wal};
+use stockd::wal::FsyncMode;
 use stockd_bench::{open_wal, reserve};
 
 fn group_commit(c: &mut Criterion) {
@@ -17,7 +17,6 @@ fn group_commit(c: &mut Criterion) {
     for batch in [1u64, 16, 256, 4096] {
         let dir = tempfile::tempdir().expect("temp dir");
         let wal = open_wal(dir.path(), FsyncMode::Always, 64 * 1024 * 1024);
-        let mut progress = wal.subscribe();
         let commands: Vec<_> =
             (0..batch).map(|i| reserve(&format!("order-{i:08}"), "sku-000042", 1)).collect();
         let mut latency = Histogram::<u64>::new(3).expect("histogram");
@@ -31,7 +30,7 @@ fn group_commit(c: &mut Criterion) {
                     for command in &commands {
                         lsn = wal.append(1, command).expect("append");
                     }
-                    runtime.block_on(Wal::wait_durable(&mut progress, lsn)).expect("durable");
+                    runtime.block_on(wal.durable(lsn)).expect("durable");
                     let elapsed = started.elapsed();
                     latency.record(elapsed.as_micros() as u64).expect("record");
                     total += elapsed;

@@ -31,7 +31,7 @@ use crate::audit::{AuditEntry, AuditError, AuditFilter, NewEntry};
 use crate::auth::approvals;
 use crate::engine::{Command, SkuFilter};
 use crate::server::Shared;
-use crate::wal::{Health, Wal, WalError};
+use crate::wal::{Health, WalError};
 
 /// Most rows one listing returns.
 pub const PAGE_MAX: usize = 1000;
@@ -736,7 +736,7 @@ pub(super) async fn make_durable_and_audit(
     entries: Vec<NewEntry>,
 ) -> Result<Vec<Arc<AuditEntry>>, ApiError> {
     let lsn = entries.iter().map(|e| e.lsn).max().unwrap_or(0);
-    if Wal::wait_durable(&mut shared.wal.subscribe(), lsn).await.is_err() {
+    if shared.wal.durable(lsn).await.is_err() {
         return Err(ApiError::read_only(shared.wal.health()));
     }
     let shared = shared.clone();

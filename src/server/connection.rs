@@ -51,7 +51,7 @@ use crate::auth::{approvals, direct_limiter, DirectLimiter, Permission, Principa
 use crate::engine::Command;
 use crate::http::api::{apply_logged, Logged};
 use crate::limits::{BATCH_OPS_MAX, CONNECTION_REPLIES_PER_ROUND_MAX, LINES_PER_RESERVATION_MAX};
-use crate::wal::{Health, Progress, Wal};
+use crate::wal::Health;
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -68,7 +68,6 @@ struct Connection {
     handshaken: bool,
     /// Replies of this round, held until the log is durable enough to send them.
     replies: Vec<(u64, Reply)>,
-    progress: watch::Receiver<Progress>,
     /// Who the handshake authenticated (`dev` with authentication off).
     principal: Principal,
     /// The key store's revocation count when the key was last checked.
@@ -88,7 +87,6 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut decoder = FrameDecoder::new(shared.config.server.frame_body_bytes_max);
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut out = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let progress = shared.wal.subscribe();
     let server = &shared.config.server;
     let frame_timeout = Duration::from_millis(server.frame_timeout_ms);
     let write_timeout = Duration::from_millis(server.write_timeout_ms);
@@ -100,7 +98,6 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         handshaken: false,
         replies: Vec::new(),
-        progress,
         principal: Principal::dev(),
         keys_generation: 0,
         limiter,
@@ -214,10 +211,7 @@ impl Connection {
     /// false).
     async fn await_durability(&mut self) -> bool {
         let lsn = self.shared.wal.last_lsn();
-        if self.progress.borrow().durable_lsn >= lsn {
-            return true;
-        }
-        if Wal::wait_durable(&mut self.progress, lsn).await.is_ok() {
+        if self.shared.wal.durable(lsn).await.is_ok() {
             return true;
         }
         for (_, reply) in &mut self.replies {

@@ -50,7 +50,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::journal::JournalError;
 use crate::server::Shared;
-use crate::wal::{Storage, Wal};
+use crate::wal::Storage;
 pub use channel::Channel;
 pub use store::{OrderRecord, Pull, Store};
 
@@ -224,7 +224,7 @@ async fn run_op(shared: &Shared, op: Op) -> Result<OpReply, ApplyError> {
         return Err(ApplyError::ReadOnly);
     }
     let lsn = shared.wal.last_lsn();
-    Wal::wait_durable(&mut shared.wal.subscribe(), lsn).await.map_err(|_| ApplyError::ReadOnly)?;
+    shared.wal.durable(lsn).await.map_err(|_| ApplyError::ReadOnly)?;
     Ok(reply)
 }
 

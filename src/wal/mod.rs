@@ -16,8 +16,9 @@ pub mod recovery;
 pub mod segment;
 pub mod storage;
 pub mod tail;
+mod waiters;
 pub mod writer;
 
 pub use recovery::{recover, repair, RecoverOptions, Recovered, RecoveryError};
 pub use storage::{DirLock, DirStorage, MemStorage, Storage, StorageFile, LOCK_FILE};
-pub use writer::{FsyncMode, Health, Progress, Wal, WalConfig, WalError};
+pub use writer::{Durable, FsyncMode, Health, Progress, Wal, WalConfig, WalError};

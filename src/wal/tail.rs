@@ -100,7 +100,7 @@ mod tests {
         for (n, sku) in ["a", "b", "c", "d"].iter().enumerate() {
             wal.append(1, &set(sku, n as u64)).unwrap();
         }
-        Wal::wait_durable(&mut wal.subscribe(), 4).await.unwrap();
+        wal.durable(4).await.unwrap();
         let mut seen = Vec::new();
         let read = follow(&*storage, 1, 3, |lsn, c| seen.push((lsn, sku_of(c)))).unwrap();
         assert_eq!(read, Followed::Read { last_lsn: 3 });

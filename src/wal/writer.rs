@@ -12,9 +12,12 @@
 //! (no spare segment can be prepared) makes the log `no_space`: writes are refused, buffered
 //! records wait, and everything resumes once a segment could be prepared again.
 
+use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -31,6 +34,7 @@ use super::segment::{
     SEGMENT_HEADER_BYTES,
 };
 use super::storage::{Storage, StorageFile};
+use super::waiters::Waiters;
 use crate::engine::Command;
 
 /// When records are made durable.
@@ -118,8 +122,15 @@ struct Inner {
     pending: Mutex<Pending>,
     wake_writer: Condvar,
     room: Condvar,
+    /// The last LSN made durable; only the writer thread raises it.
+    durable_lsn: AtomicU64,
+    /// Tasks waiting for records to become durable (see [`Wal::durable`]).
+    waiters: Mutex<Waiters>,
+    /// The same progress for observers (see [`Wal::subscribe`]).
     progress: watch::Sender<Progress>,
     health: AtomicU8,
+    /// Set once the writer has stopped: nothing more will become durable.
+    closed: AtomicBool,
     failure: Mutex<Option<String>>,
     /// The preparer's last error, while it cannot prepare a spare segment.
     prepare_error: Mutex<Option<String>>,
@@ -143,6 +154,36 @@ impl Inner {
         });
         if changed.is_ok() {
             self.progress.send_modify(|p| p.health = health);
+            self.wake_all();
+        }
+    }
+
+    /// Publishes that every record up to `lsn` is durable and wakes the tasks waiting for
+    /// them (first the LSN, then the waiters: see `waiters`).
+    fn publish_durable(&self, lsn: u64) {
+        if self.durable_lsn.fetch_max(lsn, Ordering::AcqRel) >= lsn {
+            return;
+        }
+        let reached = self.waiters.lock().reached(lsn);
+        reached.into_iter().for_each(Waker::wake);
+        self.progress.send_modify(|p| p.durable_lsn = p.durable_lsn.max(lsn));
+    }
+
+    fn wake_all(&self) {
+        let all = self.waiters.lock().all();
+        all.into_iter().for_each(Waker::wake);
+    }
+
+    /// How a wait for record `lsn` ends, if it ends now.
+    fn outcome(&self, lsn: u64) -> Option<Result<(), WalError>> {
+        if self.durable_lsn.load(Ordering::Acquire) >= lsn {
+            return Some(Ok(()));
+        }
+        match self.health() {
+            Health::NoSpace => Some(Err(WalError::NoSpace)),
+            Health::Failed => Some(Err(WalError::Failed("records were not made durable".into()))),
+            Health::Ok if self.closed.load(Ordering::Acquire) => Some(Err(WalError::Closed)),
+            Health::Ok => None,
         }
     }
 
@@ -191,8 +232,11 @@ impl Wal {
             }),
             wake_writer: Condvar::new(),
             room: Condvar::new(),
+            durable_lsn: AtomicU64::new(durable_lsn),
+            waiters: Mutex::new(Waiters::default()),
             progress,
             health: AtomicU8::new(Health::Ok as u8),
+            closed: AtomicBool::new(false),
             failure: Mutex::new(None),
             prepare_error: Mutex::new(None),
             stats: WalStats::default(),
@@ -294,13 +338,15 @@ impl Wal {
         self.inner.health()
     }
 
-    /// Progress updates, for waiting on durability.
+    /// Progress updates, to watch the log (tests, tools). Replies wait with
+    /// [`Wal::durable`], which wakes only the waiters a commit reached.
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
         self.inner.progress.subscribe()
     }
 
     pub fn progress(&self) -> Progress {
-        *self.inner.progress.borrow()
+        let durable_lsn = self.inner.durable_lsn.load(Ordering::Acquire);
+        Progress { durable_lsn, health: self.inner.health() }
     }
 
     pub fn stats(&self) -> &WalStats {
@@ -312,22 +358,12 @@ impl Wal {
         let _ = self.recycle.try_send(name);
     }
 
-    /// Waits until every record up to `lsn` is durable, or the log cannot accept writes (then
-    /// the records may never become durable, and nothing depending on them may be
-    /// acknowledged).
-    pub async fn wait_durable(
-        progress: &mut watch::Receiver<Progress>,
-        lsn: u64,
-    ) -> Result<(), WalError> {
-        let reached = progress
-            .wait_for(|p| p.durable_lsn >= lsn || p.health != Health::Ok)
-            .await
-            .map_err(|_| WalError::Closed)?;
-        match (reached.durable_lsn >= lsn, reached.health) {
-            (true, _) => Ok(()),
-            (false, Health::NoSpace) => Err(WalError::NoSpace),
-            (false, _) => Err(WalError::Failed("records were not made durable".into())),
-        }
+    /// Waits until every record up to `lsn` is durable, or the log cannot accept writes or
+    /// has closed (then the records may never become durable, and nothing depending on them
+    /// may be acknowledged). The task is woken by the commit that reaches `lsn`, not by
+    /// earlier ones.
+    pub fn durable(&self, lsn: u64) -> Durable<'_> {
+        Durable { inner: &self.inner, lsn, key: None }
     }
 
     /// Writes and syncs everything appended, then stops the threads; later appends are
@@ -339,11 +375,49 @@ impl Wal {
         if let Some(writer) = self.writer.lock().take() {
             let _ = writer.join();
         }
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.wake_all();
         drop(self.stop_preparer.lock().take());
         if let Some(preparer) = self.preparer.lock().take() {
             let _ = preparer.join();
         }
         self.progress()
+    }
+}
+
+/// A wait for durability; see [`Wal::durable`].
+pub struct Durable<'a> {
+    inner: &'a Inner,
+    lsn: u64,
+    /// Where its waker was left, while it waits.
+    key: Option<(u64, u64)>,
+}
+
+impl Future for Durable<'_> {
+    type Output = Result<(), WalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner;
+        if let Some(outcome) = inner.outcome(self.lsn) {
+            // Whatever ended the wait takes out (or has taken out) every waker it ended.
+            self.key = None;
+            return Poll::Ready(outcome);
+        }
+        let mut waiters = inner.waiters.lock();
+        if let Some(outcome) = inner.outcome(self.lsn) {
+            self.key = None;
+            return Poll::Ready(outcome);
+        }
+        self.key = Some(waiters.register(self.key, self.lsn, cx.waker()));
+        Poll::Pending
+    }
+}
+
+impl Drop for Durable<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.inner.waiters.lock().remove(key);
+        }
     }
 }
 
@@ -458,11 +532,7 @@ impl Writer {
                     return;
                 }
             }
-            self.inner.progress.send_if_modified(|p| {
-                let advanced = p.durable_lsn < last_lsn;
-                p.durable_lsn = p.durable_lsn.max(last_lsn);
-                advanced
-            });
+            self.inner.publish_durable(last_lsn);
             if closing && self.inner.pending.lock().buf.is_empty() {
                 return;
             }
@@ -648,6 +718,46 @@ mod tests {
         assert_eq!(wal.stats().records_written.load(Ordering::Relaxed), 100);
     }
 
+    struct Count(AtomicU64);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Polls `wait` once with a waker that counts its wake-ups.
+    fn poll_counted(wait: &mut Durable<'_>) -> (Poll<Result<(), WalError>>, Arc<Count>) {
+        let count = Arc::new(Count(AtomicU64::new(0)));
+        let waker = Waker::from(count.clone());
+        (Pin::new(wait).poll(&mut Context::from_waker(&waker)), count)
+    }
+
+    #[test]
+    fn a_commit_wakes_only_the_waits_it_reached_and_closing_ends_the_rest() {
+        let storage = MemStorage::new();
+        let wal = start(&storage, FsyncMode::Always);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let hold = wal.hold();
+        wal.append(1, &command(1)).expect("append");
+        let (mut first, mut second) = (wal.durable(1), wal.durable(2));
+        let (polled, first_wakes) = poll_counted(&mut first);
+        assert!(polled.is_pending());
+        let (polled, second_wakes) = poll_counted(&mut second);
+        assert!(polled.is_pending());
+        drop(hold);
+        runtime.block_on(wal.durable(1)).expect("durable");
+        assert_eq!(first_wakes.0.load(Ordering::Relaxed), 1, "woken by the commit of record 1");
+        assert_eq!(second_wakes.0.load(Ordering::Relaxed), 0, "record 2 was never committed");
+        assert!(matches!(poll_counted(&mut first).0, Poll::Ready(Ok(()))));
+        wal.close();
+        assert_eq!(second_wakes.0.load(Ordering::Relaxed), 1, "closing wakes every waiter");
+        assert!(matches!(poll_counted(&mut second).0, Poll::Ready(Err(WalError::Closed))));
+        let cancelled = wal.durable(3);
+        drop(cancelled);
+        assert_eq!(wal.inner.waiters.lock().len(), 0, "nothing left waiting");
+    }
+
     #[test]
     fn mode_never_does_not_sync_records() {
         let storage = MemStorage::new();
@@ -678,9 +788,8 @@ mod tests {
         storage.put(&spare_name(7), vec![0xaa; 1024 * 1024]);
         let wal = start(&storage, FsyncMode::Always);
         wal.append(1, &command(1)).expect("append");
-        let mut progress = wal.subscribe();
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        runtime.block_on(Wal::wait_durable(&mut progress, 1)).expect("durable");
+        runtime.block_on(wal.durable(1)).expect("durable");
         wal.close();
         let files = storage.files();
         let segments: Vec<&(String, Vec<u8>)> =
@@ -698,12 +807,11 @@ mod tests {
         let storage = MemStorage::new();
         let wal = start(&storage, FsyncMode::Always);
         wal.append(1, &command(1)).expect("append");
-        let mut progress = wal.subscribe();
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        runtime.block_on(Wal::wait_durable(&mut progress, 1)).expect("durable");
+        runtime.block_on(wal.durable(1)).expect("durable");
         storage.fail_syncs(true);
         wal.append(2, &command(2)).expect("accepted before the failure is known");
-        let result = runtime.block_on(Wal::wait_durable(&mut progress, 2));
+        let result = runtime.block_on(wal.durable(2));
         assert!(matches!(result, Err(WalError::Failed(_))), "{result:?}");
         storage.fail_syncs(false);
         assert!(matches!(wal.append(3, &command(3)), Err(WalError::Failed(_))));

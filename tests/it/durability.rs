@@ -74,14 +74,13 @@ fn fresh_tail() -> Tail {
 fn write_log(storage: &MemStorage, commands: &[(u64, Command)]) {
     let engine = Engine::new(engine_config());
     let wal = Wal::start(Arc::new(storage.clone()), wal_config(), fresh_tail()).expect("start");
-    let mut progress = wal.subscribe();
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     for (now, command) in commands {
         let mut lsn = 0;
         engine.apply(command, *now, || {
             lsn = wal.append(*now, command).expect("append");
         });
-        runtime.block_on(Wal::wait_durable(&mut progress, lsn)).expect("durable");
+        runtime.block_on(wal.durable(lsn)).expect("durable");
     }
     let progress = wal.close();
     assert_eq!(progress.durable_lsn, commands.len() as u64);

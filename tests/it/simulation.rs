@@ -33,11 +33,8 @@ use stockd::clock::Clock;
 use stockd::engine::{Command, Engine, EngineConfig};
 use stockd::server::durability::{close_with_snapshot, write_snapshot};
 use stockd::wal::segment::is_spare;
-use stockd::wal::{
-    recover, FsyncMode, Health, MemStorage, Progress, RecoverOptions, Wal, WalConfig,
-};
+use stockd::wal::{recover, FsyncMode, Health, MemStorage, RecoverOptions, Wal, WalConfig};
 use stockd_protocol::{Confirm, Line, OpReply, Reserve, ResultCode};
-use tokio::sync::watch;
 
 /// Long ids make records big, so runs fill segments and roll over.
 const SKUS: [&str; 5] = [
@@ -75,7 +72,6 @@ struct Node {
     engine: Arc<Engine>,
     wal: Wal,
     clock: Clock,
-    progress: watch::Receiver<Progress>,
     snapshot_lsn: u64,
 }
 
@@ -220,9 +216,9 @@ impl Sim {
     /// Waits for the group commit that ends at `lsn`; acknowledges it if it became durable.
     fn commit(&mut self, lsn: u64) {
         let node = self.node.as_mut().expect("a node is running");
-        let waited = self.runtime.block_on(async {
-            tokio::time::timeout(STEP_TIMEOUT, Wal::wait_durable(&mut node.progress, lsn)).await
-        });
+        let waited = self
+            .runtime
+            .block_on(async { tokio::time::timeout(STEP_TIMEOUT, node.wal.durable(lsn)).await });
         match waited {
             Err(_) => self.fail("a commit never completed"),
             Ok(Ok(())) => {
@@ -465,12 +461,10 @@ impl Sim {
         };
         let clock = Clock::manual(self.wall_ms);
         clock.not_before(recovered.max_now_ms);
-        let progress = wal.subscribe();
         self.node = Some(Node {
             engine: Arc::new(recovered.engine),
             wal,
             clock,
-            progress,
             snapshot_lsn: recovered.snapshot_lsn,
         });
         self.settle();
