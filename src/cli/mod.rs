@@ -364,6 +364,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     init_logging(&config);
+    if config.server.batch_scheduling {
+        // Before any thread starts: every thread of the process inherits the policy.
+        if let Err(e) = batch_scheduling() {
+            tracing::warn!(error = %e, "could not switch to SCHED_BATCH scheduling; going on without");
+        }
+    }
     let runtime = runtime()?;
     runtime.block_on(async {
         let server = Server::bind(config.clone())
@@ -372,6 +378,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         keys::bootstrap(&server.shared())?;
         server.run(shutdown_signal()).await.context("serving")
     })
+}
+
+/// Switches the calling thread, and so every thread it starts afterwards, to `SCHED_BATCH`:
+/// the scheduler then lets a running thread go on when another one wakes up instead of
+/// preempting it, which costs a server whose threads keep waking each other (connections,
+/// the log writer) fewer context switches.
+#[cfg(target_os = "linux")]
+fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param`, and pid 0 names the calling thread.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn batch_scheduling() -> std::io::Result<()> {
+    Ok(())
 }
 
 fn repair(

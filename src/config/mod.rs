@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Operations per second one connection may send (0: no limit); beyond it, `overloaded`.
     pub connection_ops_per_second: u32,
+    /// Runs the server's threads under Linux's `SCHED_BATCH` policy (see `cli::serve`).
+    pub batch_scheduling: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -179,6 +181,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 0,
             shutdown_grace_ms: 5_000,
             connection_ops_per_second: 1_000_000,
+            batch_scheduling: true,
         }
     }
 }

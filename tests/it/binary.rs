@@ -21,6 +21,24 @@ fn terminate(mut daemon: Daemon) -> Option<i32> {
     daemon.wait()
 }
 
+/// Linux's number for the `SCHED_BATCH` policy.
+const SCHED_BATCH: u32 = 3;
+
+/// The scheduling policies of the daemon's threads (field 41 of `/proc/<pid>/task/<tid>/stat`).
+fn scheduling_policies(daemon: &Daemon) -> std::collections::BTreeSet<u32> {
+    let tasks = format!("/proc/{}/task", daemon.child.id());
+    std::fs::read_dir(tasks)
+        .expect("the daemon's threads")
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.expect("task").path().join("stat"));
+            let stat = stat.expect("stat");
+            // The fields after the command name, which is in parentheses and may hold spaces.
+            let after = &stat[stat.rfind(')').expect("comm") + 2..];
+            after.split(' ').nth(41 - 3).expect("policy field").parse().expect("a number")
+        })
+        .collect()
+}
+
 #[test]
 fn serve_and_use_the_cli() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -52,6 +70,11 @@ fn serve_and_use_the_cli() {
     );
     let (code, out) = cli(&daemon, &["release", "NOPE"]);
     assert_eq!((code, out.trim()), (3, "not_found"));
+    assert_eq!(
+        scheduling_policies(&daemon),
+        [SCHED_BATCH].into(),
+        "server.batch_scheduling's default"
+    );
     // Flash-sale limits.
     let set = ["limits", "set", "SKU-1", "--max-per-buyer", "1", "--quota", "live=50%"];
     assert_eq!(cli(&daemon, &set).0, 0);
