@@ -480,7 +480,7 @@ fn a_replayed_log_gives_the_same_tickets_and_stock() {
         step("RMA-00000001", Step::Exchanged { lines: vec![Line { sku: "b".into(), qty: 1 }] }),
         6,
     );
-    assert_eq!(capture.finish().sorted(), at_cut);
+    assert_eq!(capture.finish().into_image().sorted(), at_cut);
     assert_eq!(log.len(), 6);
     for (command, now_ms) in &log {
         let mut changed = false;

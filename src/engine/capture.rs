@@ -13,7 +13,9 @@
 //!    copied before that lock is let go too.
 //! 2. **Copying.** [`Capture::step`] goes on with the current shard, about a thousand entries
 //!    per lock hold: it images SKUs under the lock, and takes a reference to each reservation
-//!    (they are shared, `Arc`, and changed copy-on-write) to image them after letting go. An
+//!    (they are shared, `Arc`, and changed copy-on-write), which is read only when the snapshot
+//!    is written ([`Captured`](super::Captured)): a reservation changed after that copies
+//!    itself, and the captured one stays as it was at the cut. An
 //!    entry at a position the capture has not reached yet may change before it gets there:
 //!    the first change (through the one accessor every change goes through: `Skus::get_mut` /
 //!    `get_or_insert`, `Reservations::get_mut` / `remove`) first saves the entry as it still
@@ -40,9 +42,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::image::SharedIds;
 use super::shard::{Key, SavedReservations};
-use super::{Engine, Image};
+use super::{Captured, Engine};
 
 /// Entries per step (per lock hold).
 const STEP_ENTRIES: usize = 1024;
@@ -97,8 +98,7 @@ pub struct Capture<'e> {
     engine: &'e Engine,
     /// The shard being copied (all done when past the last).
     shard: usize,
-    image: Image,
-    shared: SharedIds,
+    captured: Captured,
 }
 
 impl Engine {
@@ -122,27 +122,23 @@ impl Engine {
         let value = at_cut();
         drop(shards);
         // Tickets change only under their own lock, still held: copied as they were at the cut.
-        let image = Image {
-            skus: Vec::with_capacity(skus),
-            reservations: Vec::with_capacity(reservations),
-            aftersales: aftersales.image(),
-            ..Image::default()
-        };
+        let mut captured = Captured::with_capacity(skus, reservations);
+        captured.aftersales = aftersales.image();
         drop(aftersales);
-        (Capture { engine: self, shard: 0, image, shared: SharedIds::default() }, value)
+        (Capture { engine: self, shard: 0, captured }, value)
     }
 }
 
 impl Capture<'_> {
-    /// Images up to about a thousand more entries (see [`Capture::step_by`]). True when the
+    /// Captures up to about a thousand more entries (see [`Capture::step_by`]). True when the
     /// capture is complete.
     pub fn step(&mut self) -> bool {
         self.step_by(STEP_ENTRIES)
     }
 
-    /// Images up to `entries` more entries (at least one) of the current shard: SKUs under
-    /// its lock, reservations after letting go of it (the lock is held only to take a
-    /// reference to each). True when the capture is complete.
+    /// Captures up to `entries` more entries (at least one) of the current shard: SKUs are
+    /// imaged under its lock, reservations kept by reference (read when the snapshot is
+    /// written, see `captured`). True when the capture is complete.
     pub fn step_by(&mut self, entries: usize) -> bool {
         let entries = entries.max(1);
         let Some(shard) = self.engine.shards.get(self.shard) else { return true };
@@ -152,7 +148,7 @@ impl Capture<'_> {
         let skus = shard.skus.copying.as_deref().expect("copying this shard");
         for (key, sku) in shard.skus.as_slice()[from..to].iter() {
             if skus.unsaved(key) {
-                self.image.push_sku(key, sku);
+                self.captured.push_sku(key, sku);
             }
         }
         let taken = to - from;
@@ -160,10 +156,10 @@ impl Capture<'_> {
         let reservations = shard.reservations.copying.as_deref().expect("copying this shard");
         let slots = shard.reservations.slots_in(from..to);
         // Each reservation is behind a pointer into memory rarely in cache: reading them all
-        // first (its count, which the reference taken below changes, and its state) lets those
-        // loads overlap instead of waiting for each in turn.
+        // first (its count, which the reference taken below changes) lets those loads overlap
+        // instead of waiting for each in turn.
         for (key, reservation) in slots.clone() {
-            std::hint::black_box((key.first(), Arc::strong_count(reservation), reservation.state));
+            std::hint::black_box((key.first(), Arc::strong_count(reservation)));
         }
         let mut held: SavedReservations = slots
             .filter(|(key, _)| reservations.unsaved(key))
@@ -173,26 +169,22 @@ impl Capture<'_> {
         if finished {
             let skus = shard.skus.copying.take().expect("copying this shard");
             let reservations = shard.reservations.copying.take().expect("copying this shard");
-            self.image.append(skus.saved);
+            self.captured.append_skus(skus.saved);
             held.extend(reservations.saved);
             shard.reservations.compact();
             self.shard += 1;
         }
-        // Operations on this shard go on while the reservations taken are imaged.
         drop(guard);
-        for (_, reservation) in &held {
-            std::hint::black_box(reservation.lines.first().map(|line| line.qty));
-        }
         for (key, reservation) in held {
-            self.image.push_reservation(&key, &reservation, &mut self.shared);
+            self.captured.push_reservation(key, reservation);
         }
         self.shard == self.engine.shards.len()
     }
 
     /// Completes the capture: the state at the cut.
-    pub fn finish(mut self) -> Image {
+    pub fn finish(mut self) -> Captured {
         while !self.step() {}
-        std::mem::take(&mut self.image)
+        std::mem::take(&mut self.captured)
     }
 }
 

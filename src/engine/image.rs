@@ -223,6 +223,21 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
+/// Adds the allocation rows of reservation `id` (where its lines on SKUs with locations take
+/// their units from), if it holds or has confirmed units.
+pub(super) fn push_allocations(rows: &mut Vec<AllocationImage>, id: &Key, r: &Reservation) {
+    if matches!(r.state, ReservationState::Held | ReservationState::Confirmed) {
+        for (index, line) in r.lines.iter().enumerate() {
+            rows.extend(line.at.iter().map(|(location, qty)| AllocationImage {
+                id: id.to_vec(),
+                line: index as u16,
+                location: location.to_vec(),
+                qty: *qty,
+            }));
+        }
+    }
+}
+
 /// A copy of the last SKU id a reservation line named: imaging reservations one after the
 /// other reads the same hot SKU's id again and again (lines share the SKU's own `Key`). Its
 /// bytes sit beside its reference count, which the other cores keep writing while they take
@@ -285,16 +300,7 @@ impl Image {
     /// added before it, its allocations (the order loading needs). `shared` copies the SKU
     /// ids that lines share.
     pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation, shared: &mut SharedIds) {
-        if matches!(r.state, ReservationState::Held | ReservationState::Confirmed) {
-            for (index, line) in r.lines.iter().enumerate() {
-                self.allocations.extend(line.at.iter().map(|(location, qty)| AllocationImage {
-                    id: id.to_vec(),
-                    line: index as u16,
-                    location: location.to_vec(),
-                    qty: *qty,
-                }));
-            }
-        }
+        push_allocations(&mut self.allocations, id, r);
         self.reservations.push(ReservationImage {
             id: id.to_vec(),
             state: r.state as u8,
@@ -326,15 +332,6 @@ impl Image {
         // Stable: allocations of one line keep their order.
         self.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
         self
-    }
-
-    /// Adds the rows of `other` after this image's (SKUs and reservations; not tickets).
-    pub(super) fn append(&mut self, other: Image) {
-        self.skus.extend(other.skus);
-        self.reservations.extend(other.reservations);
-        self.locations.extend(other.locations);
-        self.supplies.extend(other.supplies);
-        self.allocations.extend(other.allocations);
     }
 }
 

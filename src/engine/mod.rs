@@ -19,6 +19,7 @@
 
 mod aftersales;
 mod capture;
+mod captured;
 mod command;
 pub mod image;
 mod lifecycle;
@@ -40,6 +41,7 @@ use crate::aftersales::Aftersales;
 
 pub use aftersales::{Outcome as TicketOutcome, REPLACEMENT_CHANNEL};
 pub use capture::Capture;
+pub use captured::Captured;
 pub use command::{Command, Touches};
 pub use image::{Image, ImageError, LineImage, ReservationImage, SkuImage};
 use locations::Placement;

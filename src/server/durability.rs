@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::Shared;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Engine, Image};
+use crate::engine::{Captured, Engine};
 use crate::limits::SNAPSHOT_CHECK_MS;
 use crate::snapshot;
 use crate::wal::recovery::{segment_infos, SegmentInfo};
@@ -41,24 +41,24 @@ pub fn take_snapshot(
     if lsn <= last_snapshot_lsn {
         return Ok(None);
     }
-    let image = capture.finish();
+    let captured = capture.finish();
     if !durable(lsn) {
         anyhow::bail!("the log did not make record {lsn} durable; no snapshot of it");
     }
-    write_snapshot(storage, wal, lsn, now_ms, &image)?;
+    write_snapshot(storage, wal, lsn, now_ms, &captured)?;
     Ok(Some(lsn))
 }
 
-/// Writes `image` as the snapshot at `lsn` (which must be durable in the log), prunes old
-/// snapshots and recycles log segments no longer needed.
+/// Writes a captured state as the snapshot at `lsn` (which must be durable in the log), prunes
+/// old snapshots and recycles log segments no longer needed.
 pub fn write_snapshot(
     storage: &dyn Storage,
     wal: &Wal,
     lsn: u64,
     now_ms: u64,
-    image: &Image,
+    captured: &Captured,
 ) -> anyhow::Result<()> {
-    snapshot::write(storage, lsn, now_ms, image)?;
+    snapshot::write_captured(storage, lsn, now_ms, captured)?;
     finish_snapshot(storage, wal, &segment_infos(storage)?)?;
     Ok(())
 }

@@ -23,6 +23,10 @@
 //! `reservations`, which loading relies on. Files written sorted by id, as before, load the
 //! same way.
 //!
+//! The server's snapshots are written from a capture of the live state (`engine::Captured`),
+//! whose reservations are serialised straight from the engine's own as they were at the cut:
+//! the same bytes as the image of that state (a unit test compares them byte for byte).
+//!
 //! Writing: a `.tmp` file is written (the body streamed from offset 64 as it is serialised,
 //! then the header with its length and checksum) and synced, renamed to its final name, and
 //! the directory is synced. Loading: the file is memory-mapped, both checksums and the
@@ -46,7 +50,7 @@ use tracing::warn;
 use crate::engine::image::{
     ArchivedImage, ArchivedImageV1, ArchivedImageV2, ArchivedImageV3, ImageV1, ImageV2, ImageV3,
 };
-use crate::engine::{Engine, EngineConfig, Image};
+use crate::engine::{Captured, Engine, EngineConfig, Image};
 use crate::wal::storage::Storage;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
@@ -84,6 +88,20 @@ pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io:
     write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| {
         let writer = rkyv::ser::writer::IoWriter::new(out);
         rkyv::api::high::to_bytes_in::<_, rancor::Error>(image, writer).map(|_| ())
+    })
+}
+
+/// Writes a captured state (see `engine::captured`) as the snapshot at `lsn`: the same file as
+/// [`write`] writes for the image of that state.
+pub fn write_captured(
+    storage: &dyn Storage,
+    lsn: u64,
+    now_ms: u64,
+    captured: &Captured,
+) -> io::Result<String> {
+    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| {
+        let writer = rkyv::ser::writer::IoWriter::new(out);
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(captured, writer).map(|_| ())
     })
 }
 

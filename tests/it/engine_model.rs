@@ -1262,7 +1262,7 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
                 None => capture = Some((engine.capture(|| ()).0, engine.image())),
                 Some((mut running, at_cut)) => {
                     if running.step_by(*entries) {
-                        prop_assert_eq!(running.finish().sorted(), at_cut, "capture");
+                        prop_assert_eq!(running.finish().into_image().sorted(), at_cut, "capture");
                     } else {
                         capture = Some((running, at_cut));
                     }
@@ -1421,7 +1421,7 @@ fn run(seeded: bool, steps: &[Step]) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(shadow.image(), engine.image(), "the replayed copy differs");
     if let Some((running, at_cut)) = capture {
-        prop_assert_eq!(running.finish().sorted(), at_cut, "capture");
+        prop_assert_eq!(running.finish().into_image().sorted(), at_cut, "capture");
     }
     Ok(())
 }

@@ -277,8 +277,8 @@ impl Sim {
     }
 
     /// Captures the live state while a few rounds, sweeps and clock jumps go on between the
-    /// capture's steps (a few entries each), then writes the snapshot if the log made the cut
-    /// durable, as the server's snapshotter does.
+    /// capture's steps (a few entries each), then, after a few more rounds, writes the
+    /// snapshot if the log made the cut durable, as the server's snapshotter does.
     fn snapshot(&mut self) {
         self.stuck = false; // it may hand segments back for reuse
         let engine = self.node().engine.clone();
@@ -295,7 +295,12 @@ impl Sim {
                 _ => {}
             }
         }
-        let image = capture.finish();
+        let captured = capture.finish();
+        // The snapshot reads captured reservations only while it is written: changes made
+        // meanwhile must leave them as they were at the cut.
+        for _ in 0..self.rng.random_range(0..=2) {
+            self.round();
+        }
         let node = self.node();
         if lsn <= node.snapshot_lsn {
             self.note("snapshot: nothing new".into());
@@ -305,7 +310,7 @@ impl Sim {
             self.note(format!("snapshot at {lsn} not written: not durable"));
             return;
         }
-        match write_snapshot(&self.storage, &node.wal, lsn, now_ms, &image) {
+        match write_snapshot(&self.storage, &node.wal, lsn, now_ms, &captured) {
             Ok(()) => {
                 self.node.as_mut().expect("node").snapshot_lsn = lsn;
                 self.note(format!("snapshot at {lsn}"));
