@@ -16,7 +16,6 @@ use rkyv::munge::munge;
 use rkyv::rancor::Fallible;
 use rkyv::ser::{Allocator, Writer};
 use rkyv::vec::{ArchivedVec, VecResolver};
-use rkyv::with::{ArchiveWith, SerializeWith};
 use rkyv::{Archive, Place, Serialize};
 
 use super::image::{
@@ -116,22 +115,39 @@ impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRows
     }
 }
 
-/// Private copies of the SKU ids reservation lines name, one per run of equal ids. A line's
-/// SKU id sits beside a reference count that other cores keep writing while they reserve the
-/// SKU, so reading a hot id for every line would miss the cache each time.
+/// Private copies of the SKU ids that runs of reservation lines repeat. A line's SKU id sits
+/// beside a reference count that other cores keep writing while they reserve the SKU, so
+/// reading a hot SKU's id for every line would miss the cache each time; a copy of it is read
+/// instead from its second line on. An id that does not repeat is read where it is.
 #[derive(Default)]
 struct SkuCopies {
-    last: Option<(Key, Arc<[u8]>)>,
+    last: Option<(Key, Option<Arc<[u8]>>)>,
+}
+
+/// A line's SKU id: where it is, or a private copy.
+enum SkuBytes<'a> {
+    Key(&'a [u8]),
+    Copy(Arc<[u8]>),
+}
+
+impl SkuBytes<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            SkuBytes::Key(bytes) => bytes,
+            SkuBytes::Copy(copy) => copy,
+        }
+    }
 }
 
 impl SkuCopies {
-    fn copy(&mut self, key: &Key) -> Arc<[u8]> {
-        match &self.last {
-            Some((last, copy)) if Arc::ptr_eq(last, key) => copy.clone(),
+    fn bytes<'a>(&mut self, key: &'a Key) -> SkuBytes<'a> {
+        match &mut self.last {
+            Some((last, copy)) if Arc::ptr_eq(last, key) => {
+                SkuBytes::Copy(copy.get_or_insert_with(|| Arc::from(&key[..])).clone())
+            }
             _ => {
-                let copy: Arc<[u8]> = Arc::from(&key[..]);
-                self.last = Some((key.clone(), copy.clone()));
-                copy
+                self.last = Some((key.clone(), None));
+                SkuBytes::Key(key)
             }
         }
     }
@@ -162,11 +178,19 @@ impl<'a> ReservationRow<'a> {
     }
 }
 
+/// Where the row's parts were written, and everything else its resolution needs: the row is
+/// resolved in a second pass over all rows, which then need not read the reservation (long
+/// out of the cache by then) again.
 struct ReservationRowResolver {
     id: VecResolver,
-    lines: VecResolver,
-    channel: VecResolver,
-    customer: VecResolver,
+    lines: (VecResolver, usize),
+    channel: (VecResolver, usize),
+    customer: (VecResolver, usize),
+    state: u8,
+    ttl_ms: u32,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    forget_at_ms: u64,
 }
 
 impl Archive for ReservationRow<'_> {
@@ -178,13 +202,14 @@ impl Archive for ReservationRow<'_> {
             id, state, lines, ttl_ms, channel, customer, created_at_ms, expires_at_ms,
             forget_at_ms,
         } = out);
-        let r = self.r;
-        ArchivedVec::resolve_from_len(self.id.len(), resolver.id, id);
-        (r.state as u8).resolve((), state);
-        ArchivedVec::resolve_from_len(r.lines.len(), resolver.lines, lines);
+        let r = resolver;
+        // The id's length is in the reference itself (no read of the reservation).
+        ArchivedVec::resolve_from_len(self.id.len(), r.id, id);
+        r.state.resolve((), state);
+        ArchivedVec::resolve_from_len(r.lines.1, r.lines.0, lines);
         r.ttl_ms.resolve((), ttl_ms);
-        ArchivedVec::resolve_from_len(self.channel().len(), resolver.channel, channel);
-        ArchivedVec::resolve_from_len(self.customer().len(), resolver.customer, customer);
+        ArchivedVec::resolve_from_len(r.channel.1, r.channel.0, channel);
+        ArchivedVec::resolve_from_len(r.customer.1, r.customer.0, customer);
         r.created_at_ms.resolve((), created_at_ms);
         r.expires_at_ms.resolve((), expires_at_ms);
         r.forget_at_ms.resolve((), forget_at_ms);
@@ -193,11 +218,17 @@ impl Archive for ReservationRow<'_> {
 
 impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRow<'_> {
     fn serialize(&self, serializer: &mut S) -> Result<ReservationRowResolver, S::Error> {
+        let (r, channel, customer) = (self.r, self.channel(), self.customer());
         Ok(ReservationRowResolver {
             id: ArchivedVec::serialize_from_slice(&self.id[..], serializer)?,
-            lines: self.lines().serialize(serializer)?,
-            channel: ArchivedVec::serialize_from_slice(self.channel(), serializer)?,
-            customer: ArchivedVec::serialize_from_slice(self.customer(), serializer)?,
+            lines: (self.lines().serialize(serializer)?, r.lines.len()),
+            channel: (ArchivedVec::serialize_from_slice(channel, serializer)?, channel.len()),
+            customer: (ArchivedVec::serialize_from_slice(customer, serializer)?, customer.len()),
+            state: r.state as u8,
+            ttl_ms: r.ttl_ms,
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            forget_at_ms: r.forget_at_ms,
         })
     }
 }
@@ -221,38 +252,35 @@ impl Archive for LineRows<'_> {
 impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for LineRows<'_> {
     fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
         let rows = self.lines.iter().enumerate().map(|(i, line)| LineRow {
-            sku: self.copies.borrow_mut().copy(&line.sku),
+            sku: self.copies.borrow_mut().bytes(&line.sku),
             qty: line.qty,
             confirmed: self.confirmed.get(i).copied().unwrap_or(0),
         });
-        ArchivedVec::<ArchivedLineImage>::serialize_from_iter::<LineRow, _, S>(rows, serializer)
+        ArchivedVec::<ArchivedLineImage>::serialize_from_iter::<LineRow<'_>, _, S>(rows, serializer)
     }
 }
 
 /// One line, archived as an [`ArchivedLineImage`].
-#[derive(Archive, Serialize)]
-#[rkyv(as = ArchivedLineImage)]
-struct LineRow {
-    #[rkyv(with = AsBytes)]
-    sku: Arc<[u8]>,
+struct LineRow<'a> {
+    sku: SkuBytes<'a>,
     qty: u32,
     confirmed: u32,
 }
 
-/// Archives a line's copy of its SKU id as the `Vec<u8>` the image holds.
-struct AsBytes;
-
-impl ArchiveWith<Arc<[u8]>> for AsBytes {
-    type Archived = ArchivedVec<u8>;
+impl Archive for LineRow<'_> {
+    type Archived = ArchivedLineImage;
     type Resolver = VecResolver;
 
-    fn resolve_with(field: &Arc<[u8]>, resolver: VecResolver, out: Place<Self::Archived>) {
-        ArchivedVec::resolve_from_len(field.len(), resolver, out);
+    fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
+        munge!(let ArchivedLineImage { sku, qty, confirmed } = out);
+        ArchivedVec::resolve_from_len(self.sku.bytes().len(), resolver, sku);
+        self.qty.resolve((), qty);
+        self.confirmed.resolve((), confirmed);
     }
 }
 
-impl<S: Fallible + Allocator + Writer + ?Sized> SerializeWith<Arc<[u8]>, S> for AsBytes {
-    fn serialize_with(field: &Arc<[u8]>, serializer: &mut S) -> Result<VecResolver, S::Error> {
-        ArchivedVec::serialize_from_slice(&field[..], serializer)
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for LineRow<'_> {
+    fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
+        ArchivedVec::serialize_from_slice(self.sku.bytes(), serializer)
     }
 }
