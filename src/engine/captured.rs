@@ -9,7 +9,7 @@
 //! built, serialised and freed, and the largest part of what a snapshot held in memory. The
 //! allocations of lines on SKUs with locations (rare) are still imaged as rows when taken.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use rkyv::munge::munge;
@@ -96,6 +96,30 @@ impl Captured {
     }
 }
 
+/// Rows touched at a time ahead of their serialisation.
+const TOUCH_ROWS: usize = 64;
+
+impl ReservationRows {
+    /// Reads a little of each of the rows from `from` on, level by level (reservations, their
+    /// lines, their ids): each is behind a pointer into memory rarely in cache, and loads that
+    /// do not wait for each other overlap. Returns where it stopped. (Not the lines' SKU ids: a
+    /// hot SKU's sits beside a reference count other cores keep writing, see `SkuCopies`.)
+    fn touch(&self, from: usize) -> usize {
+        let to = self.rows.len().min(from + TOUCH_ROWS);
+        let rows = &self.rows[from..to];
+        for (_, r) in rows {
+            std::hint::black_box(r.lines.len());
+        }
+        for (_, r) in rows {
+            std::hint::black_box(r.lines.first().map(|line| line.qty));
+        }
+        for (id, _) in rows {
+            std::hint::black_box(id.first());
+        }
+        to
+    }
+}
+
 impl Archive for ReservationRows {
     type Archived = ArchivedVec<ArchivedReservationImage>;
     type Resolver = VecResolver;
@@ -108,7 +132,15 @@ impl Archive for ReservationRows {
 impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRows {
     fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
         let copies = RefCell::new(SkuCopies::default());
-        let rows = self.rows.iter().map(|(id, r)| ReservationRow::new(id, r, &copies));
+        // Rows are serialised in a first pass and resolved in a second (which reads nothing
+        // of the reservations); ahead of the first, each run of rows is touched once.
+        let touched = Cell::new(0);
+        let rows = self.rows.iter().enumerate().map(|(i, (id, r))| {
+            if i >= touched.get() {
+                touched.set(self.touch(i));
+            }
+            ReservationRow::new(id, r, &copies)
+        });
         ArchivedVec::<ArchivedReservationImage>::serialize_from_iter::<ReservationRow<'_>, _, S>(
             rows, serializer,
         )
