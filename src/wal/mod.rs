@@ -3,7 +3,8 @@
 //!
 //! - [`record`]: the record format (length, CRC32C, LSN, time, type, payload) and scanner.
 //! - [`segment`]: pre-allocated, pre-zeroed segment files and their header.
-//! - [`writer`]: appends, the writer thread with group commit, fsync modes, failure handling.
+//! - [`writer`]: appends, the writer thread with group commit, fsync modes, failure handling;
+//!   `waiters` keeps the replies waiting for durability by the record each waits for.
 //! - [`recovery`]: snapshot + log replay, torn-tail truncation, corruption refusal, repair.
 //! - [`storage`]: the narrow file interface, with real files and a fault-injecting in-memory
 //!   implementation.
