@@ -74,10 +74,6 @@ impl Captured {
         self.reservations.rows.push((id, reservation));
     }
 
-    pub fn reservations(&self) -> usize {
-        self.reservations.rows.len()
-    }
-
     /// The same state as an [`Image`] (tests compare captures with the engine's image).
     pub fn into_image(self) -> Image {
         let mut image = Image {
@@ -153,7 +149,9 @@ impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRows
 /// instead from its second line on. An id that does not repeat is read where it is.
 #[derive(Default)]
 struct SkuCopies {
-    last: Option<(Key, Option<Arc<[u8]>>)>,
+    /// Where the last id's bytes are (the same address is the same id: every id compared is
+    /// kept alive by a captured reservation), and its copy once it repeated.
+    last: Option<(*const u8, Option<Arc<[u8]>>)>,
 }
 
 /// A line's SKU id: where it is, or a private copy.
@@ -173,12 +171,14 @@ impl SkuBytes<'_> {
 
 impl SkuCopies {
     fn bytes<'a>(&mut self, key: &'a Key) -> SkuBytes<'a> {
+        // The address alone: neither the bytes nor the count beside them are read.
+        let at = key.as_ptr();
         match &mut self.last {
-            Some((last, copy)) if Arc::ptr_eq(last, key) => {
+            Some((last, copy)) if *last == at => {
                 SkuBytes::Copy(copy.get_or_insert_with(|| Arc::from(&key[..])).clone())
             }
             _ => {
-                self.last = Some((key.clone(), None));
+                self.last = Some((at, None));
                 SkuBytes::Key(key)
             }
         }

@@ -474,8 +474,9 @@ fn a_capture_beside_running_commands_images_the_state_at_its_cut() {
 }
 
 /// A captured state is written as exactly the bytes of its image: reservations with several
-/// lines, channels, customers, partial confirms and located allocations, one of them forgotten
-/// and some changed after the capture finished (the capture keeps them as they were).
+/// lines (runs of a repeated SKU among them), channels, customers, confirms, releases and
+/// located allocations, most of them released after the capture finished (the capture keeps
+/// them as they were).
 #[test]
 fn a_captured_state_writes_the_snapshot_its_image_writes() {
     use crate::wal::storage::{MemStorage, Storage};
