@@ -20,7 +20,7 @@ use rkyv::{Archive, Place, Serialize};
 
 use super::image::{
     AllocationImage, ArchivedImage, ArchivedLineImage, ArchivedReservationImage, Image,
-    LocationImage, SharedIds, SkuImage, SupplyImage,
+    LocationImage, SkuImage, SupplyImage,
 };
 use super::shard::{HeldLine, Key, Reservation};
 use crate::aftersales::AftersalesImage;
@@ -62,9 +62,8 @@ impl Captured {
 
     /// Adds one SKU's rows.
     pub(super) fn push_sku(&mut self, key: &Key, sku: &super::shard::Sku) {
-        let mut rows = Image::default();
-        rows.push_sku(key, sku);
-        self.append_skus(rows);
+        let (skus, locations, supplies) = (&mut self.skus, &mut self.locations, &mut self.supplies);
+        super::image::push_sku_rows(skus, locations, supplies, key, sku);
     }
 
     /// Adds a reservation as it is now (it is shared: it stays so, as later changes copy it),
@@ -83,9 +82,8 @@ impl Captured {
             aftersales: self.aftersales,
             ..Image::default()
         };
-        let mut shared = SharedIds::default();
         for (id, reservation) in &self.reservations.rows {
-            image.push_reservation(id, reservation, &mut shared);
+            image.push_reservation(id, reservation);
         }
         debug_assert_eq!(image.allocations, self.allocations);
         image

@@ -223,6 +223,46 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
+/// Adds one SKU's rows: the SKU, its locations, its supply (for an [`Image`] and for a
+/// capture's `Captured`, which keeps the same SKU rows).
+pub(super) fn push_sku_rows(
+    skus: &mut Vec<SkuImage>,
+    locations: &mut Vec<LocationImage>,
+    supplies: &mut Vec<SupplyImage>,
+    key: &Key,
+    s: &Sku,
+) {
+    skus.push(SkuImage {
+        sku: key.to_vec(),
+        on_hand: s.on_hand,
+        safety_stock: s.safety_stock,
+        limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
+    });
+    let list = s.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
+    locations.extend(list.iter().map(|l| LocationImage {
+        sku: key.to_vec(),
+        location: l.id.to_vec(),
+        priority: l.priority,
+        on_hand: l.stock.on_hand,
+    }));
+    if let Some(supply) = s.supply.as_deref() {
+        supplies.push(SupplyImage {
+            sku: key.to_vec(),
+            preorder_max: supply.preorder_max,
+            incoming: supply
+                .incoming
+                .iter()
+                .map(|i| IncomingImage {
+                    location: i.location.as_deref().unwrap_or_default().to_vec(),
+                    reference: i.reference.to_vec(),
+                    qty: i.qty,
+                    eta_ms: i.eta_ms,
+                })
+                .collect(),
+        });
+    }
+}
+
 /// Adds the allocation rows of reservation `id` (where its lines on SKUs with locations take
 /// their units from), if it holds or has confirmed units.
 pub(super) fn push_allocations(rows: &mut Vec<AllocationImage>, id: &Key, r: &Reservation) {
@@ -238,68 +278,15 @@ pub(super) fn push_allocations(rows: &mut Vec<AllocationImage>, id: &Key, r: &Re
     }
 }
 
-/// A copy of the last SKU id a reservation line named: imaging reservations one after the
-/// other reads the same hot SKU's id again and again (lines share the SKU's own `Key`). Its
-/// bytes sit beside its reference count, which the other cores keep writing while they take
-/// new reservations of it, so each read would miss the cache. The id is kept alive here, so
-/// the same address is the same id.
-#[derive(Default)]
-pub(super) struct SharedIds {
-    last: Option<(Key, Vec<u8>)>,
-}
-
-impl SharedIds {
-    /// The bytes of the SKU id `key`.
-    fn bytes(&mut self, key: &Key) -> Vec<u8> {
-        match &self.last {
-            Some((last, bytes)) if Arc::ptr_eq(last, key) => bytes.clone(),
-            _ => {
-                let bytes = key.to_vec();
-                self.last = Some((key.clone(), bytes.clone()));
-                bytes
-            }
-        }
-    }
-}
-
 impl Image {
     /// Adds one SKU's rows: the SKU, its locations, its supply.
     pub(super) fn push_sku(&mut self, key: &Key, s: &Sku) {
-        self.skus.push(SkuImage {
-            sku: key.to_vec(),
-            on_hand: s.on_hand,
-            safety_stock: s.safety_stock,
-            limits: s.limits.as_deref().map(|l| LimitsImage::of(&l.config())),
-        });
-        let locations = s.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
-        self.locations.extend(locations.iter().map(|l| LocationImage {
-            sku: key.to_vec(),
-            location: l.id.to_vec(),
-            priority: l.priority,
-            on_hand: l.stock.on_hand,
-        }));
-        if let Some(supply) = s.supply.as_deref() {
-            self.supplies.push(SupplyImage {
-                sku: key.to_vec(),
-                preorder_max: supply.preorder_max,
-                incoming: supply
-                    .incoming
-                    .iter()
-                    .map(|i| IncomingImage {
-                        location: i.location.as_deref().unwrap_or_default().to_vec(),
-                        reference: i.reference.to_vec(),
-                        qty: i.qty,
-                        eta_ms: i.eta_ms,
-                    })
-                    .collect(),
-            });
-        }
+        push_sku_rows(&mut self.skus, &mut self.locations, &mut self.supplies, key, s);
     }
 
     /// Adds one reservation's rows: the reservation and, after those of the reservations
-    /// added before it, its allocations (the order loading needs). `shared` copies the SKU
-    /// ids that lines share.
-    pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation, shared: &mut SharedIds) {
+    /// added before it, its allocations (the order loading needs).
+    pub(super) fn push_reservation(&mut self, id: &Key, r: &Reservation) {
         push_allocations(&mut self.allocations, id, r);
         self.reservations.push(ReservationImage {
             id: id.to_vec(),
@@ -309,7 +296,7 @@ impl Image {
                 .iter()
                 .enumerate()
                 .map(|(i, line)| LineImage {
-                    sku: shared.bytes(&line.sku),
+                    sku: line.sku.to_vec(),
                     qty: line.qty,
                     confirmed: r.confirmed.get(i).copied().unwrap_or(0),
                 })
@@ -358,14 +345,13 @@ impl Engine {
             reservations: Vec::with_capacity(reservations),
             ..Image::default()
         };
-        let mut shared = SharedIds::default();
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for (key, sku) in shard.skus.iter() {
                 image.push_sku(key, sku);
             }
             for (id, reservation) in shard.reservations.iter() {
-                image.push_reservation(id, reservation, &mut shared);
+                image.push_reservation(id, reservation);
             }
         }
         image.aftersales = self.aftersales_image();
