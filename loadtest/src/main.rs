@@ -112,6 +112,11 @@ struct Args {
     /// Seed of the request generators.
     #[arg(long)]
     seed: Option<u64>,
+    /// Threads that drive the connections. With 1 (the default) every connection runs on one
+    /// thread, which costs the least CPU per request: the harness shares the machine with the
+    /// server it measures. More threads only help where one thread cannot keep up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
 }
 
 fn parse_mix(text: &str) -> Result<Mix, String> {
@@ -130,7 +135,15 @@ fn parse_mix(text: &str) -> Result<Mix, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: {e}");

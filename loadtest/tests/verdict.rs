@@ -151,3 +151,45 @@ async fn a_run_longer_than_the_retention_passes_only_when_told_of_it() {
     assert_eq!(failed, vec!["acknowledged reservations present"], "{}", naive.summary());
     let _ = stop.send(());
 }
+
+/// The `stockd-loadtest` binary as the README runs it, on one thread (the default) and on two:
+/// it exits 0 with a passing verdict and writes its JSON result and HTML report. A thread
+/// count of 0 is refused with a message that names the option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_passes_a_bounded_sale_on_one_thread_and_on_two() {
+    let (addr, stop, dir, key) = start_server().await;
+    let binary = env!("CARGO_BIN_EXE_stockd-loadtest");
+    for threads in ["1", "2"] {
+        let json = dir.path().join(format!("result-{threads}.json"));
+        let report = dir.path().join(format!("report-{threads}.html"));
+        let output = tokio::process::Command::new(binary)
+            .args(["flash-sale", "--server", &addr.to_string(), "--quiet", "--threads", threads])
+            .args(["--connections", "8", "--warmup", "0.2", "--duration", "1", "--requests"])
+            .args(["20000", "--prefix", &format!("bin{threads}"), "--json"])
+            .arg(&json)
+            .arg("--report")
+            .arg(&report)
+            .env("STOCKD_API_KEY", &key)
+            .output()
+            .await
+            .expect("the binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "--threads {threads}: {stdout}\n{stderr}");
+        assert!(stdout.contains("PASS"), "{stdout}");
+        let result: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("JSON");
+        assert_eq!(result["verdict"]["passed"], true, "{stdout}");
+        assert!(result["ops"].as_u64().is_some_and(|ops| ops > 100), "{stdout}");
+        let html = std::fs::read_to_string(&report).expect("report written");
+        assert!(html.contains("Verdict: PASS"), "--threads {threads}");
+    }
+    let refused = tokio::process::Command::new(binary)
+        .args(["flash-sale", "--server", &addr.to_string(), "--threads", "0"])
+        .output()
+        .await
+        .expect("the binary runs");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--threads"));
+    let _ = stop.send(());
+}
