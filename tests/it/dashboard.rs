@@ -1,13 +1,15 @@
 //! End-to-end test of the dashboard in a real headless Chromium (Debian's `chromium` and
 //! `chromium-driver` packages, driven over WebDriver with fantoccini): the page loads from a
 //! real server, shows the seeded SKUs' counters, updates live after a reserve made through the
-//! TCP client, searches, and applies an adjustment through its form. A screenshot is saved as
+//! TCP client, searches, applies an adjustment through its form, shows the sales channels
+//! (one failing) and the open alerts, and acknowledges one. A screenshot is saved as
 //! `target/tmp/dashboard.png` (and to `$STOCKD_SCREENSHOT` when set).
 //!
 //! Without chromedriver the test says so and passes, unless `STOCKD_REQUIRE_BROWSER=1` (set by
 //! `.ci/run`, which installs the browser), where a missing browser fails it.
 
 use crate::common;
+use crate::common::marketplace::{Marketplace, CLIENT_ID, CLIENT_SECRET};
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +21,7 @@ use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use stockd::clock::Clock;
+use stockd::config::ChannelConfig;
 use stockd_protocol::{ChannelQuota, Line, QuotaLimit, Reserve, SkuLimits};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -146,9 +149,28 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
         eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
         return;
     };
+    // Two sales channels on fake marketplaces (real HTTP servers on 127.0.0.1): "shop" syncs,
+    // "mall" is down, so its pulls fail.
+    let shop = Marketplace::start().await;
+    let mall = Marketplace::start().await;
+    mall.market.lock().fail_pulls = true;
     let mut config = test_config();
     config.http.sample_interval_ms = 100;
     config.auth.enabled = true;
+    config.alerting.disk_free_bytes_min = 0;
+    for (name, market) in [("shop", &shop), ("mall", &mall)] {
+        config.channels.push(ChannelConfig {
+            name: name.into(),
+            api_url: market.url(),
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            poll_interval_ms: 3_600_000,
+            retries: 0,
+            retry_backoff_ms: 1,
+            push_stock: false,
+            ..ChannelConfig::default()
+        });
+    }
     let server = TestServer::start_with_clock(config, Clock::system()).await;
     let keys = &server.shared.keys;
     let (_, admin) = keys.create("test", stockd::auth::Role::Admin, "test", 0).expect("key");
@@ -293,6 +315,64 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     )
     .await;
 
+    // The channels panel: "shop" synced, "mall" failing with the marketplace's error; the mall's
+    // third failed pull raises an alert, which the page acknowledges in the operator's name.
+    // (The startup round's pull failed too, unless this comes first.)
+    let mut failed = 0;
+    for _ in 0..3 {
+        let path = "/api/v1/channels/mall/sync";
+        let (status, body) =
+            crate::common::call_as(server.http_addr, Some(&admin), "POST", path, None).await;
+        assert_eq!(status, 200, "{body}");
+        failed = body["failed_pulls"].as_u64().expect("failed_pulls");
+        if failed >= 3 {
+            break;
+        }
+    }
+    assert_eq!(failed, 3, "every pull of the mall failed");
+    assert!(server.shared.alerts.pacer.poke().await, "the alert rules are evaluated");
+    let channel = |name: &str, column: u32| {
+        format!("#channel-rows tr[data-channel=\"{name}\"] td:nth-child({column})")
+    };
+    wait_text(&browser, &channel("shop", 2), "ok").await;
+    wait_text(&browser, &channel("mall", 2), "failing").await;
+    let problem = browser.find(Locator::Css(&channel("mall", 9))).await.unwrap();
+    let problem = problem.text().await.unwrap();
+    assert!(problem.contains("500"), "the pull's error is shown: {problem:?}");
+    let token = browser.find(Locator::Css(&channel("shop", 6))).await.unwrap();
+    let token = token.text().await.unwrap();
+    assert!(token.starts_with("expires in "), "the token's expiry is shown: {token:?}");
+    wait_text(&browser, "#channels-health", "1 of 2 failing").await;
+    let pull_failing = "#alert-rows tr[data-rule=\"pull_failing\"][data-subject=\"mall\"]";
+    wait_text(&browser, &format!("{pull_failing} td:nth-child(6)"), "firing").await;
+    // BOARD-B's available stock is at its safety stock: that alerts too.
+    let below = "#alert-rows tr[data-rule=\"below_safety_stock\"][data-subject=\"BOARD-B\"]";
+    wait_text(&browser, &format!("{below} td:nth-child(6)"), "firing").await;
+    // The card counts the rows (and sold-out SKUs may alert as well).
+    let counted = browser
+        .execute(
+            "return [String(document.querySelectorAll('#alert-rows tr').length),
+                     document.getElementById('alerts-open').textContent];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted[0], counted[1], "{counted}");
+    let acknowledge = format!("{pull_failing} button");
+    browser.find(Locator::Css(&acknowledge)).await.unwrap().click().await.unwrap();
+    wait_text(&browser, "#ack-result", "enter your name to acknowledge").await;
+    browser.find(Locator::Css("#ack-actor")).await.unwrap().send_keys("night-shift").await.unwrap();
+    browser.find(Locator::Css(&acknowledge)).await.unwrap().click().await.unwrap();
+    let acked = "acknowledged by night-shift";
+    wait_text(&browser, &format!("{pull_failing} td:nth-child(6)"), acked).await;
+    wait_text(&browser, "#alerts-acked", "1").await;
+    let (_, open) =
+        crate::common::call_as(server.http_addr, Some(&admin), "GET", "/api/v1/alerts", None).await;
+    let mall_alert = open["alerts"].as_array().unwrap().iter().find(|a| a["subject"] == "mall");
+    assert_eq!(mall_alert.expect("the mall's alert")["acknowledged_by"], "night-shift");
+
+    // The screenshot shows the alerts, the channels and the returns.
+    browser.execute("document.getElementById('alerts').scrollIntoView();", vec![]).await.unwrap();
     let png = browser.screenshot().await.expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");
     let artifact = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -1,6 +1,7 @@
 // stockd dashboard: one Server-Sent Events stream (/api/v1/events, read with fetch so it can
-// carry the API key) keeps the health panel, the stock board and the change list live; the SKU
-// detail is fetched on demand. Every value is written with textContent (never as HTML). No
+// carry the API key) keeps the health panel, the stock board and the change list live; after
+// each update the open alerts, the sales channels and the returns are fetched again, and the
+// SKU detail when it is open. Every value is written with textContent (never as HTML). No
 // dependencies, works offline.
 //
 // With authentication on, the page asks for an API key (readonly is enough to watch; the
@@ -224,6 +225,7 @@ function onUpdate(data) {
   renderBoard(data.board);
   renderChanges($("changes"), data.changes);
   refreshReturns();
+  refreshOperations();
   if (detailSku) refreshDetail();
 }
 
@@ -311,6 +313,132 @@ async function refreshReturns() {
   } finally {
     returnsBusy = false;
   }
+}
+
+// A channel's state at a glance: "failing" while pulls, the token or stock pushes fail,
+// "token expiring" within five minutes of its expiry (tokens are refreshed ten minutes ahead
+// by default, so only one that could not be refreshed gets there), otherwise "ok"; and the
+// first problem.
+const TOKEN_WARN_MS = 5 * 60 * 1000;
+function channelHealth(c, now) {
+  const pullError = c.failed_pulls > 0 && c.last_pull ? c.last_pull.error : null;
+  const problem = c.token_error || pullError || c.push_error || "";
+  if (c.failed_pulls > 0 || c.token_error || c.push_error) return { state: "failing", cls: "bad", problem };
+  if (c.token_expires_at_ms != null && c.token_expires_at_ms - now < TOKEN_WARN_MS) {
+    return { state: "token expiring", cls: "warn", problem };
+  }
+  return { state: "ok", cls: "ok", problem };
+}
+
+function channelRow(c, now) {
+  const health = channelHealth(c, now);
+  const tr = el("tr");
+  tr.dataset.channel = c.name;
+  const badge = el("td");
+  badge.appendChild(el("span", health.state, `badge ${health.cls}`));
+  const pull = !c.pull_enabled ? "off"
+    : !c.last_pull ? "not yet"
+    : `${fmtTime(c.last_pull.started_ms)} ${c.last_pull.status}` +
+      (c.failed_pulls > 0 ? ` (${c.failed_pulls} failed in a row)` : "");
+  const token = c.token_expires_at_ms == null ? "-"
+    : c.token_expires_at_ms <= now ? "expired"
+    : `expires in ${fmtDuration((c.token_expires_at_ms - now) / 1000)}`;
+  const push = !c.push_enabled ? "off"
+    : `${c.last_push_ms ? fmtTime(c.last_push_ms) : "not yet"}, ${fmtInt(c.push_pending_skus)} SKUs pending`;
+  tr.append(el("td", c.name), badge, el("td", pull), el("td", fmtInt(c.orders_applied), "num"),
+    el("td", fmtInt(c.orders_rejected), "num"), el("td", token), el("td", fmtInt(c.backlog), "num"),
+    el("td", push), el("td", health.problem, "wrap"));
+  return tr;
+}
+
+function alertRow(a) {
+  const tr = el("tr");
+  tr.dataset.alert = a.id;
+  tr.dataset.rule = a.rule;
+  tr.dataset.subject = a.subject;
+  const severity = el("td");
+  severity.appendChild(el("span", a.severity, `badge ${a.severity === "critical" ? "bad" : "warn"}`));
+  const state = el("td", a.state === "acknowledged" ? `acknowledged by ${a.acknowledged_by}` : a.state);
+  const action = el("td");
+  if (a.state === "firing") {
+    const button = el("button", "Acknowledge");
+    button.type = "button";
+    button.addEventListener("click", () => acknowledge(a.id));
+    action.appendChild(button);
+  }
+  tr.append(severity, el("td", a.rule.replaceAll("_", " ")), el("td", a.subject),
+    el("td", a.message, "wrap"), el("td", fmtTime(a.fired_ms)), state, action);
+  return tr;
+}
+
+function showTable(rows, body, empty) {
+  $(body).replaceChildren(rows);
+  $(body).parentElement.hidden = !$(body).children.length;
+  $(empty).hidden = $(body).children.length > 0;
+}
+
+// Open alerts and the sales channels' sync state, with their summary cards.
+let operationsBusy = false;
+let alertsShown = null;
+async function refreshOperations() {
+  if (operationsBusy) return;
+  operationsBusy = true;
+  try {
+    const [alerts, channels] = await Promise.all([
+      api("/api/v1/alerts").then((r) => r.json()),
+      api("/api/v1/channels").then((r) => r.json()),
+    ]);
+    const now = Date.now();
+    const open = alerts.alerts || [];
+    // Redrawn only when they changed, so a row is not replaced under a click.
+    const shown = JSON.stringify(open);
+    if (shown !== alertsShown) {
+      alertsShown = shown;
+      const alertRows = document.createDocumentFragment();
+      for (const a of open) alertRows.appendChild(alertRow(a));
+      showTable(alertRows, "alert-rows", "alerts-empty");
+    }
+    const critical = open.filter((a) => a.severity === "critical").length;
+    setText($("alerts-open"), fmtInt(open.length));
+    $("alerts-open").className = critical ? "bad-text" : "";
+    setText($("alerts-critical"), fmtInt(critical));
+    setText($("alerts-acked"), fmtInt(open.filter((a) => a.state === "acknowledged").length));
+
+    const list = channels.channels || [];
+    const channelRows = document.createDocumentFragment();
+    for (const c of list) channelRows.appendChild(channelRow(c, now));
+    showTable(channelRows, "channel-rows", "channels-empty");
+    const failing = list.filter((c) => channelHealth(c, now).state === "failing").length;
+    setText($("channels-health"),
+      !list.length ? "none" : failing ? `${failing} of ${list.length} failing` : `${list.length} ok`);
+    $("channels-health").className = failing ? "bad-text" : "";
+    setText($("channels-backlog"), fmtInt(list.reduce((sum, c) => sum + c.backlog, 0)));
+  } catch (e) {
+    setText($("alerts-open"), "?");
+    setText($("channels-health"), "?");
+  } finally {
+    operationsBusy = false;
+  }
+}
+
+async function acknowledge(id) {
+  const actor = $("ack-actor").value.trim();
+  if (!actor) {
+    setText($("ack-result"), "enter your name to acknowledge");
+    $("ack-actor").focus();
+    return;
+  }
+  const response = await api(`/api/v1/alerts/${id}/ack`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ actor }),
+  });
+  const body = await response.json();
+  setText($("ack-result"), response.ok
+    ? `acknowledged alert ${id}`
+    : response.status === 403 ? "this key may not acknowledge alerts (the ops role can)"
+    : `not acknowledged: ${body.message}`);
+  refreshOperations();
 }
 
 async function refreshDetail() {
