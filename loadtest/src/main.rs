@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
+use stockd_protocol::tls::{self, Tls};
 use stockd_protocol::{ChannelQuota, SkuLimits};
 
 #[derive(Parser, Debug)]
@@ -28,6 +29,13 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7878")]
     server: String,
+    /// Connect over TLS (the server runs with `[tls] enabled = true`), trusting the
+    /// certificates in this PEM file: the server's own self-signed certificate or its CA.
+    #[arg(long, env = "STOCKD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --server).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// API key with the admin role (the harness sets up stock, then reserves); the key a
     /// fresh server prints on its first start will do.
     #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true)]
@@ -163,8 +171,16 @@ fn main() -> ExitCode {
 async fn main_async(args: Args) -> anyhow::Result<bool> {
     let scenario = args.scenario;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => {
+            let name = args.tls_server_name.as_deref().unwrap_or(tls::host_of(&args.server));
+            Some(Tls::from_pem_file(ca, name)?)
+        }
+    };
     let config = RunConfig {
         server: args.server,
+        tls,
         api_key: args.api_key,
         scenario,
         connections: args.connections,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
+use stockd_protocol::tls::{self, Stream, Tls};
 use stockd_protocol::{Client, ClientError, ClientOptions, Op, OpReply, SerialClient, SkuLimits};
 use tokio::task::JoinSet;
 
@@ -28,6 +29,8 @@ const SETUP_BATCH: u64 = 4096;
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub server: String,
+    /// TLS to the server (`[tls] enabled = true` on the server), else plain TCP.
+    pub tls: Option<Tls>,
     /// API key presented in the handshake (a key with the admin role: the harness sets up
     /// stock and reserves).
     pub api_key: String,
@@ -107,8 +110,20 @@ struct Shared {
 /// A worker's connection: its own (one request at a time, the leanest path) with one request
 /// in flight per connection, else a pipelined connection shared with the other workers.
 enum Connection {
-    Own(SerialClient),
+    Own(Box<SerialClient<Stream>>),
     Shared(Client),
+}
+
+/// A new connection to the server, over TLS when the run has it.
+pub(crate) async fn connect(config: &RunConfig, options: &ClientOptions) -> anyhow::Result<Stream> {
+    tls::connect(config.server.as_str(), config.tls.as_ref(), options.connect_timeout)
+        .await
+        .with_context(|| match &config.tls {
+            None => format!("connecting to {}", config.server),
+            Some(tls) => {
+                format!("connecting to {} over TLS as {}", config.server, tls.server_name())
+            }
+        })
 }
 
 impl Connection {
@@ -217,17 +232,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     let serial = config.in_flight == 1;
     let mut clients = Vec::with_capacity(config.connections);
     for _ in 0..if serial { 1 } else { config.connections } {
-        let client = Client::connect(config.server.as_str(), options.clone())
+        let stream = connect(&config, &options).await?;
+        let client = Client::over(stream, options.clone())
             .await
-            .with_context(|| format!("connecting to {}", config.server))?;
+            .with_context(|| format!("handshake with {}", config.server))?;
         clients.push(client);
     }
     let mut own = Vec::new();
     for _ in 0..if serial { config.connections } else { 0 } {
-        let client = SerialClient::connect(config.server.as_str(), options.clone())
+        let stream = connect(&config, &options).await?;
+        let client = SerialClient::over(stream, options.clone())
             .await
-            .with_context(|| format!("connecting to {}", config.server))?;
-        own.push(client);
+            .with_context(|| format!("handshake with {}", config.server))?;
+        own.push(Box::new(client));
     }
     let setup_started = Instant::now();
     setup(&clients[0], &workload, stock).await?;

@@ -55,7 +55,8 @@ fn outcome(name: &str, failures: &[String], ok_detail: String) -> Check {
 async fn server_time_ms(config: &RunConfig) -> anyhow::Result<u64> {
     let options =
         ClientOptions { api_key: Bytes::from(config.api_key.clone()), ..ClientOptions::default() };
-    let client = Client::connect(config.server.as_str(), options).await?;
+    let stream = crate::run::connect(config, &options).await?;
+    let client = Client::over(stream, options).await?;
     Ok(client.hello().server_time_ms)
 }
 

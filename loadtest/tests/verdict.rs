@@ -39,6 +39,7 @@ async fn start_server_with(
 fn flash_sale(server: String, api_key: &str, assume_stock: Option<u64>) -> RunConfig {
     RunConfig {
         server,
+        tls: None,
         api_key: api_key.to_string(),
         scenario: Scenario::FlashSale,
         connections: 8,
@@ -191,5 +192,50 @@ async fn the_binary_passes_a_bounded_sale_on_one_thread_and_on_two() {
         .expect("the binary runs");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--threads"));
+    let _ = stop.send(());
+}
+
+/// Against a server with TLS on, the binary runs the sale over TLS when given the server's
+/// certificate (`--tls-ca`), and without it fails to connect, saying so, with exit status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_over_tls_given_the_certificate() {
+    let certs = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(names).expect("certificate");
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key_pair.serialize_pem()).expect("write key");
+    let (addr, stop, dir, key) = start_server_with(|config| {
+        config.tls.enabled = true;
+        config.tls.cert_file = cert_file.clone();
+        config.tls.key_file = key_file.clone();
+    })
+    .await;
+    let sale = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockd-loadtest"));
+        command
+            .args(["flash-sale", "--server", &addr.to_string(), "--quiet", "--connections", "4"])
+            .args(["--warmup", "0.1", "--duration", "1", "--requests", "5000", "--json"])
+            .arg(dir.path().join("tls.json"))
+            .arg("--report")
+            .arg(dir.path().join("tls.html"))
+            .args(extra)
+            .env("STOCKD_API_KEY", &key)
+            .env_remove("STOCKD_TLS_CA");
+        command
+    };
+    let ca = cert_file.to_str().expect("utf-8 path");
+    for extra in [vec!["--tls-ca", ca], vec!["--tls-ca", ca, "--in-flight", "4"]] {
+        let output = sale(&extra).output().await.expect("the binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{extra:?}: {stdout}\n{stderr}");
+        assert!(stdout.contains("PASS"), "{stdout}");
+    }
+    let plain = sale(&[]).output().await.expect("the binary runs");
+    assert_eq!(plain.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(stderr.contains(&format!("{addr}")), "{stderr}");
     let _ = stop.send(());
 }

@@ -11,6 +11,8 @@ pub mod frame;
 pub mod limits;
 pub mod message;
 pub mod serial;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, Pool};
 pub use code::ResultCode;

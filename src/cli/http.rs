@@ -14,20 +14,39 @@ pub struct HttpTarget {
     /// API key sent as `Authorization: Bearer` (README "Security").
     #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true, global = true)]
     pub api_key: String,
+    /// For an `https://` address: also trust the certificates in this PEM file (the server's
+    /// own self-signed certificate or its CA).
+    #[arg(long, env = "STOCKD_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl HttpTarget {
     /// A request to `path` (which starts with `/`), with the key if one was given.
-    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
         let base = match self.http.contains("://") {
             true => self.http.trim_end_matches('/').to_string(),
             false => format!("http://{}", self.http),
         };
-        let request = reqwest::Client::new().request(method, format!("{base}{path}"));
-        match self.api_key.is_empty() {
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read certificates from {}", ca.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no usable PEM certificate", ca.display()))?;
+            anyhow::ensure!(!certificates.is_empty(), "{} holds no PEM certificate", ca.display());
+            for certificate in certificates {
+                client = client.add_root_certificate(certificate);
+            }
+        }
+        let request = client.build()?.request(method, format!("{base}{path}"));
+        Ok(match self.api_key.is_empty() {
             true => request,
             false => request.bearer_auth(&self.api_key),
-        }
+        })
     }
 
     /// One JSON API call; a refusal is printed (code and message) and becomes `Err(code)`.
@@ -37,7 +56,7 @@ impl HttpTarget {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Result<Value, ResultCode>> {
-        let mut request = self.request(method, path);
+        let mut request = self.request(method, path)?;
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use stockd_protocol::tls::{self, Tls};
 use stockd_protocol::{
     ChannelQuota, Client, ClientOptions, Line, LocationsReply, Op, ReservationInfo, Reserve,
     ReserveAt, ResultCode, SkuInfo, SkuLimits,
@@ -302,6 +303,13 @@ struct ClientArgs {
     /// API key presented in the handshake.
     #[arg(long, env = "STOCKD_API_KEY", default_value = "", hide_env_values = true)]
     api_key: String,
+    /// Connect over TLS (the server runs with `[tls] enabled = true`), trusting the
+    /// certificates in this PEM file: the server's own self-signed certificate or its CA.
+    #[arg(long, env = "STOCKD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --server).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
 }
 
 /// A UTC time in milliseconds as RFC 3339 (seconds).
@@ -477,9 +485,20 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         client_name: Bytes::from_static(b"stockd-cli"),
         ..ClientOptions::default()
     };
-    Client::connect(args.server.as_str(), options)
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => {
+            let name = args.tls_server_name.as_deref().unwrap_or(tls::host_of(&args.server));
+            Some(Tls::from_pem_file(ca, name)?)
+        }
+    };
+    let stream = tls::connect(args.server.as_str(), tls.as_ref(), options.connect_timeout)
         .await
-        .with_context(|| format!("connecting to {}", args.server))
+        .with_context(|| match &tls {
+            None => format!("connecting to {}", args.server),
+            Some(tls) => format!("connecting to {} over TLS as {}", args.server, tls.server_name()),
+        })?;
+    Client::over(stream, options).await.with_context(|| format!("handshake with {}", args.server))
 }
 
 fn bytes(text: &str) -> Bytes {
@@ -643,7 +662,7 @@ async fn wms_import(
         bail!("{}: {e}; nothing was sent", file.display());
     }
     let response = http
-        .request(reqwest::Method::POST, "/api/v1/feeds/wms")
+        .request(reqwest::Method::POST, "/api/v1/feeds/wms")?
         .query(&[("actor", actor), ("reason", reason)])
         .header("content-type", "text/csv")
         .body(text)

@@ -550,6 +550,68 @@ async fn tls_serves_both_protocols_and_refuses_plaintext() {
     server.stop().await;
 }
 
+/// The `stockd` CLI reaches a TLS server when told which certificate to trust: over the binary
+/// protocol (`--tls-ca`, checking the certificate's IP address or, with `--tls-server-name`,
+/// its DNS name) and over HTTPS. Without the certificate, or with a name the certificate does
+/// not carry, it refuses to talk, and says why.
+#[tokio::test]
+async fn the_cli_talks_tls_when_given_the_certificate() {
+    let mut config = secure_config();
+    let (cert_file, key_file, _) = certificate(&config.storage.data_dir);
+    config.tls.enabled = true;
+    config.tls.cert_file = cert_file.clone();
+    config.tls.key_file = key_file;
+    let (server, keys) = secure_server(config).await;
+    let cli = |args: Vec<String>| async move {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_stockd"))
+            .args(&args)
+            .env_remove("STOCKD_API_KEY")
+            .env_remove("STOCKD_TLS_CA")
+            .output()
+            .await
+            .expect("run stockd");
+        let out = String::from_utf8_lossy(&output.stdout).to_string();
+        (output.status.code(), out + &String::from_utf8_lossy(&output.stderr))
+    };
+    let ca = cert_file.to_str().expect("utf-8 path").to_string();
+    let protocol = |extra: &[&str]| {
+        let mut args = vec!["ping".to_string(), "--server".into(), server.addr.to_string()];
+        args.extend(["--api-key".to_string(), keys["readonly"].clone()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let (code, out) = cli(protocol(&["--tls-ca", &ca])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ok protocol_version=1"), "{out}");
+    let (code, out) = cli(protocol(&["--tls-ca", &ca, "--tls-server-name", "localhost"])).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(protocol(&["--tls-ca", &ca, "--tls-server-name", "shop.example"])).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("over TLS as shop.example"), "{out}");
+    let (code, out) = cli(protocol(&[])).await;
+    assert_eq!(code, Some(1), "a plaintext client is not served: {out}");
+    let (code, out) = cli(protocol(&["--tls-ca", "/nonexistent/ca.pem"])).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("cannot read certificates from /nonexistent/ca.pem"), "{out}");
+
+    let https = format!("https://localhost:{}", server.http_addr.port());
+    let keys_list = |extra: &[&str]| {
+        let mut args: Vec<String> = ["keys", "list", "--http", &https, "--api-key", &keys["admin"]]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let (code, out) = cli(keys_list(&["--tls-ca", &ca])).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("admin2"), "{out}");
+    let (code, out) = cli(keys_list(&[])).await;
+    assert_eq!(code, Some(1), "an unknown certificate is refused: {out}");
+    assert!(out.contains("cannot reach"), "{out}");
+    server.stop().await;
+}
+
 #[test]
 fn the_first_start_prints_an_admin_key_once_and_stores_it_nowhere() {
     use std::io::{BufRead, BufReader};
