@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use stockd_loadtest::scenario::Mix;
 use stockd_loadtest::{run, RunConfig, Scenario};
-use stockd_protocol::tls::{self, Tls};
+use stockd_protocol::tls::Tls;
 use stockd_protocol::{ChannelQuota, SkuLimits};
 
 #[derive(Parser, Debug)]
@@ -171,13 +171,8 @@ fn main() -> ExitCode {
 async fn main_async(args: Args) -> anyhow::Result<bool> {
     let scenario = args.scenario;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let tls = match &args.tls_ca {
-        None => None,
-        Some(ca) => {
-            let name = args.tls_server_name.as_deref().unwrap_or(tls::host_of(&args.server));
-            Some(Tls::from_pem_file(ca, name)?)
-        }
-    };
+    let tls =
+        Tls::from_options(args.tls_ca.as_deref(), args.tls_server_name.as_deref(), &args.server)?;
     let config = RunConfig {
         server: args.server,
         tls,

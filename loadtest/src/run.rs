@@ -118,11 +118,8 @@ enum Connection {
 pub(crate) async fn connect(config: &RunConfig, options: &ClientOptions) -> anyhow::Result<Stream> {
     tls::connect(config.server.as_str(), config.tls.as_ref(), options.connect_timeout)
         .await
-        .with_context(|| match &config.tls {
-            None => format!("connecting to {}", config.server),
-            Some(tls) => {
-                format!("connecting to {} over TLS as {}", config.server, tls.server_name())
-            }
+        .with_context(|| {
+            format!("connecting to {}", tls::describe(&config.server, config.tls.as_ref()))
         })
 }
 

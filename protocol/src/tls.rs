@@ -92,9 +92,28 @@ impl Tls {
         Ok(Tls { connector: TlsConnector::from(Arc::new(config)), name })
     }
 
+    /// The TLS a command line asks for: none without `ca_file`, else trusting it and expecting
+    /// `server_name`, or by default the host of `server`.
+    pub fn from_options(
+        ca_file: Option<&Path>,
+        server_name: Option<&str>,
+        server: &str,
+    ) -> Result<Option<Tls>, TlsSetupError> {
+        ca_file.map(|ca| Tls::from_pem_file(ca, server_name.unwrap_or(host_of(server)))).transpose()
+    }
+
     /// The name the server's certificate must carry.
     pub fn server_name(&self) -> String {
         self.name.to_str().into_owned()
+    }
+}
+
+/// How a connection to `server` is made, for messages: the address, and over TLS the name
+/// checked.
+pub fn describe(server: &str, tls: Option<&Tls>) -> String {
+    match tls {
+        None => server.to_string(),
+        Some(tls) => format!("{server} over TLS as {}", tls.server_name()),
     }
 }
 
@@ -120,4 +139,32 @@ pub async fn connect(
         })
     };
     tokio::time::timeout(timeout, connecting).await.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("127.0.0.1:7878"), "127.0.0.1");
+        assert_eq!(host_of("localhost:7878"), "localhost");
+        assert_eq!(host_of("[::1]:7878"), "::1");
+        assert_eq!(host_of("stock.internal"), "stock.internal");
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_a_clear_error() {
+        let missing = Tls::from_options(Some(Path::new("/nonexistent/ca.pem")), None, "h:1");
+        let message = missing.expect_err("no file").to_string();
+        assert!(message.starts_with("cannot read certificates from /nonexistent/ca.pem"));
+        let dir = std::env::temp_dir().join(format!("stockd-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let message = Tls::from_pem_file(&empty, "localhost").expect_err("empty").to_string();
+        assert_eq!(message, format!("{} holds no PEM certificate", empty.display()));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(Tls::from_options(None, None, "h:1").expect("no TLS").is_none());
+    }
 }

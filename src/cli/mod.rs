@@ -485,19 +485,11 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         client_name: Bytes::from_static(b"stockd-cli"),
         ..ClientOptions::default()
     };
-    let tls = match &args.tls_ca {
-        None => None,
-        Some(ca) => {
-            let name = args.tls_server_name.as_deref().unwrap_or(tls::host_of(&args.server));
-            Some(Tls::from_pem_file(ca, name)?)
-        }
-    };
+    let tls =
+        Tls::from_options(args.tls_ca.as_deref(), args.tls_server_name.as_deref(), &args.server)?;
     let stream = tls::connect(args.server.as_str(), tls.as_ref(), options.connect_timeout)
         .await
-        .with_context(|| match &tls {
-            None => format!("connecting to {}", args.server),
-            Some(tls) => format!("connecting to {} over TLS as {}", args.server, tls.server_name()),
-        })?;
+        .with_context(|| format!("connecting to {}", tls::describe(&args.server, tls.as_ref())))?;
     Client::over(stream, options).await.with_context(|| format!("handshake with {}", args.server))
 }
 
