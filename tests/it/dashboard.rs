@@ -137,6 +137,22 @@ async fn wait_text(browser: &Client, css: &str, expected: &str) {
     }
 }
 
+/// The text of the element matching `css`, read in one step: the page redraws the channel
+/// rows after every update, so an element found first may be gone when asked for its text.
+async fn text_now(browser: &Client, css: &str) -> String {
+    let script = "const e = document.querySelector(arguments[0]); return e && e.textContent;";
+    let text = browser.execute(script, vec![json!(css)]).await.expect("script runs");
+    text.as_str().unwrap_or_else(|| panic!("nothing matches {css}")).to_string()
+}
+
+/// Clicks the element matching `css` in one step (found and clicked in the page, for the same
+/// reason as [`text_now`]).
+async fn click_now(browser: &Client, css: &str) {
+    let script = "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;";
+    let clicked = browser.execute(script, vec![json!(css)]).await.expect("script runs");
+    assert_eq!(clicked, json!(true), "nothing matches {css}");
+}
+
 fn cell(sku: &str, field: &str) -> String {
     format!("tr[data-sku=\"{sku}\"] td[data-field=\"{field}\"]")
 }
@@ -336,11 +352,9 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     };
     wait_text(&browser, &channel("shop", 2), "ok").await;
     wait_text(&browser, &channel("mall", 2), "failing").await;
-    let problem = browser.find(Locator::Css(&channel("mall", 9))).await.unwrap();
-    let problem = problem.text().await.unwrap();
-    assert!(problem.contains("500"), "the pull's error is shown: {problem:?}");
-    let token = browser.find(Locator::Css(&channel("shop", 6))).await.unwrap();
-    let token = token.text().await.unwrap();
+    let problem = "HTTP 500 Internal Server Error: marketplace down";
+    wait_text(&browser, &channel("mall", 9), problem).await;
+    let token = text_now(&browser, &channel("shop", 6)).await;
     assert!(token.starts_with("expires in "), "the token's expiry is shown: {token:?}");
     wait_text(&browser, "#channels-health", "1 of 2 failing").await;
     let pull_failing = "#alert-rows tr[data-rule=\"pull_failing\"][data-subject=\"mall\"]";
@@ -359,10 +373,10 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
         .unwrap();
     assert_eq!(counted[0], counted[1], "{counted}");
     let acknowledge = format!("{pull_failing} button");
-    browser.find(Locator::Css(&acknowledge)).await.unwrap().click().await.unwrap();
+    click_now(&browser, &acknowledge).await;
     wait_text(&browser, "#ack-result", "enter your name to acknowledge").await;
     browser.find(Locator::Css("#ack-actor")).await.unwrap().send_keys("night-shift").await.unwrap();
-    browser.find(Locator::Css(&acknowledge)).await.unwrap().click().await.unwrap();
+    click_now(&browser, &acknowledge).await;
     let acked = "acknowledged by night-shift";
     wait_text(&browser, &format!("{pull_failing} td:nth-child(6)"), acked).await;
     wait_text(&browser, "#alerts-acked", "1").await;
