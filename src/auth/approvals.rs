@@ -3,16 +3,37 @@
 //! and is dropped if nobody does before it expires. The requester (or any admin) may reject
 //! it. Requests, approvals, rejections and expiries are audited by the caller.
 //!
-//! Pending requests live in memory: a restart drops them (nothing was applied, and the
-//! audit log shows the request without an approval), so the requester submits again.
+//! Pending requests survive a restart: every request, and the end of every request (approved,
+//! rejected or expired), is appended to `approvals.jsonl` (a [`crate::journal`] file) and
+//! synced before the caller goes on. An approval is recorded as the end of its request before
+//! its changes are applied, so a crash in between cannot apply them twice after the restart
+//! (at most once: the audit log shows what was applied).
+//!
+//! # File format (`approvals.jsonl`, journal version 1)
+//!
+//! One JSON object per line, `"kind"` naming it:
+//! - `requested`: `view` (the pending request as `GET /api/v1/approvals` lists it) and `work`
+//!   (what approving it does, owned by the caller: `crate::http::approvals::Deferred`);
+//! - `ended`: `id`, a request that was approved, rejected or expired.
+//!
+//! Folded at start, a `requested` with no `ended` is pending again (and expires as usual). An
+//! `ended` for an unknown id, or a second `requested` with one id, is damage. The file is
+//! rewritten with the pending requests alone when it holds more than twice as many lines as
+//! requests, plus 64.
 
 use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Principal;
 use crate::engine::{Command, Engine};
+use crate::journal::{Journal, JournalError};
+use crate::wal::Storage;
+
+/// The file of the pending requests, in the data directory.
+pub const APPROVALS_FILE: &str = "approvals.jsonl";
 
 /// Most requests pending at once.
 pub const PENDING_MAX: usize = 1000;
@@ -104,7 +125,7 @@ pub fn dangerous(
 }
 
 /// A request waiting for approval, as listed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingView {
     pub id: String,
     pub action: String,
@@ -125,6 +146,14 @@ struct Pending<T> {
     work: T,
 }
 
+/// A line of `approvals.jsonl`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Entry<W> {
+    Requested { view: PendingView, work: W },
+    Ended { id: String },
+}
+
 /// Why an approval step was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -141,16 +170,53 @@ pub enum ApprovalError {
     Full,
     #[error("cannot read random bytes: {0}")]
     Random(String),
+    /// The step could not be recorded, so it was not taken.
+    #[error("the approvals file cannot be written: {0}")]
+    Storage(String),
+}
+
+struct State<T> {
+    pending: BTreeMap<String, Pending<T>>,
+    /// `None` for a store kept in memory only (tests).
+    journal: Option<Journal>,
+}
+
+impl<T: Serialize> State<T> {
+    /// Appends `entry` (synced); nothing changes in memory when that fails.
+    fn record(&mut self, entry: &Entry<&T>) -> Result<(), ApprovalError> {
+        let Some(journal) = &mut self.journal else { return Ok(()) };
+        journal
+            .append(std::slice::from_ref(entry))
+            .map_err(|e| ApprovalError::Storage(e.to_string()))
+    }
+
+    /// Rewrites the file with the pending requests alone once ended ones dominate it. A failed
+    /// rewrite leaves the old file, which folds to the same requests.
+    fn compact(&mut self, storage: &dyn Storage) {
+        let Some(journal) = &mut self.journal else { return };
+        if journal.lines() <= 2 * self.pending.len() + 64 {
+            return;
+        }
+        let entries: Vec<Entry<&T>> = self
+            .pending
+            .values()
+            .map(|p| Entry::Requested { view: p.view.clone(), work: &p.work })
+            .collect();
+        if let Err(e) = journal.rewrite(storage, &entries) {
+            tracing::warn!(error = %e, "compacting {APPROVALS_FILE} failed; it stays as it is");
+        }
+    }
 }
 
 /// The pending requests; `T` is the deferred work.
 pub struct Approvals<T> {
-    pending: Mutex<BTreeMap<String, Pending<T>>>,
+    state: Mutex<State<T>>,
 }
 
 impl<T> Default for Approvals<T> {
+    /// A store in memory only.
     fn default() -> Self {
-        Approvals { pending: Mutex::new(BTreeMap::new()) }
+        Approvals { state: Mutex::new(State { pending: BTreeMap::new(), journal: None }) }
     }
 }
 
@@ -163,8 +229,37 @@ pub struct Request {
     pub changes: Vec<String>,
 }
 
-impl<T> Approvals<T> {
-    /// Records a request by `by`; returns what it looks like pending.
+impl<T: Serialize + DeserializeOwned> Approvals<T> {
+    /// Opens (or creates) `approvals.jsonl` in `storage` and returns the requests it leaves
+    /// pending, expired ones included (the caller expires them as usual).
+    pub fn open(storage: &dyn Storage) -> Result<Approvals<T>, JournalError> {
+        let (journal, entries) = Journal::open::<Entry<T>>(storage, APPROVALS_FILE)?;
+        let mut pending = BTreeMap::new();
+        for (line, entry) in entries.into_iter().enumerate() {
+            let corrupt = |problem: String| JournalError::Corrupt {
+                file: APPROVALS_FILE.into(),
+                line: line + 1,
+                problem,
+            };
+            match entry {
+                Entry::Requested { view, work } => {
+                    let id = view.id.clone();
+                    if pending.insert(id.clone(), Pending { view, work }).is_some() {
+                        return Err(corrupt(format!("request {id} is made twice")));
+                    }
+                }
+                Entry::Ended { id } => {
+                    pending.remove(&id).ok_or_else(|| corrupt(format!("ends unknown {id}")))?;
+                }
+            }
+        }
+        Ok(Approvals { state: Mutex::new(State { pending, journal: Some(journal) }) })
+    }
+}
+
+impl<T: Serialize> Approvals<T> {
+    /// Records a request by `by`; returns what it looks like pending. Blocking (one
+    /// `fdatasync`).
     pub fn request(
         &self,
         request: Request,
@@ -173,8 +268,8 @@ impl<T> Approvals<T> {
         now_ms: u64,
         expiry_ms: u64,
     ) -> Result<PendingView, ApprovalError> {
-        let mut pending = self.pending.lock();
-        if pending.len() >= PENDING_MAX {
+        let mut state = self.state.lock();
+        if state.pending.len() >= PENDING_MAX {
             return Err(ApprovalError::Full);
         }
         let mut random = [0u8; 8];
@@ -191,60 +286,80 @@ impl<T> Approvals<T> {
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(expiry_ms),
         };
-        pending.insert(view.id.clone(), Pending { view: view.clone(), work });
+        state.record(&Entry::Requested { view: view.clone(), work: &work })?;
+        state.pending.insert(view.id.clone(), Pending { view: view.clone(), work });
         Ok(view)
     }
 
-    /// Removes and returns the requests past their expiry (for the audit log).
-    pub fn expire(&self, now_ms: u64) -> Vec<PendingView> {
-        let mut pending = self.pending.lock();
-        let expired: Vec<String> = pending
+    /// Removes and returns the requests past their expiry (for the audit log). Blocking.
+    pub fn expire(
+        &self,
+        storage: &dyn Storage,
+        now_ms: u64,
+    ) -> Result<Vec<PendingView>, ApprovalError> {
+        let mut state = self.state.lock();
+        let expired: Vec<String> = state
+            .pending
             .values()
             .filter(|p| p.view.expires_ms <= now_ms)
             .map(|p| p.view.id.clone())
             .collect();
-        expired.iter().filter_map(|id| pending.remove(id)).map(|p| p.view).collect()
+        let mut views = Vec::with_capacity(expired.len());
+        for id in expired {
+            state.record(&Entry::Ended { id: id.clone() })?;
+            views.push(state.pending.remove(&id).expect("listed above").view);
+        }
+        state.compact(storage);
+        Ok(views)
     }
 
     /// The pending requests, oldest first.
     pub fn list(&self) -> Vec<PendingView> {
-        let mut list: Vec<_> = self.pending.lock().values().map(|p| p.view.clone()).collect();
+        let state = self.state.lock();
+        let mut list: Vec<_> = state.pending.values().map(|p| p.view.clone()).collect();
         list.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         list
     }
 
     /// Takes a request out for execution by `approver`, who must not be its requester (the
-    /// caller checks the admin role).
+    /// caller checks the admin role). Its end is recorded first. Blocking.
     pub fn approve(
         &self,
+        storage: &dyn Storage,
         id: &str,
         approver: &Principal,
         now_ms: u64,
     ) -> Result<(PendingView, T), ApprovalError> {
-        let mut pending = self.pending.lock();
-        let entry = pending.get(id).ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let mut state = self.state.lock();
+        let entry = state.pending.get(id).ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         if entry.view.expires_ms <= now_ms {
             return Err(ApprovalError::Expired(id.to_string()));
         }
         if entry.view.requested_by == *approver.key_id {
             return Err(ApprovalError::OwnRequest);
         }
-        let taken = pending.remove(id).expect("present");
+        state.record(&Entry::Ended { id: id.to_string() })?;
+        let taken = state.pending.remove(id).expect("present");
+        state.compact(storage);
         Ok((taken.view, taken.work))
     }
 
-    /// Drops a request without applying it, if `may` allows it given the request.
+    /// Drops a request without applying it, if `may` allows it given the request. Blocking.
     pub fn reject(
         &self,
+        storage: &dyn Storage,
         id: &str,
         may: impl FnOnce(&PendingView) -> bool,
     ) -> Result<PendingView, ApprovalError> {
-        let mut pending = self.pending.lock();
-        let entry = pending.get(id).ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let mut state = self.state.lock();
+        let entry = state.pending.get(id).ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         if !may(&entry.view) {
             return Err(ApprovalError::NotYours);
         }
-        Ok(pending.remove(id).expect("present").view)
+        state.record(&Entry::Ended { id: id.to_string() })?;
+        let view = state.pending.remove(id).expect("present").view;
+        state.compact(storage);
+        Ok(view)
     }
 }
 
@@ -252,6 +367,7 @@ impl<T> Approvals<T> {
 mod tests {
     use super::*;
     use crate::auth::Role;
+    use crate::wal::{MemStorage, Storage};
 
     fn admin(id: &str) -> Principal {
         Principal { key_id: id.into(), name: id.into(), role: Role::Admin }
@@ -285,31 +401,84 @@ mod tests {
 
     #[test]
     fn a_second_admin_approves_before_expiry() {
-        let approvals = Approvals::<u32>::default();
+        let storage = MemStorage::new();
+        let approvals = Approvals::<u32>::open(&storage).expect("open");
         let view = approvals.request(request(), &admin("a"), 7, 1000, 500).expect("pending");
         assert_eq!(view.expires_ms, 1500);
-        assert_eq!(approvals.approve(&view.id, &admin("a"), 1100), Err(ApprovalError::OwnRequest));
+        let own = approvals.approve(&storage, &view.id, &admin("a"), 1100);
+        assert_eq!(own, Err(ApprovalError::OwnRequest));
         assert_eq!(approvals.list().len(), 1, "a refused approval leaves it pending");
-        let (approved, work) = approvals.approve(&view.id, &admin("b"), 1499).expect("approved");
-        assert_eq!((approved.id.as_str(), work), (view.id.as_str(), 7));
+        let approved = approvals.approve(&storage, &view.id, &admin("b"), 1499).expect("approved");
+        assert_eq!((approved.0.id.as_str(), approved.1), (view.id.as_str(), 7));
         assert!(matches!(
-            approvals.approve(&view.id, &admin("b"), 1499),
+            approvals.approve(&storage, &view.id, &admin("b"), 1499),
             Err(ApprovalError::NotFound(_))
         ));
 
         let late = approvals.request(request(), &admin("a"), 8, 2000, 500).expect("pending");
         assert_eq!(
-            approvals.approve(&late.id, &admin("b"), 2500),
+            approvals.approve(&storage, &late.id, &admin("b"), 2500),
             Err(ApprovalError::Expired(late.id.clone()))
         );
-        assert_eq!(approvals.expire(2499), vec![]);
-        let expired = approvals.expire(2500);
+        assert_eq!(approvals.expire(&storage, 2499), Ok(vec![]));
+        let expired = approvals.expire(&storage, 2500).expect("expired");
         assert_eq!(expired.len(), 1);
         assert!(approvals.list().is_empty());
 
         let rejected = approvals.request(request(), &admin("a"), 9, 3000, 500).expect("pending");
-        assert_eq!(approvals.reject(&rejected.id, |_| false), Err(ApprovalError::NotYours));
-        assert_eq!(approvals.reject(&rejected.id, |_| true).expect("rejected").id, rejected.id);
+        let refused = approvals.reject(&storage, &rejected.id, |_| false);
+        assert_eq!(refused, Err(ApprovalError::NotYours));
+        let done = approvals.reject(&storage, &rejected.id, |_| true).expect("rejected");
+        assert_eq!(done.id, rejected.id);
         assert!(approvals.list().is_empty());
+    }
+
+    #[test]
+    fn pending_requests_survive_a_reopen_and_ended_ones_do_not() {
+        let storage = MemStorage::new();
+        let approvals = Approvals::<String>::open(&storage).expect("open");
+        let work = |n: u32| format!("work {n}");
+        let kept = approvals.request(request(), &admin("a"), work(1), 1000, 500).expect("pending");
+        let approved = approvals.request(request(), &admin("a"), work(2), 1001, 500).expect("ok");
+        let rejected = approvals.request(request(), &admin("a"), work(3), 1002, 500).expect("ok");
+        approvals.approve(&storage, &approved.id, &admin("b"), 1100).expect("approved");
+        approvals.reject(&storage, &rejected.id, |_| true).expect("rejected");
+        drop(approvals);
+
+        let reopened = Approvals::<String>::open(&storage).expect("reopen");
+        assert_eq!(reopened.list(), vec![kept.clone()], "only the open request is back");
+        let (view, taken) = reopened.approve(&storage, &kept.id, &admin("b"), 1200).expect("ok");
+        assert_eq!((view, taken), (kept.clone(), work(1)), "with its work");
+        drop(reopened);
+        let again = Approvals::<String>::open(&storage).expect("reopen");
+        assert!(again.list().is_empty(), "an approval is never pending again");
+    }
+
+    #[test]
+    fn the_file_is_compacted_and_damage_is_refused_with_its_line() {
+        let storage = MemStorage::new();
+        let approvals = Approvals::<u32>::open(&storage).expect("open");
+        let open = approvals.request(request(), &admin("a"), 1, 0, 10_000).expect("pending");
+        for n in 0..100 {
+            let view = approvals.request(request(), &admin("a"), n, 0, 10_000).expect("pending");
+            approvals.reject(&storage, &view.id, |_| true).expect("rejected");
+        }
+        let lines = |storage: &MemStorage| {
+            storage.read(APPROVALS_FILE).expect("file").split(|b| *b == b'\n').count() - 1
+        };
+        assert!(lines(&storage) <= 2 + 64, "compacted: {} lines", lines(&storage));
+        drop(approvals);
+        let reopened = Approvals::<u32>::open(&storage).expect("reopen");
+        assert_eq!(reopened.list(), vec![open]);
+        drop(reopened);
+
+        let mut file = storage.open(APPROVALS_FILE).expect("open");
+        let end = storage.read(APPROVALS_FILE).expect("file").len() as u64;
+        let line = lines(&storage) + 1;
+        file.write_at(end, b"{\"v\":1,\"kind\":\"ended\",\"id\":\"ap_unknown\"}\n").unwrap();
+        let Err(error) = Approvals::<u32>::open(&storage) else { panic!("damage accepted") };
+        let message = error.to_string();
+        let at = format!("approvals.jsonl line {line}");
+        assert!(message.contains(&at) && message.contains("ap_unknown"), "{message}");
     }
 }

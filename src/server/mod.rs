@@ -141,6 +141,7 @@ impl Server {
         let sync = crate::sync::OrderSync::open(&config, &*storage)?;
         let alerts = crate::alerting::Alerting::open(&config.alerting, &*storage)?;
         let keys = crate::auth::KeyStore::open(&*storage)?;
+        let approvals = crate::auth::approvals::Approvals::open(&*storage)?;
         let tls = match config.tls.enabled {
             true => Some(crate::auth::tls::acceptor(&config.tls.cert_file, &config.tls.key_file)?),
             false => None,
@@ -177,7 +178,7 @@ impl Server {
             sync,
             alerts,
             keys,
-            approvals: Default::default(),
+            approvals,
             http_limiter,
         };
         Ok(Server { listener, http_listener, shared: Arc::new(shared), tls, lock: None })

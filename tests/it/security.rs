@@ -13,6 +13,7 @@ use common::{test_config, TestServer, T0, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use stockd::auth::{Permission, Role};
+use stockd::clock::Clock;
 use stockd::config::Config;
 use stockd::http::guard::ROUTES;
 use stockd_protocol::{Client, ClientError, ClientOptions, Line, Op, OpReply, Reserve, ResultCode};
@@ -449,6 +450,99 @@ async fn dangerous_changes_wait_for_a_second_admin() {
     let changes = audited(addr, &keys["admin"], "action=adjust_stock&target=S1").await;
     let reason = changes[0]["reason"].as_str().expect("reason");
     assert!(reason.starts_with("write-off (approved by admin in ap_"), "{reason}");
+    server.stop().await;
+}
+
+/// Pending requests come back after a restart with everything approving them needs (a single
+/// change, and a bulk request with an item refused up front), apply once when approved, and
+/// never come back once approved, rejected or expired; a request that expired while the
+/// server was down is audited as expired.
+#[tokio::test]
+async fn pending_approvals_survive_restarts_and_apply_once() {
+    let mut config = secure_config();
+    config.approval.expiry_ms = 60_000;
+    let (server, keys) = secure_server(config.clone()).await;
+    let admin = connect(server.addr, &keys["admin"]).await;
+    set_stock(&admin, "S1", 5_000).await;
+    for n in 0..21 {
+        set_stock(&admin, &format!("B{n}"), 3).await;
+    }
+    drop(admin);
+    let request = |server: &TestServer, path: &'static str, method: Method, body: Value| {
+        let (addr, key) = (server.http_addr, keys["ops"].clone());
+        async move {
+            let (status, reply) = http(addr, Some(&key), method, path, Some(body)).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+            reply["approval"]["id"].as_str().expect("id").to_string()
+        }
+    };
+    let write_off = json!({ "delta": -2_000, "actor": "bob", "reason": "write-off" });
+    let single = request(&server, "/api/v1/skus/S1/adjustments", Method::POST, write_off).await;
+    let mut items: Vec<Value> = (0..21)
+        .map(|n| json!({ "op": "set_stock", "sku": format!("B{n}"), "on_hand": 0 }))
+        .collect();
+    items.push(json!({ "op": "adjust_stock", "sku": "B0", "delta": 0 }));
+    let season = json!({ "actor": "bob", "reason": "season end", "items": items });
+    let bulk = request(&server, "/api/v1/bulk", Method::POST, season.clone()).await;
+    let dropped = request(&server, "/api/v1/bulk", Method::POST, season.clone()).await;
+    let decision = json!({ "actor": "carol", "note": "checked" });
+    let path = format!("/api/v1/approvals/{dropped}/reject");
+    let (status, reply) =
+        http(server.http_addr, Some(&keys["admin"]), Method::POST, &path, Some(decision.clone()))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    server.stop().await;
+
+    let server = TestServer::start_with_clock(config.clone(), Clock::manual(T0 + 1_000)).await;
+    let addr = server.http_addr;
+    let pending = |addr: SocketAddr, key: String| async move {
+        let (_, listed) = http(addr, Some(&key), Method::GET, "/api/v1/approvals", None).await;
+        let ids = listed["pending"].as_array().expect("pending").iter();
+        ids.map(|p| p["id"].as_str().expect("id").to_string()).collect::<Vec<_>>()
+    };
+    // (Listed oldest first, then by id: both were made at T0.)
+    let mut expected = vec![single.clone(), bulk.clone()];
+    expected.sort();
+    assert_eq!(pending(addr, keys["ops"].clone()).await, expected);
+    let on_hand = |server: &TestServer, sku: &str| {
+        server.shared.engine.query_sku(sku.as_bytes(), T0 + 1_000).info.on_hand
+    };
+    assert_eq!((on_hand(&server, "S1"), on_hand(&server, "B7")), (5_000, 3), "nothing applied");
+    let approve = |id: &str, key: &str| {
+        let path = format!("/api/v1/approvals/{id}/approve");
+        let (key, body) = (key.to_string(), decision.clone());
+        async move { http(addr, Some(&key), Method::POST, &path, Some(body)).await }
+    };
+    let (status, reply) = approve(&single, &keys["admin"]).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["result"]["applied"], 1);
+    let (status, reply) = approve(&bulk, &keys["admin2"]).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        (reply["result"]["applied"].as_u64(), reply["result"]["refused"].as_u64()),
+        (Some(21), Some(1))
+    );
+    assert_eq!((on_hand(&server, "S1"), on_hand(&server, "B7")), (3_000, 0));
+    let (status, _) = approve(&single, &keys["admin2"]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an approval applies once");
+    let late = request(
+        &server,
+        "/api/v1/skus/S1/adjustments",
+        Method::POST,
+        json!({
+            "delta": -2_500, "actor": "bob", "reason": "second write-off"
+        }),
+    )
+    .await;
+    server.stop().await;
+
+    // Back after the expiry: nothing pending, S1 untouched, the expiry audited.
+    let server = TestServer::start_with_clock(config, Clock::manual(T0 + 120_000)).await;
+    assert!(pending(server.http_addr, keys["ops"].clone()).await.is_empty());
+    assert_eq!(on_hand(&server, "S1"), 3_000);
+    let expired = audited(server.http_addr, &keys["admin"], "action=approval_expire").await;
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert_eq!(expired[0]["target"], late.as_str());
     server.stop().await;
 }
 
