@@ -2,7 +2,8 @@
 //! `chromium-driver` packages, driven over WebDriver with fantoccini): the page loads from a
 //! real server, shows the seeded SKUs' counters, updates live after a reserve made through the
 //! TCP client, searches, applies an adjustment through its form, shows the sales channels
-//! (one failing) and the open alerts, and acknowledges one. A screenshot is saved as
+//! (one failing) and the open alerts, acknowledges one, and rejects a change waiting for
+//! approval (approving it takes an admin key, which the page says). A screenshot is saved as
 //! `target/tmp/dashboard.png` (and to `$STOCKD_SCREENSHOT` when set).
 //!
 //! Without chromedriver the test says so and passes, unless `STOCKD_REQUIRE_BROWSER=1` (set by
@@ -135,6 +136,20 @@ async fn wait_text(browser: &Client, css: &str, expected: &str) {
             .unwrap_or(Value::Null);
         panic!("{css} never showed {expected:?} (it shows {shown}): {e}");
     }
+}
+
+/// Waits, without polling, until nothing matches `css` (as [`wait_text`] waits for a text).
+async fn wait_gone(browser: &Client, css: &str) {
+    let script = r#"
+        const [css, done] = arguments;
+        if (!document.querySelector(css)) { done(true); return; }
+        const observer = new MutationObserver(() => {
+            if (!document.querySelector(css)) { observer.disconnect(); done(true); }
+        });
+        observer.observe(document.body, { subtree: true, childList: true });
+    "#;
+    let waited = browser.execute_async(script, vec![json!(css)]).await;
+    assert!(waited.is_ok(), "{css} is still shown: {waited:?}");
 }
 
 /// The text of the element matching `css`, read in one step: the page redraws the channel
@@ -384,6 +399,50 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
         crate::common::call_as(server.http_addr, Some(&admin), "GET", "/api/v1/alerts", None).await;
     let mall_alert = open["alerts"].as_array().unwrap().iter().find(|a| a["subject"] == "mall");
     assert_eq!(mall_alert.expect("the mall's alert")["acknowledged_by"], "night-shift");
+
+    // A change waiting for a second admin: listed for the ops key; approving takes an admin
+    // (the page says so), and the ops key that asked may reject it.
+    let write_off =
+        serde_json::json!({"delta": -80, "actor": "stock-clerk", "reason": "water damage"});
+    let (status, body) = crate::common::call_as(
+        server.http_addr,
+        Some(&ops),
+        "POST",
+        "/api/v1/skus/BOARD-A/adjustments",
+        Some(write_off),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["approval"]["id"].as_str().expect("the pending request's id").to_string();
+    let row = format!("#approval-rows tr[data-approval=\"{id}\"]");
+    wait_text(&browser, &format!("{row} td:nth-child(2)"), "adjust stock").await;
+    wait_text(&browser, &format!("{row} td:nth-child(3)"), "BOARD-A").await;
+    wait_text(&browser, &format!("{row} td:nth-child(6)"), "browser").await;
+    click_now(&browser, &format!("{row} button[data-decision=\"approve\"]")).await;
+    wait_text(&browser, "#decide-result", "enter your name to approve").await;
+    let name = browser.find(Locator::Css("#decide-actor")).await.unwrap();
+    name.send_keys("shift-lead").await.unwrap();
+    click_now(&browser, &format!("{row} button[data-decision=\"approve\"]")).await;
+    let refused = "not approved: the ops role may not perform admin operations";
+    wait_text(&browser, "#decide-result", refused).await;
+    assert_eq!(client.query_sku("BOARD-A").await.unwrap().info.on_hand, 97, "nothing applied");
+    click_now(&browser, &format!("{row} button[data-decision=\"reject\"]")).await;
+    wait_text(&browser, "#decide-result", &format!("rejected {id}")).await;
+    wait_gone(&browser, &row).await;
+    let hidden = browser
+        .execute("return document.getElementById('approvals-empty').hidden;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(hidden, json!(false), "the empty note shows once the request is gone");
+    let (_, audit) = crate::common::call_as(
+        server.http_addr,
+        Some(&admin),
+        "GET",
+        "/api/v1/audit?action=approval_reject",
+        None,
+    )
+    .await;
+    assert_eq!(audit["entries"][0]["actor"], "shift-lead", "{audit}");
 
     // The screenshot shows the alerts, the channels and the returns.
     browser.execute("document.getElementById('alerts').scrollIntoView();", vec![]).await.unwrap();

@@ -377,17 +377,51 @@ function showTable(rows, body, empty) {
   $(empty).hidden = $(body).children.length > 0;
 }
 
-// Open alerts and the sales channels' sync state, with their summary cards.
+function approvalRow(p, now) {
+  const tr = el("tr");
+  tr.dataset.approval = p.id;
+  const changes = el("td", p.action.replaceAll("_", " "));
+  changes.title = p.changes.join("\n");
+  const actions = el("td");
+  for (const [label, decision] of [["Approve", "approve"], ["Reject", "reject"]]) {
+    const button = el("button", label);
+    button.type = "button";
+    button.dataset.decision = decision;
+    button.addEventListener("click", () => decide(p.id, decision));
+    actions.appendChild(button);
+  }
+  tr.append(el("td", p.id), changes, el("td", p.target), el("td", p.why, "wrap"),
+    el("td", p.reason, "wrap"), el("td", p.requested_name),
+    el("td", `in ${fmtDuration(Math.max(0, p.expires_ms - now) / 1000)}`), actions);
+  return tr;
+}
+
+// Open alerts, changes waiting for a second admin (for keys that may see them) and the sales
+// channels' sync state, with their summary cards.
 let operationsBusy = false;
 let alertsShown = null;
+let approvalsShown = null;
 async function refreshOperations() {
   if (operationsBusy) return;
   operationsBusy = true;
   try {
-    const [alerts, channels] = await Promise.all([
+    const [alerts, channels, approvals] = await Promise.all([
       api("/api/v1/alerts").then((r) => r.json()),
       api("/api/v1/channels").then((r) => r.json()),
+      api("/api/v1/approvals").then((r) => (r.ok ? r.json() : null)),
     ]);
+    // Keys below the ops role may not list approvals: the panel stays hidden for them.
+    $("approvals").hidden = approvals === null;
+    const pending = approvals ? approvals.pending : [];
+    // Redrawn when the list changes or a minute passes (the time left to expiry).
+    const minute = Math.floor(Date.now() / 60000);
+    const shownApprovals = JSON.stringify([minute, pending.map((p) => p.id)]);
+    if (shownApprovals !== approvalsShown) {
+      approvalsShown = shownApprovals;
+      const rows = document.createDocumentFragment();
+      for (const p of pending) rows.appendChild(approvalRow(p, Date.now()));
+      showTable(rows, "approval-rows", "approvals-empty");
+    }
     const now = Date.now();
     const open = alerts.alerts || [];
     // Redrawn only when they changed, so a row is not replaced under a click.
@@ -421,23 +455,42 @@ async function refreshOperations() {
   }
 }
 
-async function acknowledge(id) {
-  const actor = $("ack-actor").value.trim();
+// POSTs {actor} to `path` in the name typed in `actorInput`; returns the reply, or null when no
+// name was typed (and says so in `result`).
+async function postAs(path, actorInput, result, what) {
+  const actor = $(actorInput).value.trim();
   if (!actor) {
-    setText($("ack-result"), "enter your name to acknowledge");
-    $("ack-actor").focus();
-    return;
+    setText($(result), `enter your name to ${what}`);
+    $(actorInput).focus();
+    return null;
   }
-  const response = await api(`/api/v1/alerts/${id}/ack`, {
+  const response = await api(path, {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ actor }),
   });
-  const body = await response.json();
-  setText($("ack-result"), response.ok
+  return { response, body: await response.json() };
+}
+
+async function acknowledge(id) {
+  const done = await postAs(`/api/v1/alerts/${id}/ack`, "ack-actor", "ack-result", "acknowledge");
+  if (!done) return;
+  setText($("ack-result"), done.response.ok
     ? `acknowledged alert ${id}`
-    : response.status === 403 ? "this key may not acknowledge alerts (the ops role can)"
-    : `not acknowledged: ${body.message}`);
+    : done.response.status === 403 ? "this key may not acknowledge alerts (the ops role can)"
+    : `not acknowledged: ${done.body.message}`);
+  refreshOperations();
+}
+
+async function decide(id, decision) {
+  const path = `/api/v1/approvals/${id}/${decision}`;
+  const done = await postAs(path, "decide-actor", "decide-result", decision);
+  if (!done) return;
+  const { response, body } = done;
+  setText($("decide-result"), !response.ok ? `not ${decision}d: ${body.message}`
+    : decision === "approve"
+      ? `approved ${id}: ${body.result.applied} applied, ${body.result.refused} refused`
+      : `rejected ${id}`);
   refreshOperations();
 }
 
