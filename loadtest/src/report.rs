@@ -42,6 +42,8 @@ pub struct RunResult {
     pub scenario: String,
     pub mode: String,
     pub server: String,
+    /// Whether the connections were TLS.
+    pub tls: bool,
     pub connections: usize,
     pub in_flight: usize,
     pub batch: usize,
@@ -101,6 +103,7 @@ impl RunResult {
             scenario: config.scenario.name().to_string(),
             mode,
             server: config.server.clone(),
+            tls: config.tls.is_some(),
             connections: config.connections,
             in_flight: config.in_flight,
             batch: config.batch,
@@ -130,8 +133,14 @@ impl RunResult {
         let l = &self.latency;
         let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
         let mut out = String::new();
-        let _ =
-            writeln!(out, "scenario     {} ({}) against {}", self.scenario, self.mode, self.server);
+        let _ = writeln!(
+            out,
+            "scenario     {} ({}) against {}{}",
+            self.scenario,
+            self.mode,
+            self.server,
+            if self.tls { " over TLS" } else { "" }
+        );
         let _ = writeln!(
             out,
             "load         {} connections x {} in flight, {} op(s) per request, {} SKUs",
@@ -212,7 +221,7 @@ td, th {{ padding: .25rem .75rem; border-bottom: 1px solid #ddd; text-align: lef
 .verdict-{verdict_class} {{ font-size: 1.2rem; font-weight: 700; }}
 </style></head><body>
 <h1>stockd load test: {scenario}</h1>
-<p>{mode} against {server}: {connections} connections x {in_flight} in flight, {batch} op(s) per request, {skus} SKUs, {measured:.1} s measured.</p>
+<p>{mode} against {server}{tls}: {connections} connections x {in_flight} in flight, {batch} op(s) per request, {skus} SKUs, {measured:.1} s measured.</p>
 <p class="big">{ops_per_s:.0} operations/s</p>
 <table><tr><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>
 <tr><td>{p50}</td><td>{p90}</td><td>{p99}</td><td>{p999}</td><td>{max}</td></tr></table>
@@ -229,6 +238,7 @@ td, th {{ padding: .25rem .75rem; border-bottom: 1px solid #ddd; text-align: lef
             scenario = self.scenario,
             mode = self.mode,
             server = escape(&self.server),
+            tls = if self.tls { " over TLS" } else { "" },
             connections = self.connections,
             in_flight = self.in_flight,
             batch = self.batch,

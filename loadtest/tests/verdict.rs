@@ -181,6 +181,7 @@ async fn the_binary_passes_a_bounded_sale_on_one_thread_and_on_two() {
         let result: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).expect("JSON");
         assert_eq!(result["verdict"]["passed"], true, "{stdout}");
+        assert_eq!(result["tls"], false);
         assert!(result["ops"].as_u64().is_some_and(|ops| ops > 100), "{stdout}");
         let html = std::fs::read_to_string(&report).expect("report written");
         assert!(html.contains("Verdict: PASS"), "--threads {threads}");
@@ -232,6 +233,10 @@ async fn the_binary_runs_over_tls_given_the_certificate() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{extra:?}: {stdout}\n{stderr}");
         assert!(stdout.contains("PASS"), "{stdout}");
+        assert!(stdout.contains(&format!("against {addr} over TLS")), "{stdout}");
+        let json = std::fs::read(dir.path().join("tls.json")).expect("JSON written");
+        let result: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
+        assert_eq!(result["tls"], true);
     }
     let plain = sale(&[]).output().await.expect("the binary runs");
     assert_eq!(plain.status.code(), Some(1));
