@@ -26,7 +26,7 @@ use super::api::{
     make_durable_and_audit, ApiError, Attribution, ACTOR_BYTES_MAX, REASON_BYTES_MAX,
 };
 use super::supply::{apply_prepared, Prepared};
-use super::AppState;
+use super::{blocking, AppState};
 use crate::audit::NewEntry;
 use crate::auth::approvals::{dangerous, ApprovalError, PendingView, Request};
 use crate::auth::{acting, Role};
@@ -245,17 +245,6 @@ pub async fn hold(
     );
     ApiError::new(StatusCode::ACCEPTED, "approval_required", message)
         .with("approval", view_json(&view))
-}
-
-/// Runs `work` on the blocking pool: approval steps append to their file and sync it.
-async fn blocking<R: Send + 'static>(
-    shared: &Arc<Shared>,
-    work: impl FnOnce(&Shared) -> R + Send + 'static,
-) -> R {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || work(&shared))
-        .await
-        .expect("an approval step does not panic")
 }
 
 /// Drops expired requests and audits them (at their expiry time, by the server).

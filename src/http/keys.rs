@@ -2,8 +2,6 @@
 //! in this one reply and nowhere else), `POST /api/v1/keys/{id}/revoke`. Both changes are
 //! audited (`key_create`, `key_revoke`) with the key's id, name and role, never the key.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,10 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::api::{make_durable_and_audit, ApiError, Attribution};
-use super::AppState;
+use super::{blocking, AppState};
 use crate::audit::NewEntry;
 use crate::auth::{KeyError, KeyRecord, Role};
-use crate::server::Shared;
 
 fn key_error(error: KeyError) -> ApiError {
     match error {
@@ -52,17 +49,6 @@ pub struct CreateBody {
     pub reason: String,
 }
 
-async fn blocking<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    work: impl FnOnce(&Shared) -> Result<T, KeyError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || work(&shared))
-        .await
-        .expect("a key change does not panic")
-        .map_err(key_error)
-}
-
 /// `POST /api/v1/keys`: `{"name", "role", "actor", "reason"}` -> 201 with `key` (shown once).
 pub async fn create(
     State(app): State<AppState>,
@@ -79,7 +65,9 @@ pub async fn create(
     let creator = crate::auth::acting().key_id.to_string();
     let name = body.name;
     let (record, key) =
-        blocking(shared, move |shared| shared.keys.create(&name, role, &creator, now_ms)).await?;
+        blocking(shared, move |shared| shared.keys.create(&name, role, &creator, now_ms))
+            .await
+            .map_err(key_error)?;
     let entry = NewEntry {
         at_ms: now_ms,
         actor: who.actor,
@@ -110,7 +98,9 @@ pub async fn revoke(
     let by = crate::auth::acting().key_id.to_string();
     let before = {
         let id = id.clone();
-        blocking(shared, move |shared| shared.keys.revoke(&id, &by, now_ms)).await?
+        blocking(shared, move |shared| shared.keys.revoke(&id, &by, now_ms))
+            .await
+            .map_err(key_error)?
     };
     let after = shared.keys.get(&id).expect("a revoked key stays listed");
     let entry = NewEntry {

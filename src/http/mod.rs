@@ -124,6 +124,15 @@ async fn readyz(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Runs `work` on the blocking pool (changes that append to a journal and sync it).
+async fn blocking<R: Send + 'static>(
+    shared: &Arc<Shared>,
+    work: impl FnOnce(&Shared) -> R + Send + 'static,
+) -> R {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || work(&shared)).await.expect("blocking work does not panic")
+}
+
 async fn metrics(State(app): State<AppState>) -> Response {
     let shared = app.shared.clone();
     // The scrape reads totals over every shard: off the async workers.
