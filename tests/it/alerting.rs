@@ -9,27 +9,17 @@ use crate::common::marketplace;
 use std::sync::Arc;
 
 use common::{call, get, test_config, TestServer, T0};
-use marketplace::{Marketplace, CLIENT_ID, CLIENT_SECRET};
+use marketplace::Marketplace;
 use serde_json::{json, Value};
 use stockd::clock::Clock;
-use stockd::config::{ChannelConfig, Config};
+use stockd::config::Config;
 use stockd::server::Server;
 use stockd::wal::MemStorage;
 use stockd_protocol::ResultCode;
 
 fn config_for(market: &Marketplace) -> Config {
     let mut config = test_config();
-    config.channels.push(ChannelConfig {
-        name: "shop".into(),
-        api_url: market.url(),
-        client_id: Some(CLIENT_ID.into()),
-        client_secret: Some(CLIENT_SECRET.into()),
-        poll_interval_ms: 60_000,
-        retries: 0,
-        retry_backoff_ms: 1,
-        push_stock: false,
-        ..ChannelConfig::default()
-    });
+    config.channels.push(market.channel("shop"));
     config.alerting.sold_out = false;
     config.alerting.disk_free_bytes_min = 0;
     config.alerting.webhook_url = Some(format!("{}/hooks/chat", market.url()));

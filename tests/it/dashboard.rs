@@ -10,7 +10,7 @@
 //! `.ci/run`, which installs the browser), where a missing browser fails it.
 
 use crate::common;
-use crate::common::marketplace::{Marketplace, CLIENT_ID, CLIENT_SECRET};
+use crate::common::marketplace::Marketplace;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -190,17 +190,7 @@ async fn the_dashboard_shows_the_stock_and_updates_live() {
     config.auth.enabled = true;
     config.alerting.disk_free_bytes_min = 0;
     for (name, market) in [("shop", &shop), ("mall", &mall)] {
-        config.channels.push(ChannelConfig {
-            name: name.into(),
-            api_url: market.url(),
-            client_id: Some(CLIENT_ID.into()),
-            client_secret: Some(CLIENT_SECRET.into()),
-            poll_interval_ms: 3_600_000,
-            retries: 0,
-            retry_backoff_ms: 1,
-            push_stock: false,
-            ..ChannelConfig::default()
-        });
+        config.channels.push(ChannelConfig { poll_interval_ms: 3_600_000, ..market.channel(name) });
     }
     let server = TestServer::start_with_clock(config, Clock::system()).await;
     let keys = &server.shared.keys;

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use stockd::config::ChannelConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -176,6 +177,22 @@ impl Marketplace {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A channel `name` pulling from this marketplace with its OAuth client, every minute,
+    /// without retries and without pushing stock.
+    pub fn channel(&self, name: &str) -> ChannelConfig {
+        ChannelConfig {
+            name: name.into(),
+            api_url: self.url(),
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            poll_interval_ms: 60_000,
+            retries: 0,
+            retry_backoff_ms: 1,
+            push_stock: false,
+            ..ChannelConfig::default()
+        }
     }
 
     /// Adds (or moves to a new status) an order, as a marketplace would.
