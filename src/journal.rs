@@ -14,7 +14,11 @@
 //! before it was acknowledged, and is dropped.
 //!
 //! A rewrite writes `NAME.tmp`, syncs it, renames it over `NAME` and syncs the directory, so a
-//! crash leaves either the old file or the new one.
+//! crash leaves either the old file or the new one. Appends then go to the new file through the
+//! handle it was written with (no reopening, which could fail and leave appends going to the
+//! replaced file). If the directory sync fails, the rename may not survive a crash, and with it
+//! anything appended to the new file: the journal then refuses every append (its owner reports
+//! the error) until the server restarts and reads whichever file is there.
 
 use std::io;
 
@@ -57,6 +61,8 @@ pub struct Journal {
     end: u64,
     /// Lines in the file, to decide when to compact.
     lines: usize,
+    /// Set when a rewrite's directory sync failed: appends are refused from then on.
+    broken: Option<String>,
 }
 
 impl Journal {
@@ -70,7 +76,8 @@ impl Journal {
         if !exists {
             let file = storage.create(name).map_err(io)?;
             storage.sync_dir().map_err(io)?;
-            return Ok((Journal { name: name.into(), file, end: 0, lines: 0 }, Vec::new()));
+            let journal = Journal { name: name.into(), file, end: 0, lines: 0, broken: None };
+            return Ok((journal, Vec::new()));
         }
         let contents = storage.read(name).map_err(io)?;
         let mut entries = Vec::new();
@@ -103,13 +110,18 @@ impl Journal {
             file.sync_data().map_err(io)?;
         }
         let lines = entries.len();
-        Ok((Journal { name: name.into(), file, end: complete as u64, lines }, entries))
+        let end = complete as u64;
+        Ok((Journal { name: name.into(), file, end, lines, broken: None }, entries))
     }
 
     /// Appends entries in one write and one `fdatasync`. Blocking.
     pub fn append<T: Serialize>(&mut self, entries: &[T]) -> Result<(), JournalError> {
         if entries.is_empty() {
             return Ok(());
+        }
+        if let Some(why) = &self.broken {
+            let source = io::Error::other(format!("not durable since a compaction: {why}"));
+            return Err(JournalError::Io { file: self.name.clone(), source });
         }
         let bytes = encode(entries);
         self.file
@@ -137,13 +149,16 @@ impl Journal {
         let bytes = encode(entries);
         let mut file = storage.create(&tmp).map_err(io)?;
         file.write_at(0, &bytes).and_then(|()| file.sync_data()).map_err(io)?;
-        drop(file);
+        // Until the rename, the old file and its handle are intact.
         storage.rename(&tmp, &self.name).map_err(io)?;
-        storage.sync_dir().map_err(io)?;
-        self.file = storage.open(&self.name).map_err(io)?;
+        // The handle follows its file to the new name: appends go there from now on.
+        self.file = file;
         self.end = bytes.len() as u64;
         self.lines = entries.len();
-        Ok(())
+        storage.sync_dir().map_err(|e| {
+            self.broken = Some(format!("directory sync after rewrite failed: {e}"));
+            io(e)
+        })
     }
 }
 
@@ -201,6 +216,20 @@ mod tests {
         assert_eq!(entries, vec![cursor("c"), Entry::Count { n: 1 }]);
         assert_eq!(journal.lines(), 2);
         assert!(!storage.files().iter().any(|(name, _)| name.ends_with(".tmp")));
+    }
+
+    #[test]
+    fn a_rewrite_whose_directory_sync_failed_refuses_appends() {
+        let storage = MemStorage::new();
+        let (mut journal, _) = Journal::open::<Entry>(&storage, "j.jsonl").unwrap();
+        journal.append(&[cursor("a"), cursor("b")]).unwrap();
+        storage.fail_dir_syncs(true);
+        assert!(journal.rewrite(&storage, &[cursor("b")]).is_err());
+        let err = journal.append(&[cursor("c")]).err().expect("refused");
+        assert!(err.to_string().contains("not durable since a compaction"), "{err}");
+        storage.fail_dir_syncs(false);
+        let (_, entries) = Journal::open::<Entry>(&storage, "j.jsonl").unwrap();
+        assert_eq!(entries, vec![cursor("b")], "nothing was appended after the failure");
     }
 
     #[test]

@@ -258,6 +258,8 @@ struct MemState {
     files: BTreeMap<String, MemInode>,
     /// Fail every `sync_data` from now on with EIO.
     fail_sync: bool,
+    /// Fail every `sync_dir` from now on with EIO.
+    fail_dir_sync: bool,
     /// Fail allocations with ENOSPC.
     disk_full: bool,
     /// Allocations refused so far.
@@ -313,6 +315,11 @@ impl MemStorage {
     /// From now on every `sync_data` fails with EIO (as a failing disk would).
     pub fn fail_syncs(&self, fail: bool) {
         self.lock().fail_sync = fail;
+    }
+
+    /// From now on every `sync_dir` fails with EIO (renames may not be durable).
+    pub fn fail_dir_syncs(&self, fail: bool) {
+        self.lock().fail_dir_sync = fail;
     }
 
     /// From now on allocating fails with ENOSPC (creating a zeroed file, growing a file),
@@ -543,7 +550,8 @@ impl Storage for MemStorage {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        match self.lock().powered_off {
+        let state = self.lock();
+        match state.powered_off || state.fail_dir_sync {
             true => Err(eio()),
             false => Ok(()),
         }
