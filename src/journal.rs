@@ -225,7 +225,7 @@ mod tests {
         journal.append(&[cursor("a"), cursor("b")]).unwrap();
         storage.fail_dir_syncs(true);
         assert!(journal.rewrite(&storage, &[cursor("b")]).is_err());
-        let err = journal.append(&[cursor("c")]).err().expect("refused");
+        let err = journal.append(&[cursor("c")]).expect_err("refused");
         assert!(err.to_string().contains("not durable since a compaction"), "{err}");
         storage.fail_dir_syncs(false);
         let (_, entries) = Journal::open::<Entry>(&storage, "j.jsonl").unwrap();
