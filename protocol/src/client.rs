@@ -317,6 +317,14 @@ impl Client {
         sku_reply(self.call(Op::SetPreorder { sku: sku.into(), preorder_max }).await?)
     }
 
+    /// Deletes a SKU with no units held or confirmed but not shipped (`sku_in_use` otherwise).
+    /// The reply has its counters just before. Needs the ops or admin role; refused
+    /// (`forbidden`) where deletions need a second admin's approval, which only the HTTP API
+    /// can wait for.
+    pub async fn delete_sku(&self, sku: impl Into<Bytes>) -> Result<SkuReply, ClientError> {
+        sku_reply(self.call(Op::DeleteSku { sku: sku.into() }).await?)
+    }
+
     /// A SKU's locations, incoming deliveries and preorder allowance.
     pub async fn query_locations(
         &self,
@@ -362,6 +370,7 @@ fn sku_reply(reply: OpReply) -> Result<SkuReply, ClientError> {
         | OpReply::SetIncoming(r)
         | OpReply::ReceiveIncoming(r)
         | OpReply::SetPreorder(r)
+        | OpReply::DeleteSku(r)
         | OpReply::QuerySku(r) => Ok(r),
         other => Err(unexpected_op(&other)),
     }

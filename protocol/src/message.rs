@@ -37,6 +37,7 @@ pub enum Opcode {
     SetIncoming = 0x26,
     ReceiveIncoming = 0x27,
     SetPreorder = 0x28,
+    DeleteSku = 0x29,
     QuerySku = 0x30,
     QueryReservation = 0x31,
     QueryLimits = 0x32,
@@ -66,6 +67,7 @@ impl Opcode {
             0x26 => Opcode::SetIncoming,
             0x27 => Opcode::ReceiveIncoming,
             0x28 => Opcode::SetPreorder,
+            0x29 => Opcode::DeleteSku,
             0x30 => Opcode::QuerySku,
             0x31 => Opcode::QueryReservation,
             0x32 => Opcode::QueryLimits,
@@ -108,6 +110,7 @@ impl Opcode {
             Opcode::SetIncoming => "set_incoming",
             Opcode::ReceiveIncoming => "receive_incoming",
             Opcode::SetPreorder => "set_preorder",
+            Opcode::DeleteSku => "delete_sku",
             Opcode::QuerySku => "query_sku",
             Opcode::QueryReservation => "query_reservation",
             Opcode::QueryLimits => "query_limits",
@@ -451,6 +454,11 @@ pub enum Op {
         sku: Bytes,
         preorder_max: u64,
     },
+    /// Delete a SKU that has no units held or confirmed but not shipped: it is unknown from
+    /// then on, with everything set on it, until a stock change creates it again.
+    DeleteSku {
+        sku: Bytes,
+    },
     QuerySku {
         sku: Bytes,
     },
@@ -592,6 +600,8 @@ pub enum OpReply {
     SetIncoming(SkuReply),
     ReceiveIncoming(SkuReply),
     SetPreorder(SkuReply),
+    /// The SKU's counters just before it was deleted.
+    DeleteSku(SkuReply),
     QuerySku(SkuReply),
     QueryReservation(ReservationReply),
     QueryLimits(LimitsReply),
@@ -880,6 +890,7 @@ impl Op {
             Op::SetIncoming { .. } => Opcode::SetIncoming,
             Op::ReceiveIncoming { .. } => Opcode::ReceiveIncoming,
             Op::SetPreorder { .. } => Opcode::SetPreorder,
+            Op::DeleteSku { .. } => Opcode::DeleteSku,
             Op::QuerySku { .. } => Opcode::QuerySku,
             Op::QueryReservation { .. } => Opcode::QueryReservation,
             Op::QueryLimits { .. } => Opcode::QueryLimits,
@@ -959,9 +970,10 @@ impl Op {
                 put_str8(buf, sku);
                 buf.put_u64_le(*preorder_max);
             }
-            Op::QuerySku { sku } | Op::QueryLimits { sku } | Op::QueryLocations { sku } => {
-                put_str8(buf, sku)
-            }
+            Op::QuerySku { sku }
+            | Op::QueryLimits { sku }
+            | Op::QueryLocations { sku }
+            | Op::DeleteSku { sku } => put_str8(buf, sku),
         }
     }
 
@@ -1028,6 +1040,7 @@ impl Op {
                 qty: r.u64()?,
             },
             Some(Opcode::SetPreorder) => Op::SetPreorder { sku: r.sku()?, preorder_max: r.u64()? },
+            Some(Opcode::DeleteSku) => Op::DeleteSku { sku: r.sku()? },
             Some(Opcode::QuerySku) => Op::QuerySku { sku: r.str8(SKU_BYTES_MAX, "sku")? },
             Some(Opcode::QueryLimits) => Op::QueryLimits { sku: r.str8(SKU_BYTES_MAX, "sku")? },
             Some(Opcode::QueryLocations) => Op::QueryLocations { sku: r.sku()? },
@@ -1150,6 +1163,7 @@ impl Op {
             | Op::AdjustStock { sku, .. }
             | Op::SetSafetyStock { sku, .. }
             | Op::SetPreorder { sku, .. }
+            | Op::DeleteSku { sku }
             | Op::QuerySku { sku }
             | Op::QueryLimits { sku }
             | Op::QueryLocations { sku } => check_len(sku, SKU_BYTES_MAX, "sku"),
@@ -1299,6 +1313,7 @@ impl OpReply {
             OpReply::SetIncoming(_) => Opcode::SetIncoming,
             OpReply::ReceiveIncoming(_) => Opcode::ReceiveIncoming,
             OpReply::SetPreorder(_) => Opcode::SetPreorder,
+            OpReply::DeleteSku(_) => Opcode::DeleteSku,
             OpReply::QuerySku(_) => Opcode::QuerySku,
             OpReply::QueryReservation(_) => Opcode::QueryReservation,
             OpReply::QueryLimits(_) => Opcode::QueryLimits,
@@ -1319,6 +1334,7 @@ impl OpReply {
             | OpReply::SetIncoming(r)
             | OpReply::ReceiveIncoming(r)
             | OpReply::SetPreorder(r)
+            | OpReply::DeleteSku(r)
             | OpReply::QuerySku(r) => Some(r),
             _ => None,
         }
@@ -1342,6 +1358,7 @@ impl OpReply {
             | OpReply::SetIncoming(r)
             | OpReply::ReceiveIncoming(r)
             | OpReply::SetPreorder(r)
+            | OpReply::DeleteSku(r)
             | OpReply::QuerySku(r) => r.code,
             OpReply::QueryReservation(r) => r.code,
             OpReply::QueryLimits(r) => r.code,
@@ -1372,6 +1389,7 @@ impl OpReply {
             Opcode::SetIncoming => OpReply::SetIncoming(sku),
             Opcode::ReceiveIncoming => OpReply::ReceiveIncoming(sku),
             Opcode::SetPreorder => OpReply::SetPreorder(sku),
+            Opcode::DeleteSku => OpReply::DeleteSku(sku),
             Opcode::QuerySku => OpReply::QuerySku(sku),
             Opcode::QueryLimits => OpReply::QueryLimits(LimitsReply::refused(code)),
             Opcode::QueryLocations => OpReply::QueryLocations(LocationsReply::refused(code)),
@@ -1413,6 +1431,7 @@ impl OpReply {
             | OpReply::SetIncoming(r)
             | OpReply::ReceiveIncoming(r)
             | OpReply::SetPreorder(r)
+            | OpReply::DeleteSku(r)
             | OpReply::QuerySku(r) => put_sku_reply(buf, r),
             OpReply::QueryLocations(r) => {
                 buf.put_u8(r.code.as_u8());
@@ -1502,6 +1521,7 @@ impl OpReply {
             Some(Opcode::SetIncoming) => OpReply::SetIncoming(read_sku_reply(&mut r)?),
             Some(Opcode::ReceiveIncoming) => OpReply::ReceiveIncoming(read_sku_reply(&mut r)?),
             Some(Opcode::SetPreorder) => OpReply::SetPreorder(read_sku_reply(&mut r)?),
+            Some(Opcode::DeleteSku) => OpReply::DeleteSku(read_sku_reply(&mut r)?),
             Some(Opcode::QuerySku) => OpReply::QuerySku(read_sku_reply(&mut r)?),
             Some(Opcode::QueryLocations) => OpReply::QueryLocations(r.locations_reply()?),
             Some(Opcode::QueryLimits) => {

@@ -376,6 +376,22 @@ fn vectors() -> Vec<(&'static str, u64, Message)> {
                 }),
             ])),
         ),
+        ("delete_sku", 32, Req(Request::Op(Op::DeleteSku { sku: "old-tee".into() }))),
+        (
+            "delete_sku_reply_in_use",
+            32,
+            Rep(Reply::Op(OpReply::DeleteSku(SkuReply {
+                code: ResultCode::SkuInUse,
+                info: SkuInfo {
+                    on_hand: 12,
+                    reserved: 1,
+                    committed: 0,
+                    safety_stock: 0,
+                    available: 11,
+                    paused: false,
+                },
+            }))),
+        ),
         (
             "error_reply",
             15,

@@ -51,6 +51,8 @@ pub struct ApprovalConfig {
     pub percent_min_units: u64,
     /// A bulk request that sets more than this many SKUs to zero.
     pub zeroed_skus: u64,
+    /// Deleting a SKU (`DELETE_SKU`, `DELETE /api/v1/skus/{sku}`).
+    pub delete_sku: bool,
     /// How long a request waits for approval.
     pub expiry_ms: u64,
 }
@@ -62,6 +64,7 @@ impl Default for ApprovalConfig {
             negative_percent: 50,
             percent_min_units: 10,
             zeroed_skus: 20,
+            delete_sku: true,
             expiry_ms: 3_600_000,
         }
     }
@@ -88,7 +91,7 @@ impl ApprovalConfig {
 }
 
 /// Why `command` needs a second admin's approval under `config`, if it does: a stock or
-/// location count lowered by too much. The current count is read without a lock (a
+/// location count lowered by too much, or a SKU deleted. The current count is read without a lock (a
 /// concurrent change may move it a little; the rule is about large changes).
 pub fn dangerous(
     engine: &Engine,
@@ -119,6 +122,9 @@ pub fn dangerous(
         Command::SetLocation { sku, location, on_hand: to, .. } => {
             let from = location_on_hand(sku, location);
             (from, from.saturating_sub(*to))
+        }
+        Command::DeleteSku { .. } => {
+            return config.delete_sku.then(|| "deletes the SKU".to_string());
         }
         _ => return None,
     };

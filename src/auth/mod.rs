@@ -128,7 +128,8 @@ impl Permission {
             | Op::AdjustLocation { .. }
             | Op::SetSafetyStock { .. }
             | Op::SetLimits { .. }
-            | Op::SetPreorder { .. } => Permission::Stock,
+            | Op::SetPreorder { .. }
+            | Op::DeleteSku { .. } => Permission::Stock,
         }
     }
 }

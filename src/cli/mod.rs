@@ -229,6 +229,14 @@ enum StockCommand {
         sku: String,
         preorder_max: u64,
     },
+    /// Delete a SKU nothing holds or has committed. Where deletions need a second admin's
+    /// approval (the default with API keys) this is `forbidden`: ask over HTTP instead
+    /// (`DELETE /api/v1/skus/{sku}`, docs/API.md), where the change waits for approval.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        sku: String,
+    },
     /// Show a SKU's locations, incoming deliveries and preorders.
     Locations {
         #[command(flatten)]
@@ -740,6 +748,9 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                 }
                 StockCommand::Preorder { client, sku, preorder_max } => {
                     connect(client).await?.set_preorder(bytes(sku), *preorder_max).await?
+                }
+                StockCommand::Delete { client, sku } => {
+                    connect(client).await?.delete_sku(bytes(sku)).await?
                 }
                 StockCommand::Locations { client, sku } => {
                     return print_locations(

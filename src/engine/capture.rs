@@ -146,7 +146,7 @@ impl Capture<'_> {
         let shard = &mut *guard;
         let (from, to) = copying(&mut shard.skus.copying).advance(entries);
         let skus = shard.skus.copying.as_deref().expect("copying this shard");
-        for (key, sku) in shard.skus.as_slice()[from..to].iter() {
+        for (key, sku) in shard.skus.slots()[from..to].iter() {
             if skus.unsaved(key) {
                 self.captured.push_sku(key, sku);
             }

@@ -35,6 +35,7 @@ pub struct Captured {
     pub supplies: Vec<SupplyImage>,
     pub allocations: Vec<AllocationImage>,
     pub aftersales: AftersalesImage,
+    pub deleted_skus: Vec<Vec<u8>>,
 }
 
 /// Reservations as they were at the cut, by reference; archived as the image's rows.
@@ -58,12 +59,18 @@ impl Captured {
         self.skus.extend(image.skus);
         self.locations.extend(image.locations);
         self.supplies.extend(image.supplies);
+        self.deleted_skus.extend(image.deleted_skus);
     }
 
     /// Adds one SKU's rows.
     pub(super) fn push_sku(&mut self, key: &Key, sku: &super::shard::Sku) {
-        let (skus, locations, supplies) = (&mut self.skus, &mut self.locations, &mut self.supplies);
-        super::image::push_sku_rows(skus, locations, supplies, key, sku);
+        let rows = super::image::SkuRows {
+            skus: &mut self.skus,
+            locations: &mut self.locations,
+            supplies: &mut self.supplies,
+            deleted_skus: &mut self.deleted_skus,
+        };
+        super::image::push_sku_rows(rows, key, sku);
     }
 
     /// Adds a reservation as it is now (it is shared: it stays so, as later changes copy it),
@@ -80,6 +87,7 @@ impl Captured {
             locations: self.locations,
             supplies: self.supplies,
             aftersales: self.aftersales,
+            deleted_skus: self.deleted_skus,
             ..Image::default()
         };
         for (id, reservation) in &self.reservations.rows {

@@ -84,6 +84,10 @@ pub enum Command {
         sku: Bytes,
         preorder_max: u64,
     },
+    /// Delete a SKU nothing holds or has committed (`DELETE_SKU`).
+    DeleteSku {
+        sku: Bytes,
+    },
     /// A change to the return tickets (and the stock a step restocks or replaces).
     Aftersales(Box<AftersalesCommand>),
     /// End a hold whose deadline has passed.
@@ -123,7 +127,8 @@ impl Command {
             | Command::AdjustLocation { sku, .. }
             | Command::SetIncoming { sku, .. }
             | Command::ReceiveIncoming { sku, .. }
-            | Command::SetPreorder { sku, .. } => Touches::Sku(sku),
+            | Command::SetPreorder { sku, .. }
+            | Command::DeleteSku { sku } => Touches::Sku(sku),
         }
     }
 
@@ -158,6 +163,7 @@ impl Command {
                 Op::ReceiveIncoming { sku, location, reference, qty }
             }
             Command::SetPreorder { sku, preorder_max } => Op::SetPreorder { sku, preorder_max },
+            Command::DeleteSku { sku } => Op::DeleteSku { sku },
             Command::Expire { .. } | Command::Forget { .. } | Command::Aftersales(_) => {
                 return None
             }
@@ -194,6 +200,7 @@ impl Command {
                 Command::ReceiveIncoming { sku, location, reference, qty }
             }
             Op::SetPreorder { sku, preorder_max } => Command::SetPreorder { sku, preorder_max },
+            Op::DeleteSku { sku } => Command::DeleteSku { sku },
             Op::Ping
             | Op::QuerySku { .. }
             | Op::QueryReservation { .. }

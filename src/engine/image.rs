@@ -33,6 +33,35 @@ pub struct Image {
     pub allocations: Vec<AllocationImage>,
     /// Return tickets and unmatched parcels (snapshot version 4).
     pub aftersales: AftersalesImage,
+    /// Ids of deleted SKUs that still have an entry (snapshot version 5): stored reservations
+    /// that are over may name them. They have no other rows.
+    pub deleted_skus: Vec<Vec<u8>>,
+}
+
+/// The image layout of snapshot format version 4 (before deleted SKUs), still read.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageV4 {
+    pub skus: Vec<SkuImage>,
+    pub reservations: Vec<ReservationImage>,
+    pub locations: Vec<LocationImage>,
+    pub supplies: Vec<SupplyImage>,
+    pub allocations: Vec<AllocationImage>,
+    pub aftersales: AftersalesImage,
+}
+
+impl ImageV4 {
+    /// The same state in the current layout (no deleted SKUs).
+    pub fn upgrade(self) -> Image {
+        Image {
+            skus: self.skus,
+            reservations: self.reservations,
+            locations: self.locations,
+            supplies: self.supplies,
+            allocations: self.allocations,
+            aftersales: self.aftersales,
+            deleted_skus: Vec::new(),
+        }
+    }
 }
 
 /// The image layout of snapshot format version 3 (before tickets), still read.
@@ -55,6 +84,7 @@ impl ImageV3 {
             supplies: self.supplies,
             allocations: self.allocations,
             aftersales: AftersalesImage::default(),
+            deleted_skus: Vec::new(),
         }
     }
 }
@@ -223,15 +253,20 @@ fn bad(message: impl Into<String>) -> ImageError {
     ImageError(message.into())
 }
 
-/// Adds one SKU's rows: the SKU, its locations, its supply (for an [`Image`] and for a
-/// capture's `Captured`, which keeps the same SKU rows).
-pub(super) fn push_sku_rows(
-    skus: &mut Vec<SkuImage>,
-    locations: &mut Vec<LocationImage>,
-    supplies: &mut Vec<SupplyImage>,
-    key: &Key,
-    s: &Sku,
-) {
+/// The SKU rows of an [`Image`] or of a capture's `Captured`, which keeps the same ones.
+pub(super) struct SkuRows<'a> {
+    pub skus: &'a mut Vec<SkuImage>,
+    pub locations: &'a mut Vec<LocationImage>,
+    pub supplies: &'a mut Vec<SupplyImage>,
+    pub deleted_skus: &'a mut Vec<Vec<u8>>,
+}
+
+/// Adds one SKU's rows: the SKU, its locations, its supply; or only its id, deleted.
+pub(super) fn push_sku_rows(rows: SkuRows<'_>, key: &Key, s: &Sku) {
+    let SkuRows { skus, locations, supplies, deleted_skus } = rows;
+    if s.deleted {
+        return deleted_skus.push(key.to_vec());
+    }
     skus.push(SkuImage {
         sku: key.to_vec(),
         on_hand: s.on_hand,
@@ -281,7 +316,13 @@ pub(super) fn push_allocations(rows: &mut Vec<AllocationImage>, id: &Key, r: &Re
 impl Image {
     /// Adds one SKU's rows: the SKU, its locations, its supply.
     pub(super) fn push_sku(&mut self, key: &Key, s: &Sku) {
-        push_sku_rows(&mut self.skus, &mut self.locations, &mut self.supplies, key, s);
+        let rows = SkuRows {
+            skus: &mut self.skus,
+            locations: &mut self.locations,
+            supplies: &mut self.supplies,
+            deleted_skus: &mut self.deleted_skus,
+        };
+        push_sku_rows(rows, key, s);
     }
 
     /// Adds one reservation's rows: the reservation and, after those of the reservations
@@ -316,6 +357,7 @@ impl Image {
         self.reservations.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         self.locations.sort_unstable_by(|a, b| (&a.sku, &a.location).cmp(&(&b.sku, &b.location)));
         self.supplies.sort_unstable_by(|a, b| a.sku.cmp(&b.sku));
+        self.deleted_skus.sort_unstable();
         // Stable: allocations of one line keep their order.
         self.allocations.sort_by(|a, b| (&a.id, a.line).cmp(&(&b.id, b.line)));
         self
@@ -347,7 +389,7 @@ impl Engine {
         };
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for (key, sku) in shard.skus.iter() {
+            for (key, sku) in shard.skus.slots() {
                 image.push_sku(key, sku);
             }
             for (id, reservation) in shard.reservations.iter() {
@@ -380,6 +422,15 @@ impl Engine {
             sku.counters.on_hand = s.on_hand;
             if !shard.skus.insert_new(Key::from(&s.sku[..]), sku) {
                 return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(&s.sku))));
+            }
+        }
+        for id in &image.deleted_skus {
+            if id.is_empty() {
+                return Err(bad("empty SKU id"));
+            }
+            let mut shard = engine.shards[engine.shard_of(id)].lock();
+            if !shard.skus.insert_new(Key::from(&id[..]), Sku { deleted: true, ..Sku::default() }) {
+                return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(id))));
             }
         }
         engine.load_locations(&image.locations)?;
@@ -427,7 +478,7 @@ impl Engine {
         // The SKU's count is the sum of its locations'.
         for l in locations {
             let shard = self.shards[self.shard_of(&l.sku)].lock();
-            let sku = &shard.skus[&l.sku[..]];
+            let sku = shard.skus.get(&l.sku[..]).expect("loaded above");
             let list = &sku.locations.as_deref().expect("loaded above").list;
             if list.iter().map(|x| x.stock.on_hand).sum::<u64>() != sku.on_hand {
                 let name = String::from_utf8_lossy(&l.sku);
@@ -500,7 +551,16 @@ impl Engine {
             }
             let shard = self.shards[self.shard_of(&line.sku)].lock();
             let Some((key, sku)) = shard.skus.get_key_value(&line.sku[..]) else {
-                return Err(bad(format!("reservation {} names an unknown SKU", name())));
+                // A deleted SKU, named only by a reservation that counts none of its units.
+                let Some(key) = shard.skus.deleted_key(&line.sku[..]) else {
+                    return Err(bad(format!("reservation {} names an unknown SKU", name())));
+                };
+                let counts = state == ReservationState::Held || line.confirmed > 0;
+                if counts || allocations.iter().any(|a| usize::from(a.line) == index) {
+                    return Err(bad(format!("reservation {} counts a deleted SKU", name())));
+                }
+                lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: Box::default() });
+                continue;
             };
             let mut at = Vec::new();
             for a in allocations.iter().filter(|a| usize::from(a.line) == index) {
@@ -541,7 +601,7 @@ impl Engine {
         };
         for (index, (line, image)) in reservation.lines.iter().zip(&r.lines).enumerate() {
             let mut shard = self.shards[self.shard_of(&line.sku)].lock();
-            let sku = shard.skus.get_mut(&line.sku).expect("found above");
+            let sku = shard.skus.entry_for_reservation(&line.sku).expect("found above");
             match state {
                 ReservationState::Held => sku.hold_line(line, r.expires_at_ms),
                 ReservationState::Confirmed => sku.commit_line(line, image.confirmed),

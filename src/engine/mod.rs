@@ -173,6 +173,9 @@ impl Engine {
             Command::SetPreorder { .. } => {
                 OpReply::SetPreorder(self.change_stock(command, now_ms, on_change).0)
             }
+            Command::DeleteSku { .. } => {
+                OpReply::DeleteSku(self.change_stock(command, now_ms, on_change).0)
+            }
             Command::SetLimits { sku, limits } => {
                 OpReply::SetLimits(self.set_limits(sku, limits, now_ms, on_change))
             }
@@ -188,7 +191,8 @@ impl Engine {
     }
 
     /// Applies a stock command (`SetStock`, `AdjustStock`, `SetSafetyStock`, `SetLocation`,
-    /// `AdjustLocation`, `SetIncoming`, `ReceiveIncoming`, `SetPreorder`) like [`apply`],
+    /// `AdjustLocation`, `SetIncoming`, `ReceiveIncoming`, `SetPreorder`, `DeleteSku`) like
+    /// [`apply`],
     /// and also returns the SKU's counters from just before the change (`None` if nothing
     /// changed). Panics on any other command.
     ///
@@ -224,8 +228,14 @@ impl Engine {
             Command::SetPreorder { sku, preorder_max } => {
                 self.set_preorder(sku, *preorder_max, now_ms, on_change)
             }
+            Command::DeleteSku { sku } => self.delete_sku(sku, now_ms, on_change),
             other => panic!("not a stock command: {other:?}"),
         }
+    }
+
+    /// Whether `sku` was deleted (`DELETE_SKU`) and not created again since.
+    pub fn is_deleted(&self, sku: &[u8]) -> bool {
+        self.shards[self.shard_of(sku)].lock().skus.deleted_key(sku).is_some()
     }
 
     /// The counters of one SKU as of `now_ms`.

@@ -134,6 +134,10 @@ pub(super) struct Sku {
     pub locations: Option<Box<Locations>>,
     /// Incoming deliveries and the preorder allowance.
     pub supply: Option<Box<Supply>>,
+    /// Deleted (`DELETE_SKU`): unknown to every operation, everything else at its default
+    /// but the watchers' own fields. The entry stays (positions are stable, and reservations
+    /// that are over may still name it) until a stock change creates the SKU again.
+    pub deleted: bool,
 }
 
 impl Deref for Sku {
@@ -359,9 +363,11 @@ impl Watcher {
 ///
 /// SKUs are kept in insertion order, in a dense vector behind a hash index: reading every SKU
 /// (listings, a watcher's first pass) walks memory in order, and can stop at a position, drop
-/// the lock and go on from there. SKUs are never removed, so positions are stable.
+/// the lock and go on from there. Entries are never removed, so positions are stable: a
+/// deleted SKU stays as an entry marked `deleted` (a tombstone), which lookups by id do not
+/// find and positional reads (`slots`, the watchers) must check.
 ///
-/// Reads go through `Deref` to the map. Every change goes through [`Skus::get_mut`],
+/// Every change goes through [`Skus::get_mut`], [`Skus::entry_for_reservation`],
 /// [`Skus::get_or_insert`] or [`Skus::insert_new`], which list the SKU for every watcher
 /// (once per watcher, until it takes its list): what lets the watchers read only the SKUs
 /// that changed instead of all of them. They also first save a SKU a running capture still
@@ -370,6 +376,8 @@ impl Watcher {
 #[derive(Debug, Default)]
 pub(super) struct Skus {
     map: IndexMap<Key, Sku, ahash::RandomState>,
+    /// Entries that are deleted SKUs.
+    deleted: usize,
     changed: ChangeLists,
     /// While a capture runs and has not finished this shard: the SKUs' state at the cut
     /// (`super::capture`).
@@ -400,46 +408,107 @@ impl ChangeLists {
     }
 }
 
-impl Deref for Skus {
-    type Target = IndexMap<Key, Sku, ahash::RandomState>;
-    fn deref(&self) -> &Self::Target {
-        &self.map
-    }
-}
-
 impl Skus {
-    /// A SKU to change.
+    /// A SKU (not a deleted one).
+    pub fn get(&self, sku: &[u8]) -> Option<&Sku> {
+        self.map.get(sku).filter(|state| !state.deleted)
+    }
+
+    /// A SKU and its stored id (not a deleted one).
+    pub fn get_key_value(&self, sku: &[u8]) -> Option<(&Key, &Sku)> {
+        self.map.get_key_value(sku).filter(|(_, state)| !state.deleted)
+    }
+
+    /// A deleted SKU's stored id.
+    pub fn deleted_key(&self, sku: &[u8]) -> Option<&Key> {
+        self.map.get_key_value(sku).filter(|(_, state)| state.deleted).map(|(key, _)| key)
+    }
+
+    /// Entries, deleted SKUs included: positions for chunked reads.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// SKUs that are not deleted.
+    pub fn live(&self) -> usize {
+        self.map.len() - self.deleted
+    }
+
+    /// The entries in position order, deleted SKUs included (check `Sku::deleted`).
+    pub fn slots(&self) -> &indexmap::map::Slice<Key, Sku> {
+        self.map.as_slice()
+    }
+
+    /// A SKU to change (not a deleted one).
     pub fn get_mut(&mut self, sku: &[u8]) -> Option<&mut Sku> {
-        let (index, key, state) = self.map.get_full_mut(sku)?;
+        let index = self.map.get_index_of(sku)?;
+        if self.map[index].deleted {
+            return None;
+        }
+        Some(self.change(index))
+    }
+
+    /// The entry of a SKU a stored reservation names, to change: found even when deleted
+    /// (only units the reservation no longer counts, zero, are then taken out of it).
+    pub fn entry_for_reservation(&mut self, sku: &[u8]) -> Option<&mut Sku> {
+        let index = self.map.get_index_of(sku)?;
+        Some(self.change(index))
+    }
+
+    /// The entry at `index`, about to change: saved first for a running capture, and listed
+    /// for every watcher.
+    fn change(&mut self, index: usize) -> &mut Sku {
+        let (key, state) = self.map.get_index_mut(index).expect("a position in range");
         if let Some(copying) = &mut self.copying {
             copying.before_change(index, key, |rows| rows.push_sku(key, state));
         }
         self.changed.list(index, state, LISTED_BY_ALL);
-        Some(state)
+        state
     }
 
-    /// A SKU to change, created empty if unknown; and whether it was created.
+    /// A SKU to change, created empty if unknown or deleted; and whether it was created.
     pub fn get_or_insert(&mut self, sku: &[u8]) -> (&mut Sku, bool) {
         let (index, created) = match self.map.get_index_of(sku) {
-            Some(index) => (index, false),
+            Some(index) => (index, self.map[index].deleted),
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
-        let (key, state) = self.map.get_index_mut(index).expect("just found or added");
-        if let Some(copying) = &mut self.copying {
-            copying.before_change(index, key, |rows| rows.push_sku(key, state));
+        let revived = self.map[index].deleted;
+        let state = self.change(index);
+        if revived {
+            state.deleted = false;
+            self.deleted -= 1;
         }
-        self.changed.list(index, state, LISTED_BY_ALL);
+        let state = &mut self.map[index];
         (state, created)
     }
 
-    /// Adds a new SKU; false (and no change) if it exists.
+    /// Deletes a SKU that exists and is not deleted: resets it to a tombstone (see
+    /// [`Sku::deleted`]). Returns false if there is no such SKU.
+    pub fn delete(&mut self, sku: &[u8]) -> bool {
+        let Some(state) = self.get_mut(sku) else { return false };
+        // `taken_total` starts again (the sampler drops a deleted SKU's sell rate); what the
+        // watchers last read of it is kept, so that they correct their totals.
+        *state = Sku {
+            deleted: true,
+            sampled_taken: state.sampled_taken,
+            sampled: state.sampled,
+            listed: state.listed,
+            ..Sku::default()
+        };
+        self.deleted += 1;
+        true
+    }
+
+    /// Adds a new SKU; false (and no change) if an entry with its id exists, deleted or not.
     pub fn insert_new(&mut self, sku: Key, state: Sku) -> bool {
+        let deleted = state.deleted;
         match self.map.entry(sku) {
             indexmap::map::Entry::Occupied(_) => false,
             indexmap::map::Entry::Vacant(vacant) => {
                 let index = vacant.index();
                 let state = vacant.insert(state);
                 self.changed.list(index, state, LISTED_BY_ALL);
+                self.deleted += usize::from(deleted);
                 true
             }
         }

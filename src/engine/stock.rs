@@ -86,6 +86,22 @@ impl Engine {
         })
     }
 
+    /// Deletes a SKU (see `Sku::deleted`): refused with `sku_in_use` while any of its units
+    /// are held (holds past their deadline included, until the sweep ends them) or committed.
+    /// The reply's counters are zero: the SKU is gone.
+    pub(super) fn delete_sku(&self, sku: &[u8], now_ms: u64, on_change: impl FnOnce()) -> Changed {
+        let mut shard = self.shards[self.shard_of(sku)].lock();
+        let Some(state) = shard.skus.get(sku) else {
+            return refused(ResultCode::UnknownSku);
+        };
+        let before = state.info(now_ms);
+        if state.reserved > 0 || state.committed > 0 {
+            return (SkuReply { code: ResultCode::SkuInUse, info: before }, None);
+        }
+        assert!(shard.skus.delete(sku), "found above");
+        finish(SkuInfo::default(), Some(before), on_change)
+    }
+
     /// Applies `change` to an existing SKU under its shard lock: `Ok(changed)`, or a refusal
     /// answered with the counters as they were (`unknown_sku` for an unknown SKU). A supply
     /// record left empty by the change is dropped.

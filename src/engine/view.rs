@@ -307,7 +307,8 @@ impl Engine {
     }
 
     /// The totals of [`summary`], and `visit(sku, counters, previous, taken_total)` for every
-    /// SKU that changed since the previous call (every SKU on the first call). `taken_total`
+    /// SKU that changed since the previous call (every SKU on the first call; `counters` is
+    /// `None` for a SKU deleted since, which adds nothing to the totals). `taken_total`
     /// is the SKU's count of units ever held by this process (replay included), `previous`
     /// its value at the previous call (equal if it took nothing); its slope over time is the
     /// sell rate. A SKU not visited has the counters and `taken_total` it had when last
@@ -324,7 +325,7 @@ impl Engine {
     pub fn sample_activity(
         &self,
         now_ms: u64,
-        mut visit: impl FnMut(&[u8], SkuInfo, u64, u64),
+        mut visit: impl FnMut(&[u8], Option<SkuInfo>, u64, u64),
     ) -> Summary {
         let mut sampling = self.sampling.lock();
         let sampling = &mut *sampling;
@@ -338,15 +339,16 @@ impl Engine {
             now_ms,
             |_, shard| {
                 total.add_counts(shard, now_ms);
-                total.skus += shard.skus.len();
+                total.skus += shard.skus.live();
             },
             |shard, key, sku| {
+                // A deleted SKU's counters are zero: it adds nothing to the totals.
                 let info = sku.info(now_ms);
                 let now = Contribution::of(&info);
                 shards[shard].replace(&sku.sampled, &now);
                 sku.sampled = now;
                 let previous = std::mem::replace(&mut sku.sampled_taken, sku.taken_total);
-                visit(key, info, previous, sku.taken_total);
+                visit(key, (!sku.deleted).then_some(info), previous, sku.taken_total);
             },
         );
         shards.iter().for_each(|totals| total.add_totals(totals));
@@ -381,7 +383,7 @@ impl Engine {
             now_ms,
             |_, _| {},
             |shard, key, sku| {
-                if sku.info(now_ms).available <= available_max {
+                if !sku.deleted && sku.info(now_ms).available <= available_max {
                     sets[shard].insert(key.clone());
                 } else {
                     sets[shard].remove(key);
@@ -400,9 +402,8 @@ impl Engine {
             let Some(Reverse((key, shard))) = heads.pop() else { break };
             heads.extend(iters[shard].next().map(|key| Reverse((key, shard))));
             let info = self.shards[shard].lock().skus.get(key).map(|sku| sku.info(now_ms));
-            let info = info.expect("SKUs are never removed");
-            // Changed since the refresh above: it is no longer a row of this listing.
-            if info.available <= available_max {
+            // Changed (or deleted) since the refresh above: no longer a row of this listing.
+            if let Some(info) = info.filter(|info| info.available <= available_max) {
                 rows.push(SkuRow { sku: Bytes::copy_from_slice(key), info });
             }
         }
@@ -495,7 +496,8 @@ impl Engine {
                 &mut shard,
                 |s| s.skus.len(),
                 |s, range| {
-                    s.skus.as_slice()[range].iter().for_each(|(key, sku)| each(key, sku));
+                    let live = s.skus.slots()[range].iter().filter(|(_, sku)| !sku.deleted);
+                    live.for_each(|(key, sku)| each(key, sku));
                 },
             );
         }

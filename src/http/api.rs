@@ -478,6 +478,13 @@ pub struct SafetyStockBody {
     pub reason: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    pub actor: String,
+    pub reason: String,
+}
+
 /// The reply to a stock change.
 #[derive(Debug, Serialize)]
 pub struct Changed {
@@ -533,6 +540,19 @@ pub async fn set_safety_stock(
         Command::SetSafetyStock { sku: Bytes::from(sku.clone()), safety_stock: body.safety_stock };
     let who = Attribution { actor: body.actor, reason: body.reason };
     change(app, sku, command, "set_safety_stock", who).await
+}
+
+/// `DELETE /api/v1/skus/{sku}`: deletes a SKU nothing holds or has committed (PROTOCOL.md
+/// 4.9); the reply's counters are zero.
+pub async fn delete_sku(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    body: Result<Json<DeleteBody>, JsonRejection>,
+) -> ApiResult<Changed> {
+    let Json(body) = body?;
+    let command = Command::DeleteSku { sku: Bytes::from(sku.clone()) };
+    let who = Attribution { actor: body.actor, reason: body.reason };
+    change(app, sku, command, "delete_sku", who).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -717,6 +737,11 @@ fn refusal(command: &Command, sku: &str, code: ResultCode, info: &SkuInfo) -> Re
         ResultCode::TooLarge => {
             conflict("the SKU has the most locations or deliveries it may have".into())
         }
+        ResultCode::SkuInUse => conflict(format!(
+            "SKU {sku:?} has {} units held and {} confirmed but not shipped: release, ship or \
+             let them expire before deleting it",
+            info.reserved, info.committed
+        )),
         ResultCode::InvalidArgument => Err(ApiError::invalid(match command {
             Command::SetLimits { .. } => "a quota names an empty or repeated channel",
             Command::ReceiveIncoming { .. } => "more units than the delivery has",

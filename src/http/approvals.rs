@@ -59,7 +59,7 @@ enum StoredChange {
 
 /// The audit actions a deferred change may carry (`supply::Item::command`, the single-change
 /// endpoints).
-const ACTIONS: [&str; 9] = [
+const ACTIONS: [&str; 10] = [
     "set_stock",
     "adjust_stock",
     "set_safety_stock",
@@ -69,6 +69,7 @@ const ACTIONS: [&str; 9] = [
     "set_incoming",
     "receive_incoming",
     "set_preorder",
+    "delete_sku",
 ];
 
 impl Serialize for Deferred {
@@ -394,6 +395,7 @@ mod tests {
               "eta_ms": 1_900_000_000_000u64 },
             { "op": "receive_incoming", "sku": "A", "location": "east", "reference": "PO-1" },
             { "op": "set_preorder", "sku": "A", "preorder_max": 10 },
+            { "op": "delete_sku", "sku": "A" },
             { "op": "adjust_stock", "sku": "B", "delta": 0 },
         ]);
         let items: Vec<Item> = serde_json::from_value(items).expect("items");

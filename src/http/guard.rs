@@ -41,6 +41,7 @@ pub const ROUTES: &[(&str, &str, Option<Permission>)] = &[
     ("GET", "/api/v1/status", Some(P::Read)),
     ("GET", "/api/v1/skus", Some(P::Read)),
     ("GET", "/api/v1/skus/{sku}", Some(P::Read)),
+    ("DELETE", "/api/v1/skus/{sku}", Some(P::Stock)),
     ("PUT", "/api/v1/skus/{sku}/stock", Some(P::Sync)),
     ("POST", "/api/v1/skus/{sku}/adjustments", Some(P::Stock)),
     ("PUT", "/api/v1/skus/{sku}/safety-stock", Some(P::Stock)),

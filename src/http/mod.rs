@@ -45,7 +45,7 @@ pub fn router(shared: Arc<Shared>, samples: watch::Receiver<Arc<Sample>>) -> Rou
     let api = Router::new()
         .route("/status", get(api::status))
         .route("/skus", get(api::list_skus))
-        .route("/skus/{sku}", get(api::get_sku))
+        .route("/skus/{sku}", get(api::get_sku).delete(api::delete_sku))
         .route("/skus/{sku}/stock", put(api::set_stock))
         .route("/skus/{sku}/adjustments", post(api::adjust_stock))
         .route("/skus/{sku}/safety-stock", put(api::set_safety_stock))

@@ -127,6 +127,10 @@ impl Tracker {
         let (tracks, max) = (&mut self.tracks, self.max);
         let mut fresh: BinaryHeap<Candidate> = BinaryHeap::new();
         let totals = engine.sample_activity(now_ms, |sku, info, previous, taken| {
+            let Some(info) = info else {
+                tracks.remove(sku);
+                return;
+            };
             if first {
                 return;
             }

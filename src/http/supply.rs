@@ -213,6 +213,9 @@ pub enum Item {
         sku: String,
         preorder_max: u64,
     },
+    DeleteSku {
+        sku: String,
+    },
 }
 
 impl Item {
@@ -273,6 +276,10 @@ impl Item {
             Item::SetPreorder { sku, preorder_max } => {
                 let command = Command::SetPreorder { sku: b(&sku), preorder_max };
                 (sku, command, "set_preorder")
+            }
+            Item::DeleteSku { sku } => {
+                let command = Command::DeleteSku { sku: b(&sku) };
+                (sku, command, "delete_sku")
             }
         })
     }
@@ -472,7 +479,8 @@ pub(super) fn prepare(items: Vec<Item>) -> Vec<Prepared> {
                 | Item::AdjustLocation { sku, .. }
                 | Item::SetIncoming { sku, .. }
                 | Item::ReceiveIncoming { sku, .. }
-                | Item::SetPreorder { sku, .. } => sku.clone(),
+                | Item::SetPreorder { sku, .. }
+                | Item::DeleteSku { sku } => sku.clone(),
             };
             (sku, item.command())
         })

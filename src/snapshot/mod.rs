@@ -7,7 +7,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"STKDSNAP"
-//!      8     4  version      u32, 4 (the layout of `engine::Image`; 1 to 3 are still read)
+//!      8     4  version      u32, 5 (the layout of `engine::Image`; 1 to 4 are still read)
 //!     12     4  reserved     zero
 //!     16     8  lsn          u64, last log record included
 //!     24     8  now_ms       u64, latest server time seen in the state
@@ -37,9 +37,9 @@
 //! Versions: 2 added SKU limits (`SkuImage::limits`); 3 added locations, deliveries and
 //! preorder allowances, and the allocations of reservation lines (`Image::locations`,
 //! `supplies`, `allocations`); 4 added return tickets and unmatched parcels
-//! (`Image::aftersales`). Version 1 files (no limits) are read through
-//! `engine::image::ImageV1`, version 2 files through `ImageV2`, version 3 through `ImageV3`;
-//! the next snapshot writes the current version.
+//! (`Image::aftersales`); 5 added deleted SKUs (`Image::deleted_skus`). Version 1 files (no limits) are read through
+//! `engine::image::ImageV1`, version 2 files through `ImageV2`, version 3 through `ImageV3`,
+//! version 4 through `ImageV4`; the next snapshot writes the current version.
 
 use std::io;
 
@@ -48,13 +48,14 @@ use rkyv::util::AlignedVec;
 use tracing::warn;
 
 use crate::engine::image::{
-    ArchivedImage, ArchivedImageV1, ArchivedImageV2, ArchivedImageV3, ImageV1, ImageV2, ImageV3,
+    ArchivedImage, ArchivedImageV1, ArchivedImageV2, ArchivedImageV3, ArchivedImageV4, ImageV1,
+    ImageV2, ImageV3, ImageV4,
 };
 use crate::engine::{Captured, Engine, EngineConfig, Image};
 use crate::wal::storage::Storage;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// Snapshots kept on disk.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -260,6 +261,12 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         let archived = rkyv::access::<ArchivedImageV3, rancor::Error>(body)
             .map_err(|e| format!("invalid archive: {e}"))?;
         rkyv::deserialize::<ImageV3, rancor::Error>(archived)
+            .map_err(|e| format!("cannot deserialise: {e}"))?
+            .upgrade()
+    } else if version == 4 {
+        let archived = rkyv::access::<ArchivedImageV4, rancor::Error>(body)
+            .map_err(|e| format!("invalid archive: {e}"))?;
+        rkyv::deserialize::<ImageV4, rancor::Error>(archived)
             .map_err(|e| format!("cannot deserialise: {e}"))?
             .upgrade()
     } else {
@@ -484,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_to_3_snapshots_are_still_read() {
+    fn version_1_to_4_snapshots_are_still_read() {
         let engine = engine_with_state();
         let image = engine.image();
         let v1 = crate::engine::image::ImageV1 {
@@ -521,9 +528,18 @@ mod tests {
         let name = write_body(&storage, 10, 1, 3, &body).expect("write");
         let loaded = load(&storage, &name, EngineConfig::default()).expect("a v3 snapshot loads");
         assert_eq!(loaded.engine.image(), image);
-        let future = write_body(&storage, 11, 1, 5, &body).expect("write");
+        let v4 = crate::engine::image::ImageV4 {
+            skus: image.skus.clone(),
+            reservations: image.reservations.clone(),
+            ..Default::default()
+        };
+        let body = rkyv::to_bytes::<rancor::Error>(&v4).expect("serialise");
+        let name = write_body(&storage, 11, 1, 4, &body).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("a v4 snapshot loads");
+        assert_eq!(loaded.engine.image(), image);
+        let future = write_body(&storage, 12, 1, 6, &body).expect("write");
         let refused = load(&storage, &future, EngineConfig::default()).err().expect("refused");
-        assert!(refused.contains("format version 5"), "{refused}");
+        assert!(refused.contains("format version 6"), "{refused}");
     }
 
     #[test]

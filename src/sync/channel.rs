@@ -539,12 +539,13 @@ impl Channel {
         state.followed_lsn = Some(followed);
     }
 
-    /// What the channel may sell of a SKU now (`None` for an unknown SKU).
+    /// What the channel may sell of a SKU now (`None` for an unknown SKU; 0 for a deleted
+    /// one, so that the marketplace stops selling it).
     fn sellable(&self, shared: &Shared, sku: &[u8], now_ms: u64) -> Option<u64> {
         let engine = &shared.engine;
         let info = engine.query_sku(sku, now_ms);
         if info.code != ResultCode::Ok {
-            return None;
+            return engine.is_deleted(sku).then_some(0);
         }
         let info = info.info;
         if info.paused {

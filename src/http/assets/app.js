@@ -198,6 +198,8 @@ function renderChanges(list, changes) {
     const state = (v) => (v && v.state) || "new";
     const what = c.action === "set_safety_stock"
       ? `safety stock ${c.before.safety_stock} → ${c.after.safety_stock}`
+      : c.action === "delete_sku"
+        ? `deleted (had ${c.before.on_hand} on hand)`
       : c.action.startsWith("ticket_") || c.action === "parcel_scan"
         ? `${c.action.replace("_", " ")} ${state(c.before)} → ${state(c.after)}`
         : c.before && c.after && "on_hand" in c.before
