@@ -522,3 +522,83 @@ fn a_captured_state_writes_the_snapshot_its_image_writes() {
     assert!(expected.allocations.len() > 10 && expected.reservations.len() == 60);
     assert_eq!(written[64..], imaged[64..], "the same body, byte for byte");
 }
+
+fn delete(engine: &Engine, sku: &str, now: u64) -> (ResultCode, bool) {
+    let (reply, changed) = apply(engine, Command::DeleteSku { sku: id(sku) }, now);
+    (reply.code(), changed)
+}
+
+#[test]
+fn a_sku_is_deleted_only_when_nothing_holds_or_has_committed_it() {
+    let e = engine();
+    stock(&e, "a", 10);
+    stock(&e, "b", 10);
+    assert_eq!(delete(&e, "nope", T0), (ResultCode::UnknownSku, false));
+    apply(&e, reserve("r1", &[("a", 2), ("b", 1)]), T0);
+    assert_eq!(delete(&e, "a", T0), (ResultCode::SkuInUse, false));
+    // A hold past its deadline still counts until the sweep ends it.
+    assert_eq!(reserved(&e, "a", T0 + 1_000), (0, 10));
+    assert_eq!(delete(&e, "a", T0 + 1_000), (ResultCode::SkuInUse, false));
+    let confirm = Command::Confirm(Confirm { id: id("r1"), lines: vec![Line::new("b", 1)] });
+    assert_eq!(apply(&e, confirm, T0).0.code(), ResultCode::Ok);
+    // "a" was confirmed with 0 units: nothing counts it any more. "b" has one committed unit.
+    assert_eq!(delete(&e, "b", T0), (ResultCode::SkuInUse, false));
+    let (reply, changed) = apply(&e, Command::DeleteSku { sku: id("a") }, T0);
+    assert!(changed);
+    let OpReply::DeleteSku(reply) = reply else { panic!("delete reply") };
+    assert_eq!((reply.code, reply.info), (ResultCode::Ok, Default::default()), "zero after");
+    assert_eq!(delete(&e, "a", T0), (ResultCode::UnknownSku, false), "deleted once");
+
+    // Unknown to every operation on it...
+    assert_eq!(e.query_sku(b"a", T0).code, ResultCode::UnknownSku);
+    assert!(e.is_deleted(b"a") && !e.is_deleted(b"b") && !e.is_deleted(b"nope"));
+    assert_eq!(apply(&e, reserve("r2", &[("a", 1)]), T0).0.code(), ResultCode::UnknownSku);
+    let adjust = Command::AdjustStock { sku: id("a"), delta: 1, expected: None };
+    assert_eq!(apply(&e, adjust, T0).0.code(), ResultCode::UnknownSku, "not created by +1");
+    let safety = Command::SetSafetyStock { sku: id("a"), safety_stock: 1 };
+    assert_eq!(apply(&e, safety, T0).0.code(), ResultCode::UnknownSku);
+    assert_eq!(e.summary(T0).skus, 1);
+    let page = e.list_skus(&Default::default(), None, 10, T0);
+    assert_eq!(page.rows.iter().map(|r| &r.sku[..]).collect::<Vec<_>>(), [b"b"]);
+    // ... while the reservation naming it goes on: shipped (0 units of "a"), then forgotten.
+    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::Ok);
+    assert_eq!(e.query_sku(b"b", T0).info.on_hand, 9);
+    let info = e.query_reservation(b"r1", T0).info.expect("kept");
+    assert_eq!(info.lines.len(), 2, "the reservation still names both SKUs");
+
+    // The image keeps the deleted SKU as an id, and a rebuilt engine is the same.
+    let image = e.image();
+    assert_eq!(image.deleted_skus, vec![b"a".to_vec()]);
+    assert!(image.skus.iter().all(|s| s.sku != b"a"));
+    let rebuilt = Engine::from_image(e.config().clone(), &image).expect("loads");
+    assert_eq!(rebuilt.image(), image);
+    assert!(rebuilt.is_deleted(b"a"));
+
+    let due = e.due(T0 + 10_000, 100);
+    assert_eq!(due, vec![Command::Forget { id: id("r1") }]);
+    assert!(apply(&e, due[0].clone(), T0 + 10_000).1);
+
+    // A stock change creates it again, empty: nothing of before comes back.
+    stock(&e, "a", 3);
+    let info = e.query_sku(b"a", T0 + 10_000).info;
+    assert_eq!((info.on_hand, info.reserved, info.safety_stock, info.available), (3, 0, 0, 3));
+    assert!(!e.is_deleted(b"a"));
+    assert!(e.image().deleted_skus.is_empty());
+    assert_eq!(e.summary(T0 + 10_000).skus, 2);
+}
+
+#[test]
+fn a_deleted_sku_loses_its_limits_and_supply() {
+    let e = engine();
+    stock(&e, "a", 10);
+    let limits = stockd_protocol::SkuLimits { max_per_buyer: 2, ..Default::default() };
+    assert!(apply(&e, Command::SetLimits { sku: id("a"), limits }, T0).1);
+    let preorder = Command::SetPreorder { sku: id("a"), preorder_max: 5 };
+    assert!(apply(&e, preorder, T0).1);
+    assert_eq!(delete(&e, "a", T0), (ResultCode::Ok, true));
+    stock(&e, "a", 1);
+    assert_eq!(e.query_limits(b"a", T0).limits, Default::default());
+    assert_eq!(e.query_locations(b"a", T0).preorder_max, 0);
+    let image = e.image();
+    assert!(image.supplies.is_empty() && image.skus[0].limits.is_none());
+}

@@ -284,6 +284,7 @@ mod tests {
                 qty: 3,
             },
             Command::SetPreorder { sku: "a".into(), preorder_max: 5 },
+            Command::DeleteSku { sku: "a".into() },
             Command::Expire { id: "r".into() },
             Command::Forget { id: "r".into() },
         ]

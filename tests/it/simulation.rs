@@ -209,7 +209,10 @@ impl Sim {
             }
             75..86 => Command::Release { id },
             86..93 => Command::Extend { id, ttl_ms: TTLS[self.rng.random_range(1..TTLS.len())] },
-            _ => Command::Ship { id },
+            93..97 => Command::Ship { id },
+            // Mostly refused (the SKU is in use); when not, reserves find it unknown until a
+            // stock change creates it again.
+            _ => Command::DeleteSku { sku: self.pick_sku() },
         }
     }
 
