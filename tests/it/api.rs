@@ -204,6 +204,55 @@ async fn stock_changes_are_applied_logged_and_audited() {
     server.stop().await;
 }
 
+/// Without API keys (no approval rule applies), `DELETE` deletes at once: refused while a
+/// unit is held, then the SKU is gone for the API and the protocol alike, and a bulk request
+/// can delete too.
+#[tokio::test]
+async fn skus_are_deleted_unless_in_use() {
+    let server = TestServer::start(test_config()).await;
+    let client = server.client().await;
+    client.set_stock("old", 4, None).await.unwrap();
+    client.set_stock("older", 2, None).await.unwrap();
+    assert_eq!(client.reserve(reserve("o-1", "old", 1, 0)).await.unwrap().code, ResultCode::Ok);
+    let addr = server.http_addr;
+    let body = || Some(json!({ "actor": "alice", "reason": "discontinued" }));
+
+    let (status, refused) = call(addr, "DELETE", "/api/v1/skus/old", body()).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("sku_in_use")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("1 units held"), "{refused}");
+    let (status, _) = call(addr, "DELETE", "/api/v1/skus/old", Some(json!({}))).await;
+    assert_eq!(status, 400, "actor and reason are required");
+
+    assert_eq!(client.release("o-1").await.unwrap(), ResultCode::Ok);
+    let (status, deleted) = call(addr, "DELETE", "/api/v1/skus/old", body()).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!((deleted["changed"].as_bool(), deleted["on_hand"].as_u64()), (Some(true), Some(0)));
+    let (status, again) = call(addr, "DELETE", "/api/v1/skus/old", body()).await;
+    assert_eq!((status, again["code"].as_str()), (404, Some("unknown_sku")), "{again}");
+    assert_eq!(client.query_sku("old").await.unwrap().code, ResultCode::UnknownSku);
+    let (_, listed) = call(addr, "GET", "/api/v1/skus?sort=id", None).await;
+    let ids: Vec<&str> =
+        listed["rows"].as_array().unwrap().iter().map(|s| s["sku"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["older"], "{listed}");
+
+    let bulk = json!({
+        "items": [{ "op": "delete_sku", "sku": "older" }, { "op": "delete_sku", "sku": "nope" }],
+        "actor": "alice", "reason": "range review"
+    });
+    let (status, reply) = call(addr, "POST", "/api/v1/bulk", Some(bulk)).await;
+    assert_eq!(
+        (status, &reply["applied"], &reply["refused"]),
+        (200, &json!(1), &json!(1)),
+        "{reply}"
+    );
+    assert_eq!(reply["results"][1]["code"], "unknown_sku");
+    assert_eq!(client.query_sku("older").await.unwrap().code, ResultCode::UnknownSku);
+    // A stock change creates a deleted SKU again.
+    client.set_stock("old", 9, None).await.unwrap();
+    assert_eq!(client.query_sku("old").await.unwrap().info.available, 9);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_changes_get_clear_json_errors_and_change_nothing() {
     let server = TestServer::start(test_config()).await;

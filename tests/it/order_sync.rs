@@ -1,8 +1,8 @@
 //! Order sync end to end, against a fake marketplace served over real HTTP on 127.0.0.1:
 //! orders by push and by pull become reservations exactly once, paid confirms, cancelled
 //! releases, rejections are recorded, bad signatures are refused, tokens are refreshed ahead
-//! of expiry (manual clock), stock is pushed back (0 when paused by safety stock), and the
-//! module's state survives a restart.
+//! of expiry (manual clock), stock is pushed back (0 when paused by safety stock or deleted),
+//! and the module's state survives a restart.
 
 use crate::common;
 use crate::common::marketplace;
@@ -288,6 +288,16 @@ async fn stock_is_pushed_back_and_zero_when_paused_by_safety_stock() {
     let status = sync_now(&server).await;
     assert_eq!(status["push_failures"], 0);
     assert_eq!(market.pushed().get("A"), Some(&17));
+
+    // A deleted SKU is pushed as 0, so the marketplace stops selling it.
+    assert_eq!(client.set_safety_stock("B", 0).await.unwrap().code, ResultCode::Ok);
+    server.shared.clock.advance_ms(1_000);
+    sync_now(&server).await;
+    assert_eq!(market.pushed().get("B"), Some(&4));
+    assert_eq!(client.delete_sku("B").await.unwrap().code, ResultCode::Ok);
+    server.shared.clock.advance_ms(1_000);
+    sync_now(&server).await;
+    assert_eq!(market.pushed().get("B"), Some(&0));
     server.stop().await;
 }
 

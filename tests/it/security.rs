@@ -453,6 +453,72 @@ async fn dangerous_changes_wait_for_a_second_admin() {
     server.stop().await;
 }
 
+/// Deleting a SKU waits for a second admin (the default rule), is refused while the SKU is in
+/// use, and once applied leaves the SKU unknown, audited with what it had.
+#[tokio::test]
+async fn deleting_a_sku_waits_for_a_second_admin() {
+    let (server, keys) = secure_server(secure_config()).await;
+    let addr = server.http_addr;
+    let admin = connect(server.addr, &keys["admin"]).await;
+    set_stock(&admin, "S1", 7).await;
+    let checkout = connect(server.addr, &keys["checkout"]).await;
+    let reply = checkout.reserve(reserve("o-1", "buyer")).await.expect("reserve");
+    assert_eq!(reply.code, ResultCode::Ok);
+
+    // Over the protocol: refused, since it cannot wait for approval; checkout may not at all.
+    let reply = admin.delete_sku(Bytes::from_static(b"S1")).await.expect("sent");
+    assert_eq!(reply.code, ResultCode::Forbidden);
+    let reply = checkout.delete_sku(Bytes::from_static(b"S1")).await.expect("sent");
+    assert_eq!(reply.code, ResultCode::Forbidden);
+
+    let request = |key: &str| {
+        let body = json!({ "actor": "bob", "reason": "discontinued" });
+        let key = key.to_string();
+        async move { http(addr, Some(&key), Method::DELETE, "/api/v1/skus/S1", Some(body)).await }
+    };
+    let (status, reply) = request(&keys["checkout"]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    let (status, reply) = request(&keys["ops"]).await;
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (StatusCode::ACCEPTED, Some("approval_required")),
+        "{reply}"
+    );
+    assert_eq!(reply["approval"]["why"], "deletes the SKU");
+    let approve = |reply: &Value, key: &str| {
+        let id = reply["approval"]["id"].as_str().expect("id").to_string();
+        let decision = json!({ "actor": "carol", "note": "checked" });
+        let path = format!("/api/v1/approvals/{id}/approve");
+        let key = key.to_string();
+        async move { http(addr, Some(&key), Method::POST, &path, Some(decision)).await }
+    };
+    // Approved while o-1 still holds a unit: refused as in use, nothing deleted.
+    let (status, result) = approve(&reply, &keys["admin"]).await;
+    assert_eq!(status, StatusCode::OK, "{result}");
+    assert_eq!(result["result"]["refused"], 1, "{result}");
+    assert_eq!(result["result"]["results"][0]["code"], "sku_in_use", "{result}");
+    assert_eq!(server.shared.engine.query_sku(b"S1", T0).code, ResultCode::Ok);
+
+    assert_eq!(checkout.release(Bytes::from_static(b"o-1")).await.expect("sent"), ResultCode::Ok);
+    let (status, reply) = request(&keys["admin"]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let (status, result) = approve(&reply, &keys["admin2"]).await;
+    assert_eq!((status, &result["result"]["applied"]), (StatusCode::OK, &json!(1)), "{result}");
+    assert_eq!(server.shared.engine.query_sku(b"S1", T0).code, ResultCode::UnknownSku);
+    let reply = checkout.reserve(reserve("o-2", "buyer")).await.expect("reserve");
+    assert_eq!(reply.code, ResultCode::UnknownSku);
+    let (status, reply) =
+        http(addr, Some(&keys["readonly"]), Method::GET, "/api/v1/skus/S1", None).await;
+    assert_eq!((status, reply["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_sku")));
+
+    let audited = audited(addr, &keys["admin"], "action=delete_sku").await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["target"], "S1");
+    assert_eq!(audited[0]["before"]["on_hand"], 7);
+    assert_eq!(audited[0]["after"]["on_hand"], 0);
+    server.stop().await;
+}
+
 /// Pending requests come back after a restart with everything approving them needs (a single
 /// change, and a bulk request with an item refused up front), apply once when approved, and
 /// never come back once approved, rejected or expired; a request that expired while the
