@@ -506,7 +506,8 @@ fn bytes(text: &str) -> Bytes {
 }
 
 fn print_sku(code: ResultCode, info: &SkuInfo) {
-    if code.is_ok() || code == ResultCode::ExpectedMismatch {
+    // The counters say why for these two refusals.
+    if code.is_ok() || matches!(code, ResultCode::ExpectedMismatch | ResultCode::SkuInUse) {
         println!(
             "{code} on_hand={} reserved={} committed={} safety_stock={} available={} paused={}",
             info.on_hand,

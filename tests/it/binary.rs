@@ -91,6 +91,17 @@ fn serve_and_use_the_cli() {
     let (code, out) = cli(&daemon, &["release", "ORDER-3"]);
     assert_eq!((code, out.trim()), (0, "ok"));
     assert_eq!(cli(&daemon, &["limits", "set", "SKU-1"]).0, 0, "no options: no limits");
+    // A SKU deleted (nothing holds it), and one refused while held.
+    assert_eq!(cli(&daemon, &["stock", "set", "SKU-2", "4"]).0, 0);
+    let (code, out) = cli(&daemon, &["stock", "delete", "SKU-2"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, "ok on_hand=0 reserved=0 committed=0 safety_stock=0 available=0 paused=false")
+    );
+    assert_eq!(cli(&daemon, &["reserve", "ORDER-5", "SKU-1:1"]).0, 0);
+    let (code, out) = cli(&daemon, &["stock", "delete", "SKU-1"]);
+    assert!(code == 3 && out.starts_with("sku_in_use on_hand=3 reserved=1"), "{out}");
+    assert_eq!(cli(&daemon, &["release", "ORDER-5"]).0, 0);
     assert_eq!(terminate(daemon), Some(0), "SIGTERM is a clean exit");
 
     // The state survives the restart (through the final snapshot and the log).
@@ -102,6 +113,8 @@ fn serve_and_use_the_cli() {
     );
     let (code, out) = cli(&daemon, &["reservation", "ORDER-1"]);
     assert!(code == 0 && out.starts_with("state=shipped"), "{out}");
+    let (code, out) = cli(&daemon, &["stock", "get", "SKU-2"]);
+    assert!(code == 3 && out.starts_with("unknown_sku"), "deleted for good: {out}");
     assert_eq!(terminate(daemon), Some(0));
     let names: Vec<String> = std::fs::read_dir(dir.path())
         .expect("data dir")
