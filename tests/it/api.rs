@@ -328,7 +328,7 @@ async fn bad_changes_get_clear_json_errors_and_change_nothing() {
     let long = "s".repeat(65);
     let path = format!("/api/v1/skus/{long}/adjustments");
     refused(call(addr, "POST", &path, Some(adjust(1))).await, 400, "invalid_argument");
-    refused(call(addr, "DELETE", "/api/v1/skus/sku", None).await, 405, "method_not_allowed");
+    refused(call(addr, "PATCH", "/api/v1/skus/sku", None).await, 405, "method_not_allowed");
     // Without a JSON content type.
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let raw = "POST /api/v1/skus/sku/adjustments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
