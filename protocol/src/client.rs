@@ -317,7 +317,8 @@ impl Client {
         sku_reply(self.call(Op::SetPreorder { sku: sku.into(), preorder_max }).await?)
     }
 
-    /// Deletes a SKU with no units held or confirmed but not shipped (`sku_in_use` otherwise).
+    /// Deletes a SKU no open reservation names (`sku_in_use` otherwise: held, or confirmed and
+    /// not shipped).
     /// The reply has its counters just before. Needs the ops or admin role; refused
     /// (`forbidden`) where deletions need a second admin's approval, which only the HTTP API
     /// can wait for.

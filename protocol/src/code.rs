@@ -97,7 +97,8 @@ result_codes! {
     /// The SKU has stock, holds or deliveries not assigned to any location, so it cannot be
     /// given locations (bring it to zero first).
     LocationConflict = 27, "location_conflict";
-    /// The SKU has units held, or confirmed and not shipped, so it cannot be deleted.
+    /// Reservations that are not over (held, or confirmed and not shipped) name the SKU, so
+    /// it cannot be deleted.
     SkuInUse = 28, "sku_in_use";
 }
 

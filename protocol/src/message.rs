@@ -454,8 +454,8 @@ pub enum Op {
         sku: Bytes,
         preorder_max: u64,
     },
-    /// Delete a SKU that has no units held or confirmed but not shipped: it is unknown from
-    /// then on, with everything set on it, until a stock change creates it again.
+    /// Delete a SKU no reservation that is not over names: it is unknown from then on, with
+    /// everything set on it, until a stock change creates it again.
     DeleteSku {
         sku: Bytes,
     },

@@ -551,13 +551,12 @@ impl Engine {
             }
             let shard = self.shards[self.shard_of(&line.sku)].lock();
             let Some((key, sku)) = shard.skus.get_key_value(&line.sku[..]) else {
-                // A deleted SKU, named only by a reservation that counts none of its units.
+                // A deleted SKU, named only by reservations that are over.
                 let Some(key) = shard.skus.deleted_key(&line.sku[..]) else {
                     return Err(bad(format!("reservation {} names an unknown SKU", name())));
                 };
-                let counts = state == ReservationState::Held || line.confirmed > 0;
-                if counts || allocations.iter().any(|a| usize::from(a.line) == index) {
-                    return Err(bad(format!("reservation {} counts a deleted SKU", name())));
+                if !finished || allocations.iter().any(|a| usize::from(a.line) == index) {
+                    return Err(bad(format!("open reservation {} names a deleted SKU", name())));
                 }
                 lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: Box::default() });
                 continue;

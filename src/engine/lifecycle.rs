@@ -76,9 +76,8 @@ impl Engine {
     }
 
     /// The counters of a SKU a stored reservation names. Its entry is never removed; it may
-    /// be deleted (`Sku::deleted`) if the reservation no longer counts any of its units, and
-    /// then only zero units are taken out of it (a confirmed line of 0 shipped, a shipped
-    /// purchase forgotten, on a SKU whose limits went with it).
+    /// be deleted (`Sku::deleted`) if the reservation is over, and then only its limits are
+    /// looked at (none: they went with it) when a shipped reservation is forgotten.
     fn reserved_sku<'l>(&self, locked: &'l mut Locked<'_>, sku: &[u8]) -> &'l mut Sku {
         let shard = locked.shard(self.shard_of(sku));
         shard.skus.entry_for_reservation(sku).expect("a named SKU's entry is never removed")

@@ -134,6 +134,10 @@ pub(super) struct Sku {
     pub locations: Option<Box<Locations>>,
     /// Incoming deliveries and the preorder allowance.
     pub supply: Option<Box<Supply>>,
+    /// Lines naming this SKU of reservations that are not over (held, past their deadline
+    /// too until ended, or confirmed and not shipped, with any number of units): a SKU is
+    /// deleted only when there are none.
+    pub open_lines: u64,
     /// Deleted (`DELETE_SKU`): unknown to every operation, everything else at its default
     /// but the watchers' own fields. The entry stays (positions are stable, and reservations
     /// that are over may still name it) until a stock change creates the SKU again.
@@ -223,6 +227,7 @@ impl Sku {
     /// Holds a line: the SKU's counters and those of the locations it is taken from.
     pub fn hold_line(&mut self, line: &HeldLine, expires_at_ms: u64) {
         let qty = u64::from(line.qty);
+        self.open_lines += 1;
         self.counters.hold(qty, expires_at_ms);
         self.taken_total += qty;
         for (location, qty) in line.at.iter() {
@@ -239,6 +244,7 @@ impl Sku {
 
     /// Undoes `hold_line`.
     pub fn unhold_line(&mut self, line: &HeldLine, expires_at_ms: u64) {
+        self.open_lines -= 1;
         self.counters.unhold(u64::from(line.qty), expires_at_ms);
         for (location, qty) in line.at.iter() {
             self.location_mut(location).stock.unhold(u64::from(*qty), expires_at_ms);
@@ -248,6 +254,7 @@ impl Sku {
     /// Commits `bought` units of a line that is no longer held, at the locations
     /// `HeldLine::committed_at` names.
     pub fn commit_line(&mut self, line: &HeldLine, bought: u32) {
+        self.open_lines += 1;
         self.counters.committed += u64::from(bought);
         for (location, qty) in line.committed_at(bought) {
             self.location_mut(location).stock.committed += u64::from(qty);
@@ -256,6 +263,7 @@ impl Sku {
 
     /// Ships the `bought` committed units of a line.
     pub fn ship_line(&mut self, line: &HeldLine, bought: u32) {
+        self.open_lines -= 1;
         self.counters.ship(u64::from(bought));
         for (location, qty) in line.committed_at(bought) {
             self.location_mut(location).stock.ship(u64::from(qty));
@@ -449,7 +457,7 @@ impl Skus {
     }
 
     /// The entry of a SKU a stored reservation names, to change: found even when deleted
-    /// (only units the reservation no longer counts, zero, are then taken out of it).
+    /// (only a reservation that is over names a deleted SKU, and changes no count of it).
     pub fn entry_for_reservation(&mut self, sku: &[u8]) -> Option<&mut Sku> {
         let index = self.map.get_index_of(sku)?;
         Some(self.change(index))

@@ -86,8 +86,9 @@ impl Engine {
         })
     }
 
-    /// Deletes a SKU (see `Sku::deleted`): refused with `sku_in_use` while any of its units
-    /// are held (holds past their deadline included, until the sweep ends them) or committed.
+    /// Deletes a SKU (see `Sku::deleted`): refused with `sku_in_use` while a reservation that
+    /// is not over names it (`Sku::open_lines`; such a reservation may hold or have committed
+    /// no unit of it, a confirmed line of 0, and still take its units from its locations).
     /// The reply's counters are zero: the SKU is gone.
     pub(super) fn delete_sku(&self, sku: &[u8], now_ms: u64, on_change: impl FnOnce()) -> Changed {
         let mut shard = self.shards[self.shard_of(sku)].lock();
@@ -95,9 +96,10 @@ impl Engine {
             return refused(ResultCode::UnknownSku);
         };
         let before = state.info(now_ms);
-        if state.reserved > 0 || state.committed > 0 {
+        if state.open_lines > 0 {
             return (SkuReply { code: ResultCode::SkuInUse, info: before }, None);
         }
+        debug_assert!(state.reserved == 0 && state.committed == 0, "units of open lines");
         assert!(shard.skus.delete(sku), "found above");
         finish(SkuInfo::default(), Some(before), on_change)
     }

@@ -529,7 +529,7 @@ fn delete(engine: &Engine, sku: &str, now: u64) -> (ResultCode, bool) {
 }
 
 #[test]
-fn a_sku_is_deleted_only_when_nothing_holds_or_has_committed_it() {
+fn a_sku_is_deleted_only_when_no_open_reservation_names_it() {
     let e = engine();
     stock(&e, "a", 10);
     stock(&e, "b", 10);
@@ -541,8 +541,13 @@ fn a_sku_is_deleted_only_when_nothing_holds_or_has_committed_it() {
     assert_eq!(delete(&e, "a", T0 + 1_000), (ResultCode::SkuInUse, false));
     let confirm = Command::Confirm(Confirm { id: id("r1"), lines: vec![Line::new("b", 1)] });
     assert_eq!(apply(&e, confirm, T0).0.code(), ResultCode::Ok);
-    // "a" was confirmed with 0 units: nothing counts it any more. "b" has one committed unit.
+    // "a" was confirmed with 0 units: none of its units is counted, but the reservation is
+    // not over (shipping it goes through every line), so it still names "a".
+    assert_eq!(reserved(&e, "a", T0), (0, 10));
+    assert_eq!(delete(&e, "a", T0), (ResultCode::SkuInUse, false));
     assert_eq!(delete(&e, "b", T0), (ResultCode::SkuInUse, false));
+    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::Ok);
+    assert_eq!(e.query_sku(b"b", T0).info.on_hand, 9);
     let (reply, changed) = apply(&e, Command::DeleteSku { sku: id("a") }, T0);
     assert!(changed);
     let OpReply::DeleteSku(reply) = reply else { panic!("delete reply") };
@@ -560,9 +565,8 @@ fn a_sku_is_deleted_only_when_nothing_holds_or_has_committed_it() {
     assert_eq!(e.summary(T0).skus, 1);
     let page = e.list_skus(&Default::default(), None, 10, T0);
     assert_eq!(page.rows.iter().map(|r| &r.sku[..]).collect::<Vec<_>>(), [b"b"]);
-    // ... while the reservation naming it goes on: shipped (0 units of "a"), then forgotten.
-    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::Ok);
-    assert_eq!(e.query_sku(b"b", T0).info.on_hand, 9);
+    // ... while the shipped reservation naming it is kept, then forgotten.
+    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::Ok, "retry");
     let info = e.query_reservation(b"r1", T0).info.expect("kept");
     assert_eq!(info.lines.len(), 2, "the reservation still names both SKUs");
 
@@ -601,4 +605,33 @@ fn a_deleted_sku_loses_its_limits_and_supply() {
     assert_eq!(e.query_locations(b"a", T0).preorder_max, 0);
     let image = e.image();
     assert!(image.supplies.is_empty() && image.skus[0].limits.is_none());
+}
+
+#[test]
+fn a_located_line_confirmed_with_no_units_keeps_its_sku_until_shipped() {
+    let e = engine();
+    let set = Command::SetLocation {
+        sku: id("l"),
+        location: id("east"),
+        on_hand: 5,
+        priority: 1,
+        expected: None,
+    };
+    assert!(apply(&e, set, T0).1);
+    stock(&e, "b", 5);
+    assert_eq!(apply(&e, reserve("r1", &[("l", 2), ("b", 1)]), T0).0.code(), ResultCode::Ok);
+    let confirm = Command::Confirm(Confirm { id: id("r1"), lines: vec![Line::new("b", 1)] });
+    assert_eq!(apply(&e, confirm, T0).0.code(), ResultCode::Ok);
+    // Nothing of "l" is held or committed, yet r1 still names its location: shipping it goes
+    // through that allocation, so "l" (and its locations) must stay.
+    assert_eq!(reserved(&e, "l", T0), (0, 5));
+    assert_eq!(delete(&e, "l", T0), (ResultCode::SkuInUse, false));
+    let image = e.image();
+    assert_eq!(Engine::from_image(e.config().clone(), &image).expect("loads").image(), image);
+    assert_eq!(apply(&e, Command::Ship { id: id("r1") }, T0).0.code(), ResultCode::Ok);
+    assert_eq!(delete(&e, "l", T0), (ResultCode::Ok, true));
+    let image = e.image();
+    assert_eq!(image.deleted_skus, vec![b"l".to_vec()]);
+    assert!(image.locations.is_empty() && image.allocations.is_empty());
+    assert_eq!(Engine::from_image(e.config().clone(), &image).expect("loads").image(), image);
 }

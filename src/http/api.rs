@@ -738,8 +738,8 @@ fn refusal(command: &Command, sku: &str, code: ResultCode, info: &SkuInfo) -> Re
             conflict("the SKU has the most locations or deliveries it may have".into())
         }
         ResultCode::SkuInUse => conflict(format!(
-            "SKU {sku:?} has {} units held and {} confirmed but not shipped: release, ship or \
-             let them expire before deleting it",
+            "SKU {sku:?} is named by reservations that are not over ({} units held, {} \
+             confirmed and not shipped): release, ship or let them expire before deleting it",
             info.reserved, info.committed
         )),
         ResultCode::InvalidArgument => Err(ApiError::invalid(match command {
