@@ -911,9 +911,9 @@ impl Model {
             }
             Command::DeleteSku { sku } => {
                 let reply = |code, info| OpReply::DeleteSku(SkuReply { code, info });
-                let Some(s) = self.skus.get(&sku[..]) else {
+                if !self.skus.contains_key(&sku[..]) {
                     return (reply(ResultCode::UnknownSku, SkuInfo::default()), false);
-                };
+                }
                 // Named by a reservation that is not over (a hold past its deadline until it
                 // is ended; a confirmed line of 0 units too)?
                 let open = self.res.values().any(|r| {
