@@ -3,6 +3,12 @@
 //!
 //! A handshake must finish within the server's `frame_timeout_ms`; a client that speaks
 //! plaintext to a TLS port fails the handshake and is closed without reaching the protocol.
+//!
+//! At start the certificate is checked the way a rustls client (stockd's CLI, its load test,
+//! the protocol crate's `tls` feature) checks it, whatever name it connects by: a CA
+//! certificate (`openssl req -x509` makes one unless told `basicConstraints=CA:FALSE`), an
+//! expired or not yet valid one, or one whose extended key usage excludes servers is served,
+//! but logged as a warning, since such clients will refuse it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,13 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::rustls::client::danger::ServerCertVerifier;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::{self, CertificateError, OtherError, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 pub use tokio_rustls::TlsAcceptor;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Why the TLS configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,13 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsErr
         problem: e.to_string(),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if let Some(problem) = refused_by_clients(&certs, &provider) {
+        warn!(
+            cert_file = %cert_file.display(),
+            "the certificate {problem}: rustls clients, stockd's CLI and load test among them, \
+             will refuse it (README \"Security\" shows how to make one they accept)"
+        );
+    }
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -54,6 +70,44 @@ pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, TlsErr
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Why a rustls client would refuse the certificate chain `certs` (leaf first) whatever name
+/// it connects by, trusting the chain's own certificates: `None` if it would not, or only for
+/// a reason that depends on the client (its trust roots, the name it uses).
+fn refused_by_clients(
+    certs: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Option<String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(certs.iter().cloned());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .ok()?;
+    // A name no certificate carries: the checks that matter here come before the name's.
+    let name = ServerName::try_from("name-check.stockd.invalid").ok()?;
+    let (leaf, chain) = certs.split_first()?;
+    let error = verifier.verify_server_cert(leaf, chain, &name, &[], UnixTime::now()).err()?;
+    let rustls::Error::InvalidCertificate(error) = error else { return None };
+    Some(
+        match error {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "has expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "is not valid yet"
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "is not for TLS servers (its extended key usage lacks serverAuth)"
+            }
+            CertificateError::Other(OtherError(other))
+                if other.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                "is a CA certificate (basicConstraints CA:TRUE), not a server's"
+            }
+            _ => return None,
+        }
+        .to_string(),
+    )
 }
 
 /// Completes a server-side handshake within `timeout`.
@@ -122,5 +176,37 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(edit: impl FnOnce(&mut rcgen::CertificateParams)) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        edit(&mut params);
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("certificate").der().clone()
+    }
+
+    fn problem(cert: CertificateDer<'static>) -> Option<String> {
+        refused_by_clients(&[cert], &Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    #[test]
+    fn certificates_clients_refuse_are_named() {
+        assert_eq!(problem(certificate(|_| {})), None, "a plain server certificate");
+        let ca = certificate(|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+        assert!(problem(ca).is_some_and(|p| p.contains("CA certificate")));
+        let expired = certificate(|p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        assert_eq!(problem(expired).as_deref(), Some("has expired"));
+        let client = certificate(|p| {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        });
+        assert!(problem(client).is_some_and(|p| p.contains("not for TLS servers")));
     }
 }
