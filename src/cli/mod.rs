@@ -247,7 +247,7 @@ enum StockCommand {
     /// (`-` for stdin) is one change; `#` starts a comment:
     /// `set SKU ON_HAND` | `adjust SKU DELTA` | `safety SKU N` |
     /// `location SKU LOCATION ON_HAND [PRIORITY]` | `incoming SKU LOCATION|- REFERENCE QTY [ETA_MS]` |
-    /// `preorder SKU MAX`.
+    /// `preorder SKU MAX` | `delete SKU`.
     Import {
         #[command(flatten)]
         client: ClientArgs,
@@ -611,6 +611,10 @@ fn import_op(line: &str) -> Result<Option<Op>, String> {
         "preorder" => {
             expect_fields(2, 2)?;
             Op::SetPreorder { sku: text(0, "SKU")?, preorder_max: number(1, "MAX")? }
+        }
+        "delete" => {
+            expect_fields(1, 1)?;
+            Op::DeleteSku { sku: text(0, "SKU")? }
         }
         other => return Err(format!("unknown change {other:?}")),
     };

@@ -138,13 +138,18 @@ fn locations_preorders_and_an_import_file_from_the_cli() {
                    incoming TEE west PO-1 10 1700000000000\n\
                    preorder TEE 3\n\
                    set CAP 4   # unlocated\n\
-                   adjust NOPE 1\n";
+                   adjust NOPE 1\n\
+                   set OLD 3\n\
+                   delete OLD\n";
     std::fs::write(&file, changes).expect("write import file");
     let (code, out) = cli(&daemon, &["stock", "import", file.to_str().unwrap()]);
     assert_eq!(code, 3, "one change is refused: {out}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].ends_with(":2: ok") && lines[5].ends_with(":7: unknown_sku"), "{out}");
-    assert_eq!(lines[6], "6 changes, 1 refused");
+    assert!(lines[7].ends_with(":9: ok"), "{out}");
+    assert_eq!(lines[8], "8 changes, 1 refused");
+    let (code, out) = cli(&daemon, &["stock", "get", "OLD"]);
+    assert!(code == 3 && out.starts_with("unknown_sku"), "deleted by the import: {out}");
 
     let split = ["reserve", "ORDER-1", "TEE:4", "--split"];
     let (code, out) = cli(&daemon, &split);
