@@ -755,7 +755,14 @@ async fn client_command(command: Command) -> anyhow::Result<ResultCode> {
                     connect(client).await?.set_preorder(bytes(sku), *preorder_max).await?
                 }
                 StockCommand::Delete { client, sku } => {
-                    connect(client).await?.delete_sku(bytes(sku)).await?
+                    let reply = connect(client).await?.delete_sku(bytes(sku)).await?;
+                    if reply.code == ResultCode::Forbidden {
+                        eprintln!(
+                            "this key may not delete SKUs, or deleting needs a second admin's \
+                             approval: DELETE /api/v1/skus/{sku} over HTTP waits for it"
+                        );
+                    }
+                    reply
                 }
                 StockCommand::Locations { client, sku } => {
                     return print_locations(

@@ -753,6 +753,14 @@ async fn the_cli_talks_tls_when_given_the_certificate() {
     let (code, out) = cli(protocol(&["--tls-ca", "/nonexistent/ca.pem"])).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("cannot read certificates from /nonexistent/ca.pem"), "{out}");
+    // Deleting needs approval, which only HTTP can wait for: the CLI says where to go.
+    let server_addr = server.addr.to_string();
+    let delete = ["stock", "delete", "S9", "--server", &server_addr, "--api-key", &keys["admin"]];
+    let delete: Vec<String> =
+        delete.iter().chain(&["--tls-ca", &ca]).map(|a| a.to_string()).collect();
+    let (code, out) = cli(delete).await;
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.starts_with("forbidden\n") && out.contains("DELETE /api/v1/skus/S9"), "{out}");
 
     let https = format!("https://localhost:{}", server.http_addr.port());
     let keys_list = |extra: &[&str]| {
