@@ -91,8 +91,8 @@ impl ApprovalConfig {
 }
 
 /// Why `command` needs a second admin's approval under `config`, if it does: a stock or
-/// location count lowered by too much, or a SKU deleted. The current count is read without a lock (a
-/// concurrent change may move it a little; the rule is about large changes).
+/// location count lowered by too much, or a SKU deleted. The current count is read without a
+/// lock (a concurrent change may move it a little; the rule is about large changes).
 pub fn dangerous(
     engine: &Engine,
     config: &ApprovalConfig,

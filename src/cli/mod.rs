@@ -229,7 +229,8 @@ enum StockCommand {
         sku: String,
         preorder_max: u64,
     },
-    /// Delete a SKU nothing holds or has committed. Where deletions need a second admin's
+    /// Delete a SKU no open reservation names (held, or confirmed and not shipped; else
+    /// `sku_in_use`, with the counters). Where deletions need a second admin's
     /// approval (the default with API keys) this is `forbidden`: ask over HTTP instead
     /// (`DELETE /api/v1/skus/{sku}`, docs/API.md), where the change waits for approval.
     Delete {

@@ -542,8 +542,8 @@ pub async fn set_safety_stock(
     change(app, sku, command, "set_safety_stock", who).await
 }
 
-/// `DELETE /api/v1/skus/{sku}`: deletes a SKU nothing holds or has committed (PROTOCOL.md
-/// 4.9); the reply's counters are zero.
+/// `DELETE /api/v1/skus/{sku}`: deletes a SKU no open reservation names (PROTOCOL.md 4.9);
+/// the reply's counters are zero.
 pub async fn delete_sku(
     State(app): State<AppState>,
     Path(sku): Path<String>,

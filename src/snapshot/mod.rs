@@ -37,9 +37,10 @@
 //! Versions: 2 added SKU limits (`SkuImage::limits`); 3 added locations, deliveries and
 //! preorder allowances, and the allocations of reservation lines (`Image::locations`,
 //! `supplies`, `allocations`); 4 added return tickets and unmatched parcels
-//! (`Image::aftersales`); 5 added deleted SKUs (`Image::deleted_skus`). Version 1 files (no limits) are read through
-//! `engine::image::ImageV1`, version 2 files through `ImageV2`, version 3 through `ImageV3`,
-//! version 4 through `ImageV4`; the next snapshot writes the current version.
+//! (`Image::aftersales`); 5 added deleted SKUs (`Image::deleted_skus`). Version 1 files (no
+//! limits) are read through `engine::image::ImageV1`, version 2 files through `ImageV2`,
+//! version 3 through `ImageV3`, version 4 through `ImageV4`; the next snapshot writes the
+//! current version.
 
 use std::io;
 
