@@ -42,6 +42,14 @@ pub enum JournalError {
     Corrupt { file: String, line: usize, problem: String },
 }
 
+impl JournalError {
+    /// Damage at the entry of index `index` (0-based; line numbers start at 1) of `file`: for
+    /// the journal itself and for the owners that fold its entries.
+    pub fn corrupt(file: &str, index: usize, problem: String) -> JournalError {
+        JournalError::Corrupt { file: file.to_string(), line: index + 1, problem }
+    }
+}
+
 #[derive(Serialize)]
 struct Versioned<'a, T> {
     v: u32,
@@ -86,11 +94,7 @@ impl Journal {
             if line.last() != Some(&b'\n') {
                 break; // torn: never acknowledged
             }
-            let corrupt = |problem: String| JournalError::Corrupt {
-                file: name.to_string(),
-                line: index + 1,
-                problem,
-            };
+            let corrupt = |problem| JournalError::corrupt(name, index, problem);
             let version: Version =
                 serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
             if version.v != JOURNAL_VERSION {

@@ -243,11 +243,7 @@ impl<T: Serialize + DeserializeOwned> Approvals<T> {
         let (journal, entries) = Journal::open::<Entry<T>>(storage, APPROVALS_FILE)?;
         let mut pending = BTreeMap::new();
         for (line, entry) in entries.into_iter().enumerate() {
-            let corrupt = |problem: String| JournalError::Corrupt {
-                file: APPROVALS_FILE.into(),
-                line: line + 1,
-                problem,
-            };
+            let corrupt = |problem| JournalError::corrupt(APPROVALS_FILE, line, problem);
             match entry {
                 Entry::Requested { view, work } => {
                     let id = view.id.clone();

@@ -116,11 +116,7 @@ impl KeyStore {
         let (journal, entries) = Journal::open::<Entry>(storage, KEYS_FILE)?;
         let mut keys = HashMap::new();
         for (line, entry) in entries.into_iter().enumerate() {
-            let corrupt = |problem: String| JournalError::Corrupt {
-                file: KEYS_FILE.into(),
-                line: line + 1,
-                problem,
-            };
+            let corrupt = |problem| JournalError::corrupt(KEYS_FILE, line, problem);
             match entry {
                 Entry::Created { id, name, role, sha256, created_ms, created_by } => {
                     let mut hash = [0u8; 32];
