@@ -476,8 +476,8 @@ impl Skus {
 
     /// A SKU to change, created empty if unknown or deleted; and whether it was created.
     pub fn get_or_insert(&mut self, sku: &[u8]) -> (&mut Sku, bool) {
-        let (index, created) = match self.map.get_index_of(sku) {
-            Some(index) => (index, self.map[index].deleted),
+        let (index, new) = match self.map.get_index_of(sku) {
+            Some(index) => (index, false),
             None => (self.map.insert_full(Key::from(sku), Sku::default()).0, true),
         };
         let revived = self.map[index].deleted;
@@ -486,8 +486,7 @@ impl Skus {
             state.deleted = false;
             self.deleted -= 1;
         }
-        let state = &mut self.map[index];
-        (state, created)
+        (&mut self.map[index], new || revived)
     }
 
     /// Deletes a SKU that exists and is not deleted: resets it to a tombstone (see
