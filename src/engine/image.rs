@@ -3,7 +3,10 @@
 //! the deadline and retention indexes) is rebuilt on load, which doubles as a consistency check
 //! of the stored data.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use rkyv::{Archive, Deserialize, Serialize};
 use stockd_protocol::{ChannelQuota, QuotaLimit, ReservationState, SkuLimits};
@@ -364,6 +367,9 @@ impl Image {
     }
 }
 
+/// Images with fewer reservations than this are loaded on the calling thread alone.
+const PARALLEL_LOAD_MIN: usize = 100_000;
+
 impl Engine {
     /// Copies the whole state, in canonical order (SKUs, reservations, locations and supplies
     /// sorted by id), so two engines in the same state give equal images: what tests and the
@@ -400,9 +406,27 @@ impl Engine {
         image
     }
 
-    /// Rebuilds an engine from an image, checking that it is internally consistent.
+    /// Rebuilds an engine from an image, checking that it is internally consistent. A large
+    /// image's reservations are loaded on as many threads as the machine has cores.
     pub fn from_image(config: EngineConfig, image: &Image) -> Result<Engine, ImageError> {
+        let threads = if image.reservations.len() < PARALLEL_LOAD_MIN {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        Engine::from_image_threads(config, image, threads)
+    }
+
+    /// [`Engine::from_image`] with the reservations loaded on `threads` threads (at least one,
+    /// at most one per shard), whatever the image's size: what it does for a large image, for
+    /// tests of any size. The engine is the same for any number of threads.
+    pub fn from_image_threads(
+        config: EngineConfig,
+        image: &Image,
+        threads: usize,
+    ) -> Result<Engine, ImageError> {
         let engine = Engine::new(config);
+        let reservation_shards = engine.reserve_for(image);
         for s in &image.skus {
             if s.sku.is_empty() {
                 return Err(bad("empty SKU id"));
@@ -437,20 +461,107 @@ impl Engine {
         for supply in &image.supplies {
             engine.load_supply(supply)?;
         }
-        let mut allocations = image.allocations.iter().peekable();
-        for r in &image.reservations {
-            let mut own = Vec::new();
-            while let Some(a) = allocations.next_if(|a| a.id == r.id) {
-                own.push(a);
-            }
-            engine.load_reservation(r, &own)?;
+        engine.load_reservations(image, &reservation_shards, threads)?;
+        engine.load_aftersales(&image.aftersales).map_err(bad)?;
+        Ok(engine)
+    }
+
+    /// Sizes each shard's tables for the SKUs and reservations of `image` that fall in it, so
+    /// that loading a large state never grows (rehashes and copies) them on the way. Returns
+    /// each reservation's shard.
+    fn reserve_for(&self, image: &Image) -> Vec<u16> {
+        let mut skus = vec![0usize; self.shards.len()];
+        let mut reservations = vec![0usize; self.shards.len()];
+        for id in image.skus.iter().map(|s| &s.sku).chain(&image.deleted_skus) {
+            skus[self.shard_of(id)] += 1;
         }
-        if let Some(a) = allocations.next() {
+        let shard_of_reservation: Vec<u16> = image
+            .reservations
+            .iter()
+            .map(|r| {
+                let shard = self.shard_of(&r.id);
+                reservations[shard] += 1;
+                u16::try_from(shard).expect("shard counts fit 16 bits")
+            })
+            .collect();
+        for (shard, (skus, reservations)) in
+            self.shards.iter().zip(skus.into_iter().zip(reservations))
+        {
+            let mut shard = shard.lock();
+            shard.skus.reserve(skus);
+            shard.reservations.reserve(reservations);
+        }
+        shard_of_reservation
+    }
+
+    /// Loads the reservations (the SKUs they name are loaded), on several threads for a large
+    /// image: each shard's reservations, in the image's order, all on one thread. The shards'
+    /// tables and deadline and retention indexes (with their tickets) come out exactly as one
+    /// thread would build them, and what a reservation adds to its SKUs (counters, limits'
+    /// counts) are sums, the same in any order. A thread holds one shard's lock at a time.
+    fn load_reservations(
+        &self,
+        image: &Image,
+        shard_of: &[u16],
+        threads: usize,
+    ) -> Result<(), ImageError> {
+        // The allocations follow their reservations in the image's order: the ranges of those
+        // that have any (few do), by reservation.
+        let mut owned: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut next = 0;
+        for (index, r) in image.reservations.iter().enumerate() {
+            let start = next;
+            while image.allocations.get(next).is_some_and(|a| a.id == r.id) {
+                next += 1;
+            }
+            if next > start {
+                owned.push((index, start..next));
+            }
+        }
+        if let Some(a) = image.allocations.get(next) {
             let id = String::from_utf8_lossy(&a.id);
             return Err(bad(format!("allocation of {id:?} out of order or of no reservation")));
         }
-        engine.load_aftersales(&image.aftersales).map_err(bad)?;
-        Ok(engine)
+        let threads = threads.clamp(1, self.shards.len());
+        let failed = AtomicBool::new(false);
+        let load = |thread: usize| -> Result<(), ImageError> {
+            let mut cursor = 0;
+            for (index, r) in image.reservations.iter().enumerate() {
+                if usize::from(shard_of[index]) % threads != thread {
+                    continue;
+                }
+                if failed.load(Ordering::Relaxed) {
+                    // Another thread found damage: the load fails with its error.
+                    return Ok(());
+                }
+                while owned.get(cursor).is_some_and(|(at, _)| *at < index) {
+                    cursor += 1;
+                }
+                let own: SmallVec<[&AllocationImage; 4]> = match owned.get(cursor) {
+                    Some((at, range)) if *at == index => {
+                        image.allocations[range.clone()].iter().collect()
+                    }
+                    _ => SmallVec::new(),
+                };
+                if let Err(e) = self.load_reservation(r, &own) {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        };
+        if threads == 1 {
+            return load(0);
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (1..threads).map(|t| scope.spawn(move || load(t))).collect();
+            let mut result = load(0);
+            for worker in workers {
+                let joined = worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                result = result.and(joined);
+            }
+            result
+        })
     }
 
     fn load_locations(&self, locations: &[LocationImage]) -> Result<(), ImageError> {
@@ -545,22 +656,26 @@ impl Engine {
         let confirmed = matches!(state, ReservationState::Confirmed | ReservationState::Shipped);
         let counted = matches!(state, ReservationState::Held | ReservationState::Confirmed);
         let mut lines = Vec::with_capacity(r.lines.len());
+        // Where each line's SKU is (shard, position), looked up once: None for a deleted SKU.
+        let mut positions: SmallVec<[Option<(usize, usize)>; 4]> = SmallVec::new();
         for (index, line) in r.lines.iter().enumerate() {
             if line.qty == 0 || line.confirmed > line.qty || (!confirmed && line.confirmed != 0) {
                 return Err(bad(format!("reservation {} has a bad line quantity", name())));
             }
-            let shard = self.shards[self.shard_of(&line.sku)].lock();
-            let Some((key, sku)) = shard.skus.get_key_value(&line.sku[..]) else {
+            let shard_index = self.shard_of(&line.sku);
+            let shard = self.shards[shard_index].lock();
+            let Some((position, key, sku)) = shard.skus.find(&line.sku[..]) else {
+                return Err(bad(format!("reservation {} names an unknown SKU", name())));
+            };
+            if sku.deleted {
                 // A deleted SKU, named only by reservations that are over.
-                let Some(key) = shard.skus.deleted_key(&line.sku[..]) else {
-                    return Err(bad(format!("reservation {} names an unknown SKU", name())));
-                };
                 if !finished || allocations.iter().any(|a| usize::from(a.line) == index) {
                     return Err(bad(format!("open reservation {} names a deleted SKU", name())));
                 }
                 lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: Box::default() });
+                positions.push(None);
                 continue;
-            };
+            }
             let mut at = Vec::new();
             for a in allocations.iter().filter(|a| usize::from(a.line) == index) {
                 let location = sku
@@ -576,6 +691,7 @@ impl Engine {
                 return Err(bad(format!("reservation {} allocations do not match", name())));
             }
             lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: at.into() });
+            positions.push(Some((shard_index, position)));
         }
         if allocations.iter().any(|a| usize::from(a.line) >= r.lines.len()) {
             return Err(bad(format!("reservation {} allocation of no line", name())));
@@ -598,9 +714,13 @@ impl Engine {
             forget_at_ms: r.forget_at_ms,
             ticket: 0,
         };
-        for (index, (line, image)) in reservation.lines.iter().zip(&r.lines).enumerate() {
-            let mut shard = self.shards[self.shard_of(&line.sku)].lock();
-            let sku = shard.skus.entry_for_reservation(&line.sku).expect("found above");
+        for (index, ((line, image), position)) in
+            reservation.lines.iter().zip(&r.lines).zip(positions).enumerate()
+        {
+            // A deleted SKU has nothing to count (the reservation is over).
+            let Some((shard_index, position)) = position else { continue };
+            let mut shard = self.shards[shard_index].lock();
+            let sku = shard.skus.entry_at(position);
             match state {
                 ReservationState::Held => sku.hold_line(line, r.expires_at_ms),
                 ReservationState::Confirmed => sku.commit_line(line, image.confirmed),

@@ -463,6 +463,22 @@ impl Skus {
         Some(self.change(index))
     }
 
+    /// A SKU's entry, deleted or not, with its position and stored id (for loading an image,
+    /// which then changes it through [`Skus::entry_at`] without a second lookup).
+    pub fn find(&self, sku: &[u8]) -> Option<(usize, &Key, &Sku)> {
+        self.map.get_full(sku)
+    }
+
+    /// The entry at a position [`Skus::find`] gave, about to change.
+    pub fn entry_at(&mut self, index: usize) -> &mut Sku {
+        self.change(index)
+    }
+
+    /// Room for `additional` more SKUs without growing (loading an image of known size).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
     /// The entry at `index`, about to change: saved first for a running capture, and listed
     /// for every watcher.
     fn change(&mut self, index: usize) -> &mut Sku {
@@ -587,6 +603,12 @@ pub(super) type SavedReservations = Vec<(Key, Arc<Reservation>)>;
 impl Reservations {
     pub fn get(&self, id: &[u8]) -> Option<&Reservation> {
         self.map.get(id)?.as_deref()
+    }
+
+    /// Room for `additional` more reservations without growing (loading an image of known
+    /// size).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
     }
 
     pub fn get_key_value(&self, id: &[u8]) -> Option<(&Key, &Reservation)> {

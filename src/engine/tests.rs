@@ -635,3 +635,72 @@ fn a_located_line_confirmed_with_no_units_keeps_its_sku_until_shipped() {
     assert!(image.locations.is_empty() && image.allocations.is_empty());
     assert_eq!(Engine::from_image(e.config().clone(), &image).expect("loads").image(), image);
 }
+
+/// A large image's reservations load on several threads, each shard's on one, in the image's
+/// order: the engine is the same as one thread builds, down to the order of its due work
+/// among holds that share a deadline (their tickets), with limits' counts, located
+/// allocations, confirmed and finished reservations and a deleted SKU among them.
+#[test]
+fn an_image_loads_the_same_on_several_threads() {
+    let e = engine();
+    for sku in ["a", "b", "hot", "gone"] {
+        stock(&e, sku, 100_000);
+    }
+    let limits = stockd_protocol::SkuLimits { max_per_buyer: 1_000, ..Default::default() };
+    assert!(apply(&e, Command::SetLimits { sku: id("a"), limits }, T0).1);
+    let location = Command::SetLocation {
+        sku: id("tee"),
+        location: id("north"),
+        on_hand: 5_000,
+        priority: 0,
+        expected: None,
+    };
+    assert!(apply(&e, location, T0).1);
+    for i in 0..3_000u32 {
+        let lines: &[(&str, u32)] = match i % 4 {
+            0 => &[("hot", 1)],
+            1 => &[("a", 2), ("hot", 1)],
+            2 => &[("tee", 1), ("b", 1)],
+            _ => &[("gone", 1), ("hot", 1)],
+        };
+        let mut command = reserve(&format!("r{i}"), lines);
+        if let Command::Reserve(reserve) = &mut command {
+            reserve.customer = id(["ann", "bob", "cy"][i as usize % 3]);
+        }
+        // Many holds share each deadline: their order is the order they were indexed in.
+        let (reply, changed) = apply(&e, command, T0 + u64::from(i / 500));
+        assert!(changed, "{i}: {reply:?}");
+        if i % 5 == 0 {
+            let confirm = Command::Confirm(Confirm { id: id(&format!("r{i}")), lines: vec![] });
+            assert!(apply(&e, confirm, T0).1);
+        } else if i % 4 == 3 || i % 7 == 1 {
+            assert!(apply(&e, Command::Release { id: id(&format!("r{i}")) }, T0).1);
+        }
+    }
+    // "gone" is named only by reservations that are over (released, or confirmed and shipped).
+    for i in (3..3_000).step_by(4).filter(|i| i % 5 == 0) {
+        assert!(apply(&e, Command::Ship { id: id(&format!("r{i}")) }, T0).1);
+    }
+    assert_eq!(delete(&e, "gone", T0), (ResultCode::Ok, true));
+    let image = e.image();
+    assert!(image.allocations.len() > 500 && image.deleted_skus.len() == 1);
+
+    let one = Engine::from_image_threads(e.config().clone(), &image, 1).expect("loads");
+    let due = |engine: &Engine| engine.due(u64::MAX, usize::MAX);
+    assert_eq!(one.image(), image);
+    // Due to expire or be forgotten: all but the 450 confirmed and not shipped.
+    assert_eq!(due(&one).len(), 3_000 - 450);
+    for threads in [2, 3, 64] {
+        let many = Engine::from_image_threads(e.config().clone(), &image, threads).expect("loads");
+        assert_eq!(many.image(), image, "{threads} threads");
+        // (Not assert_eq: thousands of commands would be printed.)
+        assert!(due(&many) == due(&one), "{threads} threads: the same order of due work");
+        assert_eq!(many.query_limits(b"a", T0), one.query_limits(b"a", T0));
+    }
+
+    // Damage found by any thread fails the load, with what it found.
+    let mut damaged = image.clone();
+    damaged.reservations[2_500].lines[0].sku = b"0-nowhere".to_vec();
+    let error = Engine::from_image_threads(e.config().clone(), &damaged, 3).err().expect("refused");
+    assert!(error.to_string().contains("names an unknown SKU"), "{error}");
+}

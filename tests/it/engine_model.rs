@@ -1236,6 +1236,11 @@ fn check_agreement(engine: &Engine, model: &Model, now: u64) -> Result<(), TestC
         );
     }
     let mut rebuilt_due = rebuilt.due(now, 10_000);
+    // Loaded on several threads (as a large image is), the engine is the same, down to the
+    // order of its due work among equal deadlines.
+    let threads = Engine::from_image_threads(CONFIG, &image, 3).expect("loads on 3 threads");
+    prop_assert_eq!(&threads.image(), &image);
+    prop_assert_eq!(&threads.due(now, 10_000), &rebuilt_due);
     rebuilt_due.sort_by_key(|c| format!("{c:?}"));
     prop_assert_eq!(rebuilt_due, due);
     Ok(())
