@@ -131,7 +131,11 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor, timeout: Duration) -> TlsListener {
+    pub fn new(
+        listener: Arc<TcpListener>,
+        acceptor: TlsAcceptor,
+        timeout: Duration,
+    ) -> TlsListener {
         let local = listener.local_addr().expect("a bound listener has an address");
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {

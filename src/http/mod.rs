@@ -1,6 +1,6 @@
 //! The HTTP side, on its own port (`http.listen`): the operations dashboard (`/`), the JSON
 //! admin API (`/api/v1/...`, see `docs/API.md`), `/healthz` (the process answers), `/readyz`
-//! (recovered and accepting writes; 503 while read-only) and `/metrics` (Prometheus /
+//! (recovered and accepting writes; 503 while read-only, and while starting: [`starting`]) and `/metrics` (Prometheus /
 //! OpenMetrics text). Errors are JSON with a code and a message. Every request passes the
 //! `guard` (API key, role, rate limit) first.
 
@@ -12,6 +12,7 @@ pub mod dashboard;
 pub mod guard;
 pub mod keys;
 pub mod sampler;
+pub mod starting;
 pub mod supply;
 pub mod tickets;
 

@@ -27,6 +27,7 @@ use crate::auth::tls::{self, TlsAcceptor, TlsListener};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::http::starting::{SharedListener, Starting};
 use crate::limits::REFUSE_WRITE_TIMEOUT_MS;
 use crate::wal::{recover, DirLock, DirStorage, RecoverOptions, RecoveryError, Storage, Wal};
 
@@ -92,7 +93,7 @@ pub enum StartError {
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
-    http_listener: TcpListener,
+    http_listener: Arc<TcpListener>,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     /// Held until `run` returns (a real data directory only).
@@ -125,6 +126,26 @@ impl Server {
         clock: Clock,
         storage: Arc<dyn Storage>,
     ) -> Result<Server, StartError> {
+        // HTTP first: while the state is recovered (seconds with millions of reservations),
+        // `/healthz` answers and `/readyz` says it is recovering.
+        let tls = match config.tls.enabled {
+            true => Some(crate::auth::tls::acceptor(&config.tls.cert_file, &config.tls.key_file)?),
+            false => None,
+        };
+        let http_addr = config.http_addr();
+        let http_listener = Arc::new(
+            TcpListener::bind(http_addr)
+                .await
+                .map_err(|source| StartError::Listen { addr: http_addr, source })?,
+        );
+        let handshake_timeout = Duration::from_millis(config.server.frame_timeout_ms);
+        let starting = Starting::start(
+            http_listener.clone(),
+            tls.clone().map(|acceptor| (acceptor, handshake_timeout)),
+        );
+        if let Ok(http) = http_listener.local_addr() {
+            info!(%http, "recovering the state; /readyz answers 503 until it is done");
+        }
         let recovered = {
             let (storage, engine_config) = (storage.clone(), config.engine_config());
             tokio::task::spawn_blocking(move || {
@@ -142,10 +163,6 @@ impl Server {
         let alerts = crate::alerting::Alerting::open(&config.alerting, &*storage)?;
         let keys = crate::auth::KeyStore::open(&*storage)?;
         let approvals = crate::auth::approvals::Approvals::open(&*storage)?;
-        let tls = match config.tls.enabled {
-            true => Some(crate::auth::tls::acceptor(&config.tls.cert_file, &config.tls.key_file)?),
-            false => None,
-        };
         if !config.auth.enabled {
             warn!(
                 "authentication is OFF (auth.enabled = false / --no-auth): every caller is an \
@@ -159,10 +176,6 @@ impl Server {
         let addr = config.listen_addr();
         let listener =
             TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
-        let http_addr = config.http_addr();
-        let http_listener = TcpListener::bind(http_addr)
-            .await
-            .map_err(|source| StartError::Listen { addr: http_addr, source })?;
         let started_ms = clock.now_ms();
         let shared = Shared {
             engine: recovered.engine,
@@ -181,6 +194,9 @@ impl Server {
             approvals,
             http_limiter,
         };
+        // Ready: from now on HTTP connections wait in the socket's backlog until `run` serves
+        // the full router.
+        starting.stop().await;
         Ok(Server { listener, http_listener, shared: Arc::new(shared), tls, lock: None })
     }
 
@@ -245,7 +261,8 @@ impl Server {
                     tokio::spawn(async move { serve.await })
                 }
                 None => {
-                    let serve = axum::serve(http_listener, router).with_graceful_shutdown(stopped);
+                    let listener = SharedListener(http_listener);
+                    let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
                     tokio::spawn(async move { serve.await })
                 }
             }

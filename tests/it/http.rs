@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{http_get, test_config, TestServer, T0};
 use stockd::clock::Clock;
 use stockd::server::Server;
-use stockd::wal::MemStorage;
+use stockd::wal::{MemStorage, StorageFile};
 use stockd_protocol::{Line, Reserve, ResultCode};
 
 fn reserve(id: &str, qty: u32) -> Reserve {
@@ -158,5 +158,94 @@ async fn hold_gauges_and_expiries_follow_the_state() {
     let (_, _, text) = http_get(server.http_addr, "/metrics").await;
     assert_eq!(gauge(&text, "stockd_holds_open"), "1");
     assert_eq!(gauge(&text, "stockd_holds_expired_total"), "1");
+    server.stop().await;
+}
+
+/// A data directory whose first listing (the start of recovery) waits until the test lets it
+/// go, and says when it started waiting.
+struct HeldRecovery {
+    inner: MemStorage,
+    started: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl stockd::wal::Storage for HeldRecovery {
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        if let Some(started) = self.started.lock().unwrap().take() {
+            let _ = started.send(());
+            let release = self.release.lock().unwrap().take().expect("held once");
+            release.recv().expect("the test lets recovery go on");
+        }
+        self.inner.list()
+    }
+    fn create_zeroed(&self, name: &str, len: u64) -> std::io::Result<Box<dyn StorageFile>> {
+        self.inner.create_zeroed(name, len)
+    }
+    fn create(&self, name: &str) -> std::io::Result<Box<dyn StorageFile>> {
+        self.inner.create(name)
+    }
+    fn open(&self, name: &str) -> std::io::Result<Box<dyn StorageFile>> {
+        self.inner.open(name)
+    }
+    fn rezero(&self, name: &str, len: u64) -> std::io::Result<Box<dyn StorageFile>> {
+        self.inner.rezero(name, len)
+    }
+    fn read(&self, name: &str) -> std::io::Result<stockd::wal::storage::Contents> {
+        self.inner.read(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn free_bytes(&self) -> Option<u64> {
+        self.inner.free_bytes()
+    }
+}
+
+/// While the state is recovered (seconds with millions of reservations), the HTTP port
+/// already answers: `/healthz` 200, so that a liveness probe does not kill the process in the
+/// middle of its recovery, and `/readyz` and the API 503 `recovering`. Once recovered, the full
+/// router answers on the same port.
+#[tokio::test]
+async fn http_answers_while_the_state_is_recovered() {
+    let mut config = test_config();
+    // The HTTP address must be known before the server is: take a free port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.http.listen = format!("127.0.0.1:{port}");
+    let http_addr = config.http_addr();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let storage = HeldRecovery {
+        inner: MemStorage::new(),
+        started: std::sync::Mutex::new(Some(started_tx)),
+        release: std::sync::Mutex::new(Some(release_rx)),
+    };
+    let binding = tokio::spawn({
+        let config = config.clone();
+        async move { Server::bind_with(config, Clock::manual(T0), Arc::new(storage)).await }
+    });
+    started.await.expect("recovery started");
+
+    assert_eq!(http_get(http_addr, "/healthz").await.0, 200, "alive while recovering");
+    for path in ["/readyz", "/api/v1/skus", "/"] {
+        let (status, content_type, body) = http_get(http_addr, path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(content_type.starts_with("application/json"), "{path}: {content_type}");
+        let error: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
+        assert_eq!(error["code"], "recovering", "{path}: {body}");
+    }
+
+    release.send(()).unwrap();
+    let server = binding.await.unwrap().expect("server starts");
+    assert_eq!(server.http_addr().unwrap(), http_addr, "the same port all along");
+    let server = TestServer::run(server, config);
+    let (status, _, body) = http_get(http_addr, "/readyz").await;
+    assert_eq!((status, body.trim()), (200, "ready"), "served by the full router once recovered");
+    assert_eq!(http_get(http_addr, "/api/v1/skus").await.0, 200);
     server.stop().await;
 }
