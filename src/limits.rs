@@ -31,4 +31,6 @@ const _: () =
     assert!(SEGMENT_BYTES_MIN as usize >= 16 * crate::wal::record::RECORD_PAYLOAD_BYTES_MAX);
 const _: () = assert!(FRAME_BODY_BYTES_MIN <= FRAME_BODY_BYTES_MAX);
 const _: () = assert!(SWEEP_BATCH_MAX > 0 && SHARDS_MAX.is_power_of_two());
+// A snapshot's load numbers each reservation's shard in 16 bits (`engine::image`).
+const _: () = assert!(SHARDS_MAX <= 1 << 16);
 const _: () = assert!(CONNECTION_REPLIES_PER_ROUND_MAX > 0);

@@ -481,7 +481,7 @@ impl Engine {
             .map(|r| {
                 let shard = self.shard_of(&r.id);
                 reservations[shard] += 1;
-                u16::try_from(shard).expect("shard counts fit 16 bits")
+                u16::try_from(shard).expect("at most SHARDS_MAX shards, which fit 16 bits")
             })
             .collect();
         for (shard, (skus, reservations)) in

@@ -172,6 +172,9 @@ fn durable_data_after(
     })
 }
 
+/// A long replay logs its progress every this many records (a few seconds' work).
+const PROGRESS_EVERY_RECORDS: u64 = 1_000_000;
+
 /// Recovers the state from `storage`: the newest valid snapshot, then the log after it.
 pub fn recover(
     storage: &dyn Storage,
@@ -181,7 +184,12 @@ pub fn recover(
     let started = Instant::now();
     let loaded = snapshot::load_latest(storage, config).map_err(io_error("snapshots"))?;
     let (engine, snapshot_lsn, snapshot_now) = match loaded {
-        Some(s) => (s.engine, s.lsn, s.now_ms),
+        Some(s) => {
+            let (skus, reservations) = s.engine.counts();
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            info!(lsn = s.lsn, skus, reservations, elapsed_ms, "snapshot loaded");
+            (s.engine, s.lsn, s.now_ms)
+        }
         None => (Engine::new(config.clone()), 0, 0),
     };
     let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, options)?;
@@ -288,6 +296,9 @@ pub fn replay(
                     max_now_ms = max_now_ms.max(now_ms);
                     replayed += 1;
                     offset = next;
+                    if replayed % PROGRESS_EVERY_RECORDS == 0 {
+                        info!(records = replayed, lsn, segment = %name, "replaying the log");
+                    }
                 }
                 Scan::End if data[offset..].iter().all(|b| *b == 0) => {
                     tail_segment = Some((*index, name.clone(), offset as u64));
