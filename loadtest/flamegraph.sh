@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A flame graph of the server under load: starts a fresh release server (fsync "always"), runs
-# a load test against it, records the server's stacks with `perf` for RECORD_SECONDS (default 4) in the
-# middle of the run, and renders them with inferno as an SVG (OUT, default
+# a load test against it, records the server's stacks with `perf` for RECORD_SECONDS (default
+# 4) in the middle of the run, and renders them with inferno as an SVG (OUT, default
 # flamegraph-server.svg). Needs `perf` (Debian: linux-perf) and inferno (`cargo install
 # inferno`). Bounded; every process it starts is stopped by PID.
 #
