@@ -12,7 +12,7 @@ use clap::Parser;
 use stockd::engine::{Command, Engine, EngineConfig};
 use stockd::snapshot;
 use stockd::wal::{recover, DirStorage, FsyncMode, RecoverOptions};
-use stockd_bench::{open_wal, reserve, rss_bytes};
+use stockd_bench::{open_wal, reserve};
 
 #[derive(Parser)]
 struct Args {
@@ -38,11 +38,15 @@ fn main() -> anyhow::Result<()> {
         let storage = DirStorage::open(&dir)?;
         let started = Instant::now();
         let recovered = recover(&storage, &config, RecoverOptions::default())?;
+        let elapsed = started.elapsed();
         let (skus, reservations) = recovered.engine.counts();
+        let heap = stockd::heap::stats().map_or(0, |h| h.allocated);
         println!(
-            "recovered {skus} SKUs, {reservations} reservations, {} records replayed, in {:.2} s",
+            "recovered {skus} SKUs, {reservations} reservations, {} records replayed, in {:.2} s; \
+             {:.0} MiB allocated",
             recovered.records_replayed,
-            started.elapsed().as_secs_f64()
+            elapsed.as_secs_f64(),
+            heap as f64 / (1024.0 * 1024.0)
         );
         return Ok(());
     }
@@ -75,15 +79,18 @@ fn main() -> anyhow::Result<()> {
     );
 
     let storage = Arc::new(DirStorage::open(&dir)?);
-    let rss_before = rss_bytes();
+    // The allocator's own count: what the recovered state holds, hash tables' spare room
+    // included (the resident size would also count memory the setup freed).
+    let heap_before = stockd::heap::stats();
     let started = Instant::now();
     let recovered = recover(&*storage, &config, RecoverOptions::default())?;
-    if let (Some(before), Some(after)) = (rss_before, rss_bytes()) {
-        let grown = after.saturating_sub(before);
+    if let (Some(before), Some(after)) = (heap_before, stockd::heap::stats()) {
+        let grown = after.allocated.saturating_sub(before.allocated);
         println!(
-            "memory of the recovered state: {:.0} MiB, {:.0} bytes per (SKU + hold)",
+            "memory of the recovered state: {:.0} MiB allocated, {:.0} bytes per entry (SKUs \
+             and holds)",
             grown as f64 / (1024.0 * 1024.0),
-            grown as f64 / args.skus.max(args.holds).max(1) as f64
+            grown as f64 / (args.skus + args.holds).max(1) as f64
         );
     }
     let log_only = started.elapsed();
