@@ -280,6 +280,15 @@ impl Engine {
             (skus + shard.skus.len(), reservations + shard.reservations.len())
         })
     }
+
+    /// Gives back the spare room of the SKU tables, which a replay grew by doubling (up to
+    /// half of their memory): for after recovery. Reservation tables keep theirs, since new
+    /// reservations arrive all the time.
+    pub fn shrink_skus(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().skus.shrink_to_fit();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -479,6 +479,12 @@ impl Skus {
         self.map.reserve(additional);
     }
 
+    /// Gives back the spare room of the table (which doubles as it grows, and keeps each
+    /// entry's room up to its capacity): once the state is recovered, when few SKUs are added.
+    pub fn shrink_to_fit(&mut self) {
+        self.map.shrink_to_fit();
+    }
+
     /// The entry at `index`, about to change: saved first for a running capture, and listed
     /// for every watcher.
     fn change(&mut self, index: usize) -> &mut Sku {

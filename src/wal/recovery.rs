@@ -193,6 +193,7 @@ pub fn recover(
         None => (Engine::new(config.clone()), 0, 0),
     };
     let replayed = replay(storage, &engine, snapshot_lsn, snapshot_now, options)?;
+    engine.shrink_skus();
     info!(
         snapshot_lsn,
         records = replayed.records,
