@@ -26,15 +26,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     [ "${args[$i]}" = "--connections" ] && connections=${args[$((i + 1))]}
 done
 source loadtest/server.sh
-work=$(mktemp -d)
-server=""
-load=""
-cleanup() {
-    if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; fi
-    stop_server
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 config=()
 if [ "${FSYNC:-always}" != always ]; then
     printf '[storage]\nfsync = "%s"\n' "$FSYNC" >"$work/stockd.toml"

@@ -23,14 +23,7 @@ if [ "$#" -eq 0 ]; then
     set -- flash-sale --stock 1000000000 --confirm-share 0 --release-share 0 --ttl-ms 600000
 fi
 source loadtest/server.sh
-work=$(mktemp -d)
-load=""
-cleanup() {
-    if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; fi
-    stop_server
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 start_server "$work/data" "$work/server.log" --http-listen "127.0.0.1:0"
 ./target/release/stockd-loadtest --server "127.0.0.1:$PORT" --warmup 2 \
     --duration $((RECORD_SECONDS + 3)) --quiet "$@" >"$work/load.out" 2>&1 &

@@ -29,3 +29,12 @@ stop_server() {
         server=""
     fi
 }
+
+# scratch: a temporary directory in $work, and on exit the load test whose PID a script keeps
+# in $load (if any) and the server are stopped and the directory removed.
+scratch() {
+    work=$(mktemp -d)
+    load=""
+    trap 'if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; fi
+        stop_server; rm -rf "$work"' EXIT
+}

@@ -25,13 +25,7 @@ PORT=${PORT:-17980}
 HTTP_PORT=$((PORT + 1))
 EVERY=${STOCKD_SOAK_SAMPLE_SECONDS:-10}
 source loadtest/server.sh
-work=$(mktemp -d)
-server=""
-cleanup() {
-    stop_server
-    rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 cat >"$work/stockd.toml" <<TOML
 [engine]
 retention_ms = 60000

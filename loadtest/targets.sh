@@ -16,9 +16,7 @@ DURATION=${DURATION:-5}
 RUNS=${RUNS:-3}
 PORT=${PORT:-17979}
 source loadtest/server.sh
-work=$(mktemp -d)
-server=""
-trap 'stop_server; rm -rf "$work"' EXIT
+scratch
 
 measure() {
     local name=$1; shift
