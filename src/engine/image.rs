@@ -527,7 +527,8 @@ impl Engine {
         let load = |thread: usize| -> Result<(), ImageError> {
             let mut cursor = 0;
             for (index, r) in image.reservations.iter().enumerate() {
-                if usize::from(shard_of[index]) % threads != thread {
+                let home = usize::from(shard_of[index]);
+                if home % threads != thread {
                     continue;
                 }
                 if failed.load(Ordering::Relaxed) {
@@ -543,7 +544,7 @@ impl Engine {
                     }
                     _ => SmallVec::new(),
                 };
-                if let Err(e) = self.load_reservation(r, &own) {
+                if let Err(e) = self.load_reservation(r, home, &own) {
                     failed.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
@@ -635,9 +636,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Loads one reservation into `home`, the shard of its id.
     fn load_reservation(
         &self,
         r: &ReservationImage,
+        home: usize,
         allocations: &[&AllocationImage],
     ) -> Result<(), ImageError> {
         let name = || String::from_utf8_lossy(&r.id).into_owned();
@@ -730,7 +733,7 @@ impl Engine {
                 limits.count(&reservation, index);
             }
         }
-        let mut shard = self.shards[self.shard_of(&r.id)].lock();
+        let mut shard = self.shards[home].lock();
         let shard: &mut Shard = &mut shard;
         if state == ReservationState::Held {
             reservation.ticket = shard.deadlines.insert(r.expires_at_ms, id.clone());
