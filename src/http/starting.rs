@@ -3,9 +3,10 @@
 //! (the process is alive: a liveness probe must not kill it in the middle of a long recovery)
 //! and `/readyz` and everything else with 503 and the JSON error `{"code": "recovering", ...}`.
 //! Once the state is recovered these answers stop, and connections wait in the socket's
-//! backlog until the full router serves the same socket ([`SharedListener`]): the port never
+//! backlog until the full router serves the same socket ([`spawn_serve`]): the port never
 //! closes in between, and nothing is answered `recovering` after recovery.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::auth::tls::TlsListener;
 
 /// One bound socket that several servers accept from in turn (an `axum` listener).
 #[derive(Clone)]
-pub struct SharedListener(pub Arc<TcpListener>);
+struct SharedListener(Arc<TcpListener>);
 
 impl axum::serve::Listener for SharedListener {
     type Io = TcpStream;
@@ -48,10 +49,32 @@ impl axum::serve::Listener for SharedListener {
     }
 }
 
+/// Serves `router` on `listener` (through TLS when `tls` is given, with the handshake timeout)
+/// until `stopped` completes and the requests being answered are done.
+pub fn spawn_serve(
+    listener: Arc<TcpListener>,
+    tls: Option<(TlsAcceptor, Duration)>,
+    router: Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    match tls {
+        Some((acceptor, timeout)) => {
+            let listener = TlsListener::new(listener, acceptor, timeout);
+            let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { serve.await })
+        }
+        None => {
+            let serve =
+                axum::serve(SharedListener(listener), router).with_graceful_shutdown(stopped);
+            tokio::spawn(async move { serve.await })
+        }
+    }
+}
+
 /// The HTTP answers of a starting server, until [`Starting::stop`] (or drop).
 pub struct Starting {
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Starting {
@@ -73,22 +96,7 @@ impl Starting {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let task = match tls {
-            Some((acceptor, timeout)) => {
-                let listener = TlsListener::new(listener, acceptor, timeout);
-                let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
-                tokio::spawn(async move {
-                    let _ = serve.await;
-                })
-            }
-            None => {
-                let serve =
-                    axum::serve(SharedListener(listener), router).with_graceful_shutdown(stopped);
-                tokio::spawn(async move {
-                    let _ = serve.await;
-                })
-            }
-        };
+        let task = spawn_serve(listener, tls, router, stopped);
         Starting { stop: Some(stop), task }
     }
 

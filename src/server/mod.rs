@@ -23,11 +23,11 @@ use tracing::{debug, info, warn};
 
 use stockd_protocol::{ErrorReply, Reply, ResultCode};
 
-use crate::auth::tls::{self, TlsAcceptor, TlsListener};
+use crate::auth::tls::{self, TlsAcceptor};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::http::starting::{SharedListener, Starting};
+use crate::http::starting::{spawn_serve, Starting};
 use crate::limits::REFUSE_WRITE_TIMEOUT_MS;
 use crate::wal::{recover, DirLock, DirStorage, RecoverOptions, RecoveryError, Storage, Wal};
 
@@ -253,19 +253,9 @@ impl Server {
             let stopped = async move {
                 let _ = stop.changed().await;
             };
-            match &tls {
-                Some(acceptor) => {
-                    let timeout = Duration::from_millis(shared.config.server.frame_timeout_ms);
-                    let listener = TlsListener::new(http_listener, acceptor.clone(), timeout);
-                    let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
-                    tokio::spawn(async move { serve.await })
-                }
-                None => {
-                    let listener = SharedListener(http_listener);
-                    let serve = axum::serve(listener, router).with_graceful_shutdown(stopped);
-                    tokio::spawn(async move { serve.await })
-                }
-            }
+            let timeout = Duration::from_millis(shared.config.server.frame_timeout_ms);
+            let tls = tls.as_ref().map(|acceptor| (acceptor.clone(), timeout));
+            spawn_serve(http_listener, tls, router, stopped)
         };
         info!(addr = %listener.local_addr()?, "stockd listening");
         tokio::pin!(shutdown);
