@@ -21,52 +21,148 @@ pub(super) type Key = Arc<[u8]>;
 
 /// Held units by deadline: what tells, at any time, how many of a total of held units have
 /// lapsed (their deadline passed) without waiting for the sweep, which keeps the lapsed range
-/// short. The earliest deadline is kept beside the map, so that most reads learn that nothing
-/// has lapsed without reaching into it: a reserve on a hot SKU with hundreds of thousands of
-/// deadlines, and the dashboard's sampler, which reads every SKU every second.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct HeldByDeadline {
+/// short.
+///
+/// Most SKUs of a large catalogue hold units at one or two deadlines at a time, and those are
+/// kept in place ([`Deadlines::Few`]): no allocation, and the same size as an empty tree with
+/// its earliest deadline beside it. A SKU with more deadlines (a hot one, with hundreds of
+/// thousands) keeps a tree, and its earliest deadline beside it, so that most reads learn
+/// that nothing has lapsed without reaching into the tree: a reserve on a hot SKU, and the
+/// dashboard's sampler, which reads every SKU every second. A tree goes back in place once
+/// one deadline is left (not at two, so that a SKU going between two and three deadlines does
+/// not allocate and free a tree each time).
+#[derive(Debug, Clone)]
+pub(super) struct HeldByDeadline(Deadlines);
+
+#[derive(Debug, Clone)]
+enum Deadlines {
+    /// `len` (0 to 2) deadlines, earliest first, with their units.
+    Few { len: u8, at_ms: [u64; 2], units: [u32; 2] },
+    /// More deadlines, or more units at one than a `u32` counts.
+    Many(Box<Tree>),
+}
+
+#[derive(Debug, Clone)]
+struct Tree {
     units: BTreeMap<u64, u64>,
-    /// The earliest key of `units` (`u64::MAX` when empty).
+    /// The earliest key of `units` (never empty).
     earliest_ms: u64,
 }
 
 impl Default for HeldByDeadline {
     fn default() -> HeldByDeadline {
-        HeldByDeadline { units: BTreeMap::new(), earliest_ms: u64::MAX }
+        HeldByDeadline(Deadlines::Few { len: 0, at_ms: [0; 2], units: [0; 2] })
     }
 }
 
+/// Equal when the same units are held at the same deadlines, however they are kept.
+impl PartialEq for HeldByDeadline {
+    fn eq(&self, other: &HeldByDeadline) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HeldByDeadline {}
+
 impl HeldByDeadline {
     pub fn add(&mut self, qty: u64, expires_at_ms: u64) {
-        *self.units.entry(expires_at_ms).or_default() += qty;
-        self.earliest_ms = self.earliest_ms.min(expires_at_ms);
+        if let Deadlines::Few { len, at_ms, units } = &mut self.0 {
+            let n = usize::from(*len);
+            let small = u32::try_from(qty).ok();
+            match at_ms[..n].iter().position(|at| *at == expires_at_ms) {
+                Some(i) => {
+                    if let Some(sum) = small.and_then(|qty| units[i].checked_add(qty)) {
+                        units[i] = sum;
+                        return;
+                    }
+                }
+                None if n < 2 => {
+                    if let Some(qty) = small {
+                        let i = at_ms[..n].iter().take_while(|at| **at < expires_at_ms).count();
+                        at_ms.copy_within(i..n, i + 1);
+                        units.copy_within(i..n, i + 1);
+                        (at_ms[i], units[i]) = (expires_at_ms, qty);
+                        *len += 1;
+                        return;
+                    }
+                }
+                None => {}
+            }
+            let earliest_ms = if n == 0 { u64::MAX } else { at_ms[0] };
+            let units = self.iter().collect();
+            self.0 = Deadlines::Many(Box::new(Tree { units, earliest_ms }));
+        }
+        let Deadlines::Many(tree) = &mut self.0 else { unreachable!("moved to a tree above") };
+        *tree.units.entry(expires_at_ms).or_default() += qty;
+        tree.earliest_ms = tree.earliest_ms.min(expires_at_ms);
     }
 
     /// Takes back `qty` units added with this deadline; panics if they were not.
     pub fn remove(&mut self, qty: u64, expires_at_ms: u64) {
-        let slot = self.units.get_mut(&expires_at_ms).expect("held units have their deadline");
-        assert!(*slot >= qty, "held units are accounted for");
-        *slot -= qty;
-        if *slot == 0 {
-            self.units.remove(&expires_at_ms);
-            if expires_at_ms == self.earliest_ms {
-                self.earliest_ms = self.first_deadline();
+        match &mut self.0 {
+            Deadlines::Few { len, at_ms, units } => {
+                let n = usize::from(*len);
+                let i = at_ms[..n]
+                    .iter()
+                    .position(|at| *at == expires_at_ms)
+                    .expect("held units have their deadline");
+                assert!(u64::from(units[i]) >= qty, "held units are accounted for");
+                units[i] -= qty as u32;
+                if units[i] == 0 {
+                    at_ms.copy_within(i + 1..n, i);
+                    units.copy_within(i + 1..n, i);
+                    *len -= 1;
+                }
+            }
+            Deadlines::Many(tree) => {
+                let slot =
+                    tree.units.get_mut(&expires_at_ms).expect("held units have their deadline");
+                assert!(*slot >= qty, "held units are accounted for");
+                *slot -= qty;
+                if *slot == 0 {
+                    tree.units.remove(&expires_at_ms);
+                    if expires_at_ms == tree.earliest_ms {
+                        tree.earliest_ms =
+                            tree.units.first_key_value().map_or(u64::MAX, |(at, _)| *at);
+                    }
+                }
+                if tree.units.len() > 1 {
+                    return;
+                }
+                match tree.units.first_key_value() {
+                    None => *self = HeldByDeadline::default(),
+                    Some((&at, &left)) => {
+                        if let Ok(left) = u32::try_from(left) {
+                            self.0 = Deadlines::Few { len: 1, at_ms: [at, 0], units: [left, 0] };
+                        }
+                    }
+                }
             }
         }
     }
 
     /// Units whose deadline has passed at `now_ms`.
     pub fn lapsed(&self, now_ms: u64) -> u64 {
-        debug_assert_eq!(self.earliest_ms, self.first_deadline());
-        if self.earliest_ms > now_ms {
-            return 0;
+        match &self.0 {
+            Deadlines::Few { len, at_ms, units } => (0..usize::from(*len))
+                .take_while(|i| at_ms[*i] <= now_ms)
+                .map(|i| u64::from(units[i]))
+                .sum(),
+            Deadlines::Many(tree) if tree.earliest_ms > now_ms => 0,
+            Deadlines::Many(tree) => tree.units.range(..=now_ms).map(|(_, qty)| qty).sum(),
         }
-        self.units.range(..=now_ms).map(|(_, qty)| qty).sum()
     }
 
-    fn first_deadline(&self) -> u64 {
-        self.units.first_key_value().map_or(u64::MAX, |(at, _)| *at)
+    /// Every deadline with its units, earliest first.
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (few, many) = match &self.0 {
+            Deadlines::Few { len, at_ms, units } => {
+                let few = (0..usize::from(*len)).map(|i| (at_ms[i], u64::from(units[i])));
+                (Some(few), None)
+            }
+            Deadlines::Many(tree) => (None, Some(tree.units.iter().map(|(at, qty)| (*at, *qty)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
     }
 }
 
@@ -794,5 +890,73 @@ impl<'a> Locked<'a> {
             .find(|(i, _)| *i == index)
             .map(|(_, guard)| &mut **guard)
             .expect("operation touches only shards it locked")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::{Deadlines, HeldByDeadline};
+
+    /// An add (`true`) or a removal of part of what is held at a deadline.
+    type Step = (bool, u64, u64);
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        // Few deadlines, so that they repeat; quantities on both sides of `u32::MAX`.
+        let qty = prop_oneof![1u64..5, Just(u64::from(u32::MAX)), Just(1 << 40)];
+        prop::collection::vec((any::<bool>(), 0u64..6, qty), 0..60)
+    }
+
+    proptest! {
+        /// Whichever way the deadlines are kept, every read agrees with a plain map, and a
+        /// SKU left with one deadline keeps it in place again.
+        #[test]
+        fn held_units_by_deadline_agree_with_a_map(steps in steps()) {
+            let mut held = HeldByDeadline::default();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            for (add, at, qty) in steps {
+                if add {
+                    held.add(qty, at);
+                    *model.entry(at).or_default() += qty;
+                } else if let Some(slot) = model.get_mut(&at) {
+                    let qty = qty.min(*slot);
+                    held.remove(qty, at);
+                    *slot -= qty;
+                    if *slot == 0 {
+                        model.remove(&at);
+                    }
+                }
+                prop_assert_eq!(held.iter().collect::<Vec<_>>(), model.clone().into_iter().collect::<Vec<_>>());
+                for now in 0..7 {
+                    prop_assert_eq!(held.lapsed(now), model.range(..=now).map(|(_, q)| q).sum::<u64>());
+                }
+                if model.len() <= 1 && model.values().all(|q| *q <= u64::from(u32::MAX)) {
+                    prop_assert!(matches!(held.0, Deadlines::Few { .. }), "kept in place");
+                }
+                let mut rebuilt = HeldByDeadline::default();
+                model.iter().for_each(|(at, qty)| rebuilt.add(*qty, *at));
+                prop_assert_eq!(&held, &rebuilt);
+            }
+        }
+    }
+
+    #[test]
+    fn two_deadlines_are_kept_in_place_and_a_third_moves_them_to_a_tree() {
+        let mut held = HeldByDeadline::default();
+        held.add(2, 20);
+        held.add(1, 10);
+        held.add(4, 20);
+        assert!(matches!(held.0, Deadlines::Few { len: 2, at_ms: [10, 20], units: [1, 6] }));
+        held.add(1, 30);
+        assert!(matches!(held.0, Deadlines::Many(_)));
+        assert_eq!(held.lapsed(20), 7);
+        held.remove(6, 20);
+        assert!(matches!(held.0, Deadlines::Many(_)), "two deadlines stay in the tree");
+        held.remove(1, 10);
+        assert!(matches!(held.0, Deadlines::Few { len: 1, at_ms: [30, _], units: [1, _] }));
+        assert_eq!(std::mem::size_of::<HeldByDeadline>(), 32, "no larger than a tree and a u64");
     }
 }
