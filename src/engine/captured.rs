@@ -204,7 +204,7 @@ impl<'a> ReservationRow<'a> {
     }
 
     fn lines(&self) -> LineRows<'a> {
-        LineRows { lines: &self.r.lines, confirmed: &self.r.confirmed, copies: self.copies }
+        LineRows { lines: &self.r.lines, copies: self.copies }
     }
 
     fn channel(&self) -> &'a [u8] {
@@ -274,7 +274,6 @@ impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRow<
 /// A reservation's lines, archived as its image's `Vec<LineImage>`.
 struct LineRows<'a> {
     lines: &'a [HeldLine],
-    confirmed: &'a [u32],
     copies: &'a RefCell<SkuCopies>,
 }
 
@@ -289,10 +288,10 @@ impl Archive for LineRows<'_> {
 
 impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for LineRows<'_> {
     fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
-        let rows = self.lines.iter().enumerate().map(|(i, line)| LineRow {
+        let rows = self.lines.iter().map(|line| LineRow {
             sku: self.copies.borrow_mut().bytes(&line.sku),
             qty: line.qty,
-            confirmed: self.confirmed.get(i).copied().unwrap_or(0),
+            confirmed: line.confirmed,
         });
         ArchivedVec::<ArchivedLineImage>::serialize_from_iter::<LineRow<'_>, _, S>(rows, serializer)
     }

@@ -4,7 +4,6 @@
 //! of the stored data.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use smallvec::SmallVec;
 
@@ -338,11 +337,10 @@ impl Image {
             lines: r
                 .lines
                 .iter()
-                .enumerate()
-                .map(|(i, line)| LineImage {
+                .map(|line| LineImage {
                     sku: line.sku.to_vec(),
                     qty: line.qty,
-                    confirmed: r.confirmed.get(i).copied().unwrap_or(0),
+                    confirmed: line.confirmed,
                 })
                 .collect(),
             ttl_ms: r.ttl_ms,
@@ -675,7 +673,8 @@ impl Engine {
                 if !finished || allocations.iter().any(|a| usize::from(a.line) == index) {
                     return Err(bad(format!("open reservation {} names a deleted SKU", name())));
                 }
-                lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: Box::default() });
+                let (qty, confirmed) = (line.qty, line.confirmed);
+                lines.push(HeldLine { sku: key.clone(), qty, confirmed, at: Box::default() });
                 positions.push(None);
                 continue;
             }
@@ -693,7 +692,8 @@ impl Engine {
             if total != expected || at.iter().any(|(_, qty)| *qty == 0) {
                 return Err(bad(format!("reservation {} allocations do not match", name())));
             }
-            lines.push(HeldLine { sku: key.clone(), qty: line.qty, at: at.into() });
+            let (qty, confirmed) = (line.qty, line.confirmed);
+            lines.push(HeldLine { sku: key.clone(), qty, confirmed, at: at.into() });
             positions.push(Some((shard_index, position)));
         }
         if allocations.iter().any(|a| usize::from(a.line) >= r.lines.len()) {
@@ -703,12 +703,7 @@ impl Engine {
         let tag = |bytes: &[u8]| (!bytes.is_empty()).then(|| bytes.into());
         let mut reservation = Reservation {
             state,
-            lines: Arc::from(lines),
-            confirmed: if confirmed {
-                r.lines.iter().map(|l| l.confirmed).collect()
-            } else {
-                Box::default()
-            },
+            lines: lines.into_iter().collect(),
             ttl_ms: r.ttl_ms,
             channel: tag(&r.channel),
             customer: tag(&r.customer),

@@ -34,6 +34,13 @@ fn confirm_amounts(reservation: &Reservation, lines: &[Line]) -> Result<Box<[u32
     Ok(amounts)
 }
 
+/// Whether two reservations name the same SKUs.
+fn same_skus(a: &Reservation, b: &Reservation) -> bool {
+    std::ptr::eq(a, b)
+        || a.lines.len() == b.lines.len()
+            && a.lines.iter().zip(b.lines.iter()).all(|(a, b)| a.sku == b.sku)
+}
+
 /// The code for an operation that needs a live hold but found a finished reservation.
 fn finished_code(state: ReservationState) -> ResultCode {
     match state {
@@ -51,25 +58,24 @@ impl Engine {
     fn lock_reservation(&self, id: &[u8]) -> Option<(Locked<'_>, usize)> {
         let res_shard = self.shard_of(id);
         loop {
-            let (lines, shards) = {
+            let (seen, shards) = {
                 let shard = self.shards[res_shard].lock();
-                let reservation = shard.reservations.get(id)?;
+                let (_, reservation) = shard.reservations.shared(id)?;
                 let shards: SmallVec<[usize; 8]> = reservation
                     .lines
                     .iter()
                     .map(|line| self.shard_of(&line.sku))
                     .chain(iter::once(res_shard))
                     .collect();
-                (reservation.lines.clone(), shards)
+                (reservation, shards)
             };
             let mut locked = self.lock(shards);
             match locked.shard(res_shard).reservations.get(id) {
                 None => return None,
-                // Lines never change, so the same allocation means the same reservation.
-                Some(r) if std::sync::Arc::ptr_eq(&r.lines, &lines) => {
-                    return Some((locked, res_shard))
-                }
-                // Forgotten and re-created between the two locks: its SKUs may differ.
+                // The SKUs a reservation names never change: the same SKUs are locked. (Not
+                // always the same allocation: a capture may have copied it meanwhile.)
+                Some(r) if same_skus(r, &seen) => return Some((locked, res_shard)),
+                // Forgotten and re-created between the two locks with other SKUs.
                 Some(_) => continue,
             }
         }
@@ -94,12 +100,10 @@ impl Engine {
         confirmed: Option<Box<[u32]>>,
         now_ms: u64,
     ) {
-        let (key, lines, expires_at_ms, tags) = {
-            let (key, r) = locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
-            assert_eq!(r.state, ReservationState::Held, "only a hold can end");
-            (key.clone(), r.lines.clone(), r.expires_at_ms, r.counted())
-        };
-        for (index, line) in lines.iter().enumerate() {
+        let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        assert_eq!(r.state, ReservationState::Held, "only a hold can end");
+        let (expires_at_ms, tags) = (r.expires_at_ms, r.counted());
+        for (index, line) in r.lines.iter().enumerate() {
             let sku = self.reserved_sku(locked, &line.sku);
             sku.unhold_line(line, expires_at_ms);
             let bought = confirmed.as_ref().map(|confirmed| confirmed[index]);
@@ -113,12 +117,15 @@ impl Engine {
                 }
             }
         }
+        drop(r);
         let shard = locked.shard(res_shard);
         let reservation = shard.reservations.get_mut(id).expect("locked");
         shard.deadlines.remove(expires_at_ms, reservation.ticket);
         reservation.state = to;
         if let Some(confirmed) = confirmed {
-            reservation.confirmed = confirmed;
+            for (line, bought) in reservation.lines.iter_mut().zip(confirmed.iter()) {
+                line.confirmed = *bought;
+            }
         }
         if to != ReservationState::Confirmed {
             self.retire(locked, res_shard, key, now_ms);
@@ -181,7 +188,11 @@ impl Engine {
             }
             // A retry of the confirm that succeeded is idempotent; different quantities are not.
             ReservationState::Confirmed | ReservationState::Shipped
-                if reservation.confirmed == amounts =>
+                if reservation
+                    .lines
+                    .iter()
+                    .map(|line| line.confirmed)
+                    .eq(amounts.iter().copied()) =>
             {
                 ResultCode::Ok
             }
@@ -223,8 +234,7 @@ impl Engine {
         let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return refused(ResultCode::NotFound);
         };
-        let (key, reservation) =
-            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
+        let reservation = &locked.shard(res_shard).reservations[id];
         if reservation.lapsed(now_ms) {
             self.end_hold(&mut locked, res_shard, id, ReservationState::Expired, None, now_ms);
             on_change();
@@ -240,8 +250,9 @@ impl Engine {
         if new_ms == old_ms {
             return ExtendReply { code: ResultCode::Ok, expires_at_ms: old_ms };
         }
-        let (key, lines, tags) = (key.clone(), reservation.lines.clone(), reservation.counted());
-        for line in lines.iter() {
+        let tags = reservation.counted();
+        let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        for line in r.lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
             sku.rehold_line(line, old_ms, new_ms);
             if let Some(limits) = &mut sku.limits {
@@ -249,6 +260,7 @@ impl Engine {
                 limits.hold(&tags, new_ms, line.qty);
             }
         }
+        drop(r);
         let shard = locked.shard(res_shard);
         let reservation = shard.reservations.get_mut(id).expect("locked");
         shard.deadlines.remove(old_ms, reservation.ticket);
@@ -262,8 +274,7 @@ impl Engine {
         let Some((mut locked, res_shard)) = self.lock_reservation(id) else {
             return ResultCode::NotFound;
         };
-        let (key, reservation) =
-            locked.shard(res_shard).reservations.get_key_value(id).expect("locked");
+        let reservation = &locked.shard(res_shard).reservations[id];
         match reservation.state {
             ReservationState::Held if reservation.lapsed(now_ms) => {
                 self.end_hold(&mut locked, res_shard, id, ReservationState::Expired, None, now_ms);
@@ -275,19 +286,16 @@ impl Engine {
             ReservationState::Confirmed => {}
             state => return finished_code(state),
         }
-        let (key, lines, confirmed, tags) = (
-            key.clone(),
-            reservation.lines.clone(),
-            reservation.confirmed.clone(),
-            reservation.counted(),
-        );
-        for (line, qty) in lines.iter().zip(confirmed.iter()) {
+        let tags = reservation.counted();
+        let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        for line in r.lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
             if let Some(limits) = &mut sku.limits {
-                limits.ship(&tags, *qty);
+                limits.ship(&tags, line.confirmed);
             }
-            sku.ship_line(line, *qty);
+            sku.ship_line(line, line.confirmed);
         }
+        drop(r);
         locked.shard(res_shard).reservations.get_mut(id).expect("locked").state =
             ReservationState::Shipped;
         self.retire(&mut locked, res_shard, key, now_ms);
@@ -322,11 +330,11 @@ impl Engine {
             return ResultCode::InvalidArgument;
         }
         if reservation.state == ReservationState::Shipped {
-            let (lines, confirmed, tags) =
-                (reservation.lines.clone(), reservation.confirmed.clone(), reservation.counted());
-            for (line, qty) in lines.iter().zip(confirmed.iter()) {
+            let tags = reservation.counted();
+            let (_, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+            for line in r.lines.iter() {
                 if let Some(limits) = &mut self.reserved_sku(&mut locked, &line.sku).limits {
-                    limits.forget(&tags, *qty);
+                    limits.forget(&tags, line.confirmed);
                 }
             }
         }

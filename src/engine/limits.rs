@@ -217,8 +217,7 @@ impl Limits {
     /// Counts one line of an existing reservation (recount after a change of limits, load).
     pub fn count(&mut self, r: &Reservation, index: usize) {
         let tags = r.counted();
-        let qty = r.lines[index].qty;
-        let confirmed = r.confirmed.get(index).copied().unwrap_or(0);
+        let (qty, confirmed) = (r.lines[index].qty, r.lines[index].confirmed);
         match r.state {
             ReservationState::Held => self.hold(&tags, r.expires_at_ms, qty),
             ReservationState::Confirmed => self.commit(&tags, confirmed),

@@ -2,15 +2,13 @@
 //! and only then change anything. A rejection (sold out, paused, unknown SKU) returns before the
 //! first change and never calls `on_change`: nothing is logged for it.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use smallvec::SmallVec;
 use stockd_protocol::{Allocation, Line, ReservationState, Reserve, ReserveReply, ResultCode};
 
 use super::limits::Counted;
 use super::locations::{Allocated, Placement};
-use super::shard::{HeldLine, Key, Reservation};
+use super::shard::{HeldLine, Key, Lines, Reservation};
 use super::Engine;
 
 /// A request line after sorting by SKU and merging duplicates.
@@ -174,10 +172,15 @@ impl Engine {
 
         let expires_at_ms = now_ms + ttl_ms;
         let tags = Counted { channel: tag(&request.channel), customer: tag(&request.customer) };
-        let held: Arc<[HeldLine]> = lines
+        let held: Lines = lines
             .iter()
             .zip(keys)
-            .map(|(line, (sku, at))| HeldLine { sku, qty: line.qty, at: at.into_iter().collect() })
+            .map(|(line, (sku, at))| HeldLine {
+                sku,
+                qty: line.qty,
+                confirmed: 0,
+                at: at.into_iter().collect(),
+            })
             .collect();
         for (line, shard) in held.iter().zip(&sku_shards) {
             let sku = locked.shard(*shard).skus.get_mut(&line.sku).expect("checked above");
@@ -198,7 +201,6 @@ impl Engine {
             Reservation {
                 state: ReservationState::Held,
                 lines: held,
-                confirmed: Box::default(),
                 ttl_ms: request.ttl_ms,
                 channel: tags.channel,
                 customer: tags.customer,

@@ -370,10 +370,12 @@ impl Sku {
 }
 
 /// One line of a stored reservation. Lines are sorted by SKU with duplicates merged.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct HeldLine {
     pub sku: Key,
     pub qty: u32,
+    /// Units bought, 0 until the reservation is confirmed (then up to `qty`).
+    pub confirmed: u32,
     /// Where the units are taken from, in the order they were allocated (empty for a SKU
     /// without locations). The quantities add up to `qty`.
     pub at: Box<[(Key, u32)]>,
@@ -391,12 +393,49 @@ impl HeldLine {
     }
 }
 
+/// A reservation's lines, read as a slice. Most reservations have one line, kept in place
+/// (no allocation of its own); more go in a boxed slice.
+#[derive(Debug, Clone)]
+pub(super) enum Lines {
+    One(HeldLine),
+    Many(Box<[HeldLine]>),
+}
+
+impl Deref for Lines {
+    type Target = [HeldLine];
+
+    fn deref(&self) -> &[HeldLine] {
+        match self {
+            Lines::One(line) => std::slice::from_ref(line),
+            Lines::Many(lines) => lines,
+        }
+    }
+}
+
+impl DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [HeldLine] {
+        match self {
+            Lines::One(line) => std::slice::from_mut(line),
+            Lines::Many(lines) => lines,
+        }
+    }
+}
+
+impl FromIterator<HeldLine> for Lines {
+    fn from_iter<I: IntoIterator<Item = HeldLine>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let first = iter.next().expect("a reservation has at least one line");
+        match iter.next() {
+            None => Lines::One(first),
+            Some(second) => Lines::Many([first, second].into_iter().chain(iter).collect()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Reservation {
     pub state: ReservationState,
-    pub lines: Arc<[HeldLine]>,
-    /// Confirmed quantity per line, empty until confirmed.
-    pub confirmed: Box<[u32]>,
+    pub lines: Lines,
     /// TTL as requested (0 = default), part of the content compared on retries.
     pub ttl_ms: u32,
     pub channel: Option<Key>,
@@ -433,11 +472,10 @@ impl Reservation {
             lines: self
                 .lines
                 .iter()
-                .enumerate()
-                .map(|(i, line)| ReservationLine {
+                .map(|line| ReservationLine {
                     sku: Bytes::copy_from_slice(&line.sku),
                     qty_held: line.qty,
-                    qty_confirmed: self.confirmed.get(i).copied().unwrap_or(0),
+                    qty_confirmed: line.confirmed,
                 })
                 .collect(),
         }
@@ -713,9 +751,12 @@ impl Reservations {
         self.map.reserve(additional);
     }
 
-    pub fn get_key_value(&self, id: &[u8]) -> Option<(&Key, &Reservation)> {
+    /// A reservation and its stored id, shared: to read its lines while changing the SKUs
+    /// they name. Drop it before changing the reservation itself, which would otherwise copy
+    /// it.
+    pub fn shared(&self, id: &[u8]) -> Option<(Key, Arc<Reservation>)> {
         let (key, slot) = self.map.get_key_value(id)?;
-        Some((key, slot.as_deref()?))
+        Some((key.clone(), slot.clone()?))
     }
 
     /// A reservation to change.
@@ -899,7 +940,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::{Deadlines, HeldByDeadline};
+    use super::{Deadlines, HeldByDeadline, HeldLine, Lines, Reservation};
 
     /// An add (`true`) or a removal of part of what is held at a deadline.
     type Step = (bool, u64, u64);
@@ -958,5 +999,26 @@ mod tests {
         held.remove(1, 10);
         assert!(matches!(held.0, Deadlines::Few { len: 1, at_ms: [30, _], units: [1, _] }));
         assert_eq!(std::mem::size_of::<HeldByDeadline>(), 32, "no larger than a tree and a u64");
+    }
+
+    #[test]
+    fn one_line_is_kept_in_place_and_more_in_a_slice() {
+        let line =
+            |sku: &[u8], qty| HeldLine { sku: sku.into(), qty, confirmed: 0, at: Box::default() };
+        let one: Lines = [line(b"a", 1)].into_iter().collect();
+        assert!(matches!(one, Lines::One(_)));
+        assert_eq!(one.iter().map(|l| l.qty).collect::<Vec<_>>(), [1]);
+        let mut three: Lines = [line(b"a", 1), line(b"b", 2), line(b"c", 3)].into_iter().collect();
+        assert!(matches!(three, Lines::Many(_)));
+        three[2].confirmed = 3;
+        let read: Vec<_> = three.iter().map(|l| (&l.sku[..], l.qty, l.confirmed)).collect();
+        assert_eq!(read, [(&b"a"[..], 1, 0), (b"b", 2, 0), (b"c", 3, 3)]);
+        // With its count, a reservation takes 128 bytes (jemalloc's size class): one line in
+        // place costs no more room than a pointer to the lines did.
+        assert!(
+            std::mem::size_of::<Reservation>() <= 112,
+            "{}",
+            std::mem::size_of::<Reservation>()
+        );
     }
 }
