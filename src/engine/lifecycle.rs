@@ -73,7 +73,8 @@ impl Engine {
             match locked.shard(res_shard).reservations.get(id) {
                 None => return None,
                 // The SKUs a reservation names never change: the same SKUs are locked. (Not
-                // always the same allocation: a capture may have copied it meanwhile.)
+                // always the same allocation: a change between the two locks copies it, as
+                // `seen` shares it.)
                 Some(r) if same_skus(r, &seen) => return Some((locked, res_shard)),
                 // Forgotten and re-created between the two locks with other SKUs.
                 Some(_) => continue,
