@@ -98,16 +98,17 @@ impl Engine {
         res_shard: usize,
         id: &[u8],
         to: ReservationState,
-        confirmed: Option<Box<[u32]>>,
+        confirmed: Option<&[u32]>,
         now_ms: u64,
     ) {
         let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        let key = key.clone();
         assert_eq!(r.state, ReservationState::Held, "only a hold can end");
         let (expires_at_ms, tags) = (r.expires_at_ms, r.counted());
         for (index, line) in r.lines.iter().enumerate() {
             let sku = self.reserved_sku(locked, &line.sku);
             sku.unhold_line(line, expires_at_ms);
-            let bought = confirmed.as_ref().map(|confirmed| confirmed[index]);
+            let bought = confirmed.map(|confirmed| confirmed[index]);
             if let Some(bought) = bought {
                 sku.commit_line(line, bought);
             }
@@ -124,7 +125,7 @@ impl Engine {
         shard.deadlines.remove(expires_at_ms, reservation.ticket);
         reservation.state = to;
         if let Some(confirmed) = confirmed {
-            for (line, bought) in reservation.lines.iter_mut().zip(confirmed.iter()) {
+            for (line, bought) in reservation.lines.iter_mut().zip(confirmed) {
                 line.confirmed = *bought;
             }
         }
@@ -175,13 +176,12 @@ impl Engine {
         };
         match reservation.state {
             ReservationState::Held => {
-                let confirmed = Some(amounts);
                 self.end_hold(
                     &mut locked,
                     res_shard,
                     &request.id,
                     ReservationState::Confirmed,
-                    confirmed,
+                    Some(&amounts),
                     now_ms,
                 );
                 on_change();
@@ -253,6 +253,7 @@ impl Engine {
         }
         let tags = reservation.counted();
         let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        let key = key.clone();
         for line in r.lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
             sku.rehold_line(line, old_ms, new_ms);
@@ -289,6 +290,7 @@ impl Engine {
         }
         let tags = reservation.counted();
         let (key, r) = locked.shard(res_shard).reservations.shared(id).expect("locked");
+        let key = key.clone();
         for line in r.lines.iter() {
             let sku = self.reserved_sku(&mut locked, &line.sku);
             if let Some(limits) = &mut sku.limits {

@@ -213,7 +213,7 @@ impl Engine {
         debug_assert!(added, "the id was checked to be new");
         if confirmed.is_some() {
             let state = ReservationState::Confirmed;
-            self.end_hold(&mut locked, res_shard, &request.id, state, confirmed, now_ms);
+            self.end_hold(&mut locked, res_shard, &request.id, state, confirmed.as_deref(), now_ms);
         }
         on_change();
         (ReserveReply { code: ResultCode::Ok, failed_line: None, expires_at_ms }, at)

@@ -754,9 +754,9 @@ impl Reservations {
     /// A reservation and its stored id, shared: to read its lines while changing the SKUs
     /// they name. Drop it before changing the reservation itself, which would otherwise copy
     /// it.
-    pub fn shared(&self, id: &[u8]) -> Option<(Key, Arc<Reservation>)> {
+    pub fn shared(&self, id: &[u8]) -> Option<(&Key, Arc<Reservation>)> {
         let (key, slot) = self.map.get_key_value(id)?;
-        Some((key.clone(), slot.clone()?))
+        Some((key, slot.clone()?))
     }
 
     /// A reservation to change.
