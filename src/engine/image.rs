@@ -700,13 +700,14 @@ impl Engine {
             return Err(bad(format!("reservation {} allocation of no line", name())));
         }
         let id = Key::from(&r.id[..]);
-        let tag = |bytes: &[u8]| (!bytes.is_empty()).then(|| bytes.into());
+        let channel = self.shards[home].lock().channels.tag(&r.channel);
+        let customer = (!r.customer.is_empty()).then(|| Key::from(&r.customer[..]));
         let mut reservation = Reservation {
             state,
             lines: lines.into_iter().collect(),
             ttl_ms: r.ttl_ms,
-            channel: tag(&r.channel),
-            customer: tag(&r.customer),
+            channel,
+            customer,
             created_at_ms: r.created_at_ms,
             expires_at_ms: r.expires_at_ms,
             forget_at_ms: r.forget_at_ms,

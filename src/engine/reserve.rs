@@ -171,7 +171,8 @@ impl Engine {
         }
 
         let expires_at_ms = now_ms + ttl_ms;
-        let tags = Counted { channel: tag(&request.channel), customer: tag(&request.customer) };
+        let channel = locked.shard(res_shard).channels.tag(&request.channel);
+        let tags = Counted { channel, customer: tag(&request.customer) };
         let held: Lines = lines
             .iter()
             .zip(keys)

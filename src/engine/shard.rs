@@ -1,7 +1,7 @@
 //! One shard's state (SKUs, reservations, and their time indexes) and the set of shard locks
 //! an operation holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -854,6 +854,37 @@ pub(super) struct Shard {
     pub deadlines: TimeIndex,
     /// Finished reservations of this shard by forget time.
     pub retired: TimeIndex,
+    /// The sales channels its reservations name, shared between them.
+    pub channels: Channels,
+}
+
+/// Most channel names a shard shares; past that, each reservation keeps its own copy.
+pub(super) const CHANNELS_SHARED_MAX: usize = 256;
+
+/// The channel names a shard's reservations share. A storefront sells through a handful of
+/// channels ("web", "app", "live"), so rather than an allocation of the name per reservation
+/// (32 bytes or more, and one more cold pointer to follow when a snapshot reads it), each
+/// takes a reference to the shard's copy. Bounded, so that clients naming a new channel with
+/// every order cannot grow it without end; names are never dropped from it (at most 256 per
+/// shard, a few KiB).
+#[derive(Debug, Default)]
+pub(super) struct Channels(HashSet<Key, ahash::RandomState>);
+
+impl Channels {
+    /// The tag a reservation keeps for `name` (none for an empty name).
+    pub fn tag(&mut self, name: &[u8]) -> Option<Key> {
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(shared) = self.0.get(name) {
+            return Some(shared.clone());
+        }
+        let key = Key::from(name);
+        if self.0.len() < CHANNELS_SHARED_MAX {
+            self.0.insert(key.clone());
+        }
+        Some(key)
+    }
 }
 
 impl Shard {
@@ -937,10 +968,30 @@ impl<'a> Locked<'a> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use proptest::prelude::*;
 
-    use super::{Deadlines, HeldByDeadline, HeldLine, Lines, Reservation};
+    use super::{
+        Channels, Deadlines, HeldByDeadline, HeldLine, Lines, Reservation, CHANNELS_SHARED_MAX,
+    };
+
+    #[test]
+    fn channel_names_are_shared_up_to_the_bound() {
+        let mut channels = Channels::default();
+        assert_eq!(channels.tag(b""), None);
+        let web = channels.tag(b"web").expect("a tag");
+        assert!(Arc::ptr_eq(&web, &channels.tag(b"web").expect("a tag")));
+        for n in 1..CHANNELS_SHARED_MAX {
+            channels.tag(format!("channel-{n}").as_bytes());
+        }
+        // Full: a new name is a copy of its own each time, the names already there are shared.
+        let (one, two) =
+            (channels.tag(b"new").expect("a tag"), channels.tag(b"new").expect("a tag"));
+        assert_eq!((&one[..], &two[..]), (&b"new"[..], &b"new"[..]));
+        assert!(!Arc::ptr_eq(&one, &two));
+        assert!(Arc::ptr_eq(&web, &channels.tag(b"web").expect("a tag")));
+    }
 
     /// An add (`true`) or a removal of part of what is held at a deadline.
     type Step = (bool, u64, u64);

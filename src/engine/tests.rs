@@ -730,3 +730,42 @@ fn shrinking_the_sku_tables_changes_nothing_but_memory() {
     assert_eq!(reserved(&e, "new", T0), (2, 3), "reserved, available");
     assert_eq!(reserved(&e, "sku-0007", T0), (3, 4));
 }
+
+#[test]
+fn reservations_share_their_channel_name_and_keep_it_across_a_snapshot() {
+    let e = engine();
+    stock(&e, "a", 100);
+    // Ten reservations on the same shard, alternating two channels, and one without.
+    let ids: Vec<String> = (0..)
+        .map(|n| format!("order-{n}"))
+        .filter(|id| e.shard_of(id.as_bytes()) == 0)
+        .take(11)
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        let channel = match n {
+            10 => "",
+            _ if n % 2 == 0 => "web",
+            _ => "live",
+        };
+        let mut command = reserve(id, &[("a", 1)]);
+        let Command::Reserve(request) = &mut command else { unreachable!() };
+        request.channel = Bytes::copy_from_slice(channel.as_bytes());
+        assert_eq!(apply(&e, command, T0).0.code(), ResultCode::Ok);
+    }
+    let shared = |e: &Engine| {
+        let shard = e.shards[0].lock();
+        let channel = |id: &String| shard.reservations.get(id.as_bytes()).unwrap().channel.clone();
+        let web = channel(&ids[0]).expect("web");
+        let live = channel(&ids[1]).expect("live");
+        assert_eq!((&web[..], &live[..]), (&b"web"[..], &b"live"[..]));
+        for (n, id) in ids.iter().enumerate().take(10) {
+            let same = if n % 2 == 0 { &web } else { &live };
+            assert!(std::sync::Arc::ptr_eq(&channel(id).expect("a channel"), same), "{id}");
+        }
+        assert_eq!(channel(&ids[10]), None);
+    };
+    shared(&e);
+    // A state loaded from its image shares them too.
+    let loaded = Engine::from_image(e.config.clone(), &e.image()).expect("load");
+    shared(&loaded);
+}

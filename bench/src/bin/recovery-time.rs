@@ -4,6 +4,7 @@
 //! startup.
 //!
 //! `cargo run --release -p stockd-bench --bin recovery-time -- --skus 1000000 --holds 1000000`
+//! (`--channels N`: the holds name N sales channels in turn)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,9 @@ struct Args {
     skus: u64,
     #[arg(long, default_value_t = 1_000_000)]
     holds: u64,
+    /// Sales channels the holds name in turn (`channel-0`, `channel-1`, ...); 0 for none.
+    #[arg(long, default_value_t = 0)]
+    channels: u64,
     /// Data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -67,7 +71,11 @@ fn main() -> anyhow::Result<()> {
         }
         for i in 0..args.holds {
             let sku = format!("sku-{:07}", i.wrapping_mul(0x9e37_79b9) % args.skus.max(1));
-            log(&reserve(&format!("order-{i:010}"), &sku, 1));
+            let mut command = reserve(&format!("order-{i:010}"), &sku, 1);
+            if let (Command::Reserve(request), true) = (&mut command, args.channels > 0) {
+                request.channel = format!("channel-{}", i % args.channels).into();
+            }
+            log(&command);
         }
         wal.close();
     }
