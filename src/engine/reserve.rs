@@ -142,12 +142,12 @@ impl Engine {
 
         // Every check before the first change: all lines or none. The reported line is the
         // first one in request order that cannot be served.
-        let mut keys: SmallVec<[(Key, Allocated); 4]> = SmallVec::with_capacity(lines.len());
+        let mut keys: SmallVec<[(usize, Key, Allocated); 4]> = SmallVec::with_capacity(lines.len());
         let mut failure: Option<(u16, ResultCode)> = None;
         for (line, shard) in lines.iter().zip(&sku_shards) {
-            let checked = match locked.shard(*shard).skus.get_key_value(line.sku) {
+            let checked = match locked.shard(*shard).skus.find_live(line.sku) {
                 None => Err(ResultCode::UnknownSku),
-                Some((key, sku)) => {
+                Some((index, key, sku)) => {
                     let qty = u64::from(line.qty);
                     sku.check_take(qty, now_ms)
                         .and_then(|()| match sku.limits.as_deref() {
@@ -157,7 +157,7 @@ impl Engine {
                             None => Ok(()),
                         })
                         .and_then(|()| sku.allocate(line.qty, placement, now_ms))
-                        .map(|at| keys.push((key.clone(), at)))
+                        .map(|at| keys.push((index, key.clone(), at)))
                 }
             };
             if let Err(code) = checked {
@@ -173,18 +173,19 @@ impl Engine {
         let expires_at_ms = now_ms + ttl_ms;
         let channel = locked.shard(res_shard).channels.tag(&request.channel);
         let tags = Counted { channel, customer: tag(&request.customer) };
+        let positions: SmallVec<[usize; 4]> = keys.iter().map(|(index, ..)| *index).collect();
         let held: Lines = lines
             .iter()
             .zip(keys)
-            .map(|(line, (sku, at))| HeldLine {
+            .map(|(line, (_, sku, at))| HeldLine {
                 sku,
                 qty: line.qty,
                 confirmed: 0,
                 at: at.into_iter().collect(),
             })
             .collect();
-        for (line, shard) in held.iter().zip(&sku_shards) {
-            let sku = locked.shard(*shard).skus.get_mut(&line.sku).expect("checked above");
+        for ((line, shard), index) in held.iter().zip(&sku_shards).zip(positions) {
+            let sku = locked.shard(*shard).skus.entry_at(index);
             sku.hold_line(line, expires_at_ms);
             if let Some(limits) = &mut sku.limits {
                 limits.hold(&tags, expires_at_ms, line.qty);

@@ -556,9 +556,11 @@ impl Skus {
         self.map.get(sku).filter(|state| !state.deleted)
     }
 
-    /// A SKU and its stored id (not a deleted one).
-    pub fn get_key_value(&self, sku: &[u8]) -> Option<(&Key, &Sku)> {
-        self.map.get_key_value(sku).filter(|(_, state)| !state.deleted)
+    /// A SKU (not a deleted one), its position and its stored id: to check it, and then to
+    /// change it through [`Skus::entry_at`] without looking it up again (positions stay put
+    /// while the shard is locked).
+    pub fn find_live(&self, sku: &[u8]) -> Option<(usize, &Key, &Sku)> {
+        self.map.get_full(sku).filter(|(_, _, state)| !state.deleted)
     }
 
     /// A deleted SKU's stored id.
@@ -603,7 +605,7 @@ impl Skus {
         self.map.get_full(sku)
     }
 
-    /// The entry at a position [`Skus::find`] gave, about to change.
+    /// The entry at a position [`Skus::find`] or [`Skus::find_live`] gave, about to change.
     pub fn entry_at(&mut self, index: usize) -> &mut Sku {
         self.change(index)
     }
