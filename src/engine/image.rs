@@ -701,7 +701,7 @@ impl Engine {
         }
         let id = Key::from(&r.id[..]);
         let channel = self.shards[home].lock().channels.tag(&r.channel);
-        let customer = (!r.customer.is_empty()).then(|| Key::from(&r.customer[..]));
+        let customer = super::reserve::tag(&r.customer);
         let mut reservation = Reservation {
             state,
             lines: lines.into_iter().collect(),

@@ -42,7 +42,8 @@ pub(super) fn normalize(lines: &[Line], allow_zero: bool) -> Result<Vec<NormalLi
     Ok(merged)
 }
 
-fn tag(bytes: &[u8]) -> Option<Key> {
+/// A reservation's tag (customer) as stored: none for an empty one.
+pub(super) fn tag(bytes: &[u8]) -> Option<Key> {
     (!bytes.is_empty()).then(|| Key::from(bytes))
 }
 
