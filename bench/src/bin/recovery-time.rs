@@ -109,12 +109,27 @@ fn main() -> anyhow::Result<()> {
     );
 
     // As the server's snapshotter does: capture the state, then write what was captured.
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    fn heap() -> u64 {
+        stockd::heap::stats().map_or(0, |h| h.allocated)
+    }
+    let at_start = heap();
     let started = Instant::now();
     let (capture, ()) = recovered.engine.capture(|| ());
     let captured = capture.finish();
     let captured_in = started.elapsed();
+    let capture_holds = heap().saturating_sub(at_start);
+    let peak = PeakSampler::start(heap);
     snapshot::write_captured(&*storage, recovered.last_lsn, recovered.max_now_ms, &captured)?;
+    let peak = peak.stop();
     drop(captured);
+    println!(
+        "snapshot memory: the capture held {:.0} MiB, {:.0} MiB at most while writing; {:.0} \
+         MiB more stayed allocated after the write",
+        mib(capture_holds),
+        mib(peak.saturating_sub(at_start)),
+        mib(heap().saturating_sub(at_start))
+    );
     println!(
         "snapshot written in {:.2} s (captured in {:.2} s)",
         started.elapsed().as_secs_f64(),
@@ -133,4 +148,31 @@ fn main() -> anyhow::Result<()> {
         from_snapshot.as_secs_f64()
     );
     Ok(())
+}
+
+/// The largest of a reading taken every millisecond on a thread of its own, until stopped.
+struct PeakSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakSampler {
+    fn start(read: fn() -> u64) -> PeakSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = read();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                peak = peak.max(read());
+            }
+            peak.max(read())
+        });
+        PeakSampler { stop, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the sampler does not panic")
+    }
 }
