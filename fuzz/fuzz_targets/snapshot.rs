@@ -1,9 +1,10 @@
 //! The snapshot loader past its checksums: the rkyv archive validation and the consistency
 //! checks that rebuild the engine, for every snapshot version still read.
 //!
-//! Input: byte 0 picks the version (1..=4); the rest is the body, framed by a header with
-//! valid checksums (so the fuzzer reaches the archive, not only the checksum test). Checks: no
-//! panic; a snapshot that loads rebuilds an engine whose image makes the same engine again.
+//! Input: byte 0 picks the version (1 to `SNAPSHOT_VERSION`); the rest is the body, framed by
+//! a header with valid checksums (so the fuzzer reaches the archive, not only the checksum
+//! test). Checks: no panic; a snapshot that loads rebuilds an engine whose image makes the
+//! same engine again.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

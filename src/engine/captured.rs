@@ -1,6 +1,6 @@
-//! What a capture hands the snapshot writer: the state at the cut, serialised as an
-//! [`ArchivedImage`] (the snapshot format is the image's, unchanged) without first building
-//! an [`Image`] of the reservations.
+//! What a capture hands the snapshot writer: the state at the cut, serialised as the parts of
+//! the [`Image`] of that state (the same bytes) without first building an `Image` of the
+//! reservations.
 //!
 //! SKUs are imaged as rows while the capture holds their shard's lock, as before. Reservations
 //! are kept as the shared references the capture took ([`ReservationRows`]): each is read
@@ -19,15 +19,16 @@ use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::{Archive, Place, Serialize};
 
 use super::image::{
-    AllocationImage, ArchivedImage, ArchivedLineImage, ArchivedReservationImage, Image,
-    LocationImage, SkuImage, SupplyImage,
+    AllocationImage, ArchivedLineImage, ArchivedReservationImage, Image, LocationImage, SkuImage,
+    SupplyImage,
 };
 use super::shard::{HeldLine, Key, Reservation};
 use crate::aftersales::AftersalesImage;
+use crate::snapshot::part::{Caps, ImagePart, Rows};
 
-/// The state at a capture's cut, serialised exactly as the [`Image`] of that state.
-#[derive(Archive, Serialize, Default)]
-#[rkyv(as = ArchivedImage)]
+/// The state at a capture's cut, written as the parts of the [`Image`] of that state (see
+/// `snapshot::part`).
+#[derive(Default)]
 pub struct Captured {
     pub skus: Vec<SkuImage>,
     pub reservations: ReservationRows,
@@ -80,6 +81,35 @@ impl Captured {
         self.reservations.rows.push((id, reservation));
     }
 
+    /// The parts to write: the same as those of the [`Image`] of this state.
+    pub fn parts<'a>(
+        &'a self,
+        caps: &Caps,
+        no_tickets: &'a AftersalesImage,
+    ) -> Vec<ImagePart<'a, CapturedRows<'a>>> {
+        let lens = Rows {
+            skus: self.skus.len(),
+            reservations: self.reservations.rows.len(),
+            locations: self.locations.len(),
+            supplies: self.supplies.len(),
+            allocations: self.allocations.len(),
+            deleted_skus: self.deleted_skus.len(),
+        };
+        caps.split(&lens)
+            .into_iter()
+            .enumerate()
+            .map(|(k, rows)| ImagePart {
+                skus: &self.skus[rows.skus],
+                reservations: CapturedRows(&self.reservations.rows[rows.reservations]),
+                locations: &self.locations[rows.locations],
+                supplies: &self.supplies[rows.supplies],
+                allocations: &self.allocations[rows.allocations],
+                aftersales: if k == 0 { &self.aftersales } else { no_tickets },
+                deleted_skus: &self.deleted_skus[rows.deleted_skus],
+            })
+            .collect()
+    }
+
     /// The same state as an [`Image`] (tests compare captures with the engine's image).
     pub fn into_image(self) -> Image {
         let mut image = Image {
@@ -101,14 +131,17 @@ impl Captured {
 /// Rows touched at a time ahead of their serialisation.
 const TOUCH_ROWS: usize = 64;
 
-impl ReservationRows {
+/// Some of a capture's reservation rows, archived as an image's `reservations`.
+pub struct CapturedRows<'a>(&'a [(Key, Arc<Reservation>)]);
+
+impl CapturedRows<'_> {
     /// Reads a little of each of the rows from `from` on, level by level (reservations, their
     /// lines, their ids): each is behind a pointer into memory rarely in cache, and loads that
     /// do not wait for each other overlap. Returns where it stopped. (Not the lines' SKU ids: a
     /// hot SKU's sits beside a reference count other cores keep writing, see `SkuCopies`.)
     fn touch(&self, from: usize) -> usize {
-        let to = self.rows.len().min(from + TOUCH_ROWS);
-        let rows = &self.rows[from..to];
+        let to = self.0.len().min(from + TOUCH_ROWS);
+        let rows = &self.0[from..to];
         for (_, r) in rows {
             std::hint::black_box(r.lines.len());
         }
@@ -122,26 +155,26 @@ impl ReservationRows {
     }
 }
 
-impl Archive for ReservationRows {
+impl Archive for CapturedRows<'_> {
     type Archived = ArchivedVec<ArchivedReservationImage>;
     type Resolver = VecResolver;
 
     fn resolve(&self, resolver: VecResolver, out: Place<Self::Archived>) {
-        ArchivedVec::resolve_from_len(self.rows.len(), resolver, out);
+        ArchivedVec::resolve_from_len(self.0.len(), resolver, out);
     }
 }
 
-impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for ReservationRows {
+impl<S: Fallible + Allocator + Writer + ?Sized> Serialize<S> for CapturedRows<'_> {
     /// As `ArchivedVec::serialize_from_iter` does, rows are serialised in a first pass (their
     /// ids, lines and tags) and written in a second from their resolvers alone, which read
     /// nothing of the reservations again (long out of the cache by then). The resolvers wait
     /// in a vector of exactly their number rather than in the serialiser's scratch arena,
-    /// whose blocks are powers of two: 64 MB for a million rows instead of a 128 MiB block.
+    /// whose blocks are powers of two.
     fn serialize(&self, serializer: &mut S) -> Result<VecResolver, S::Error> {
         let copies = RefCell::new(SkuCopies::default());
-        let mut resolvers = Vec::with_capacity(self.rows.len());
+        let mut resolvers = Vec::with_capacity(self.0.len());
         let mut touched = 0;
-        for (i, (id, r)) in self.rows.iter().enumerate() {
+        for (i, (id, r)) in self.0.iter().enumerate() {
             // Ahead of each run of rows, each is touched once.
             if i >= touched {
                 touched = self.touch(i);

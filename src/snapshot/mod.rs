@@ -7,7 +7,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic        b"STKDSNAP"
-//!      8     4  version      u32, 5 (the layout of `engine::Image`; 1 to 4 are still read)
+//!      8     4  version      u32, 6 (1 to 5 are still read)
 //!     12     4  reserved     zero
 //!     16     8  lsn          u64, last log record included
 //!     24     8  now_ms       u64, latest server time seen in the state
@@ -15,8 +15,12 @@
 //!     40     4  body_crc32c  u32
 //!     44    16  reserved     zero
 //!     60     4  header_crc32c of bytes 0..60
-//!     64        body (rkyv archive of `engine::Image`)
+//!     64        body: parts, each an rkyv archive of an `engine::Image` of some of the rows
 //! ```
+//!
+//! The body's framing is in `part`: parts appended in order are the image, and keep every
+//! archive under rkyv's 2 GiB reach (version 5 and earlier bodies were one archive, which
+//! could not be written past about 19 million reservations).
 //!
 //! The image's rows come in no particular order (the engine's own, since it is cheapest to
 //! write), except that `allocations` come grouped by reservation and in the order of
@@ -37,17 +41,20 @@
 //! Versions: 2 added SKU limits (`SkuImage::limits`); 3 added locations, deliveries and
 //! preorder allowances, and the allocations of reservation lines (`Image::locations`,
 //! `supplies`, `allocations`); 4 added return tickets and unmatched parcels
-//! (`Image::aftersales`); 5 added deleted SKUs (`Image::deleted_skus`). Version 1 files (no
-//! limits) are read through `engine::image::ImageV1`, version 2 files through `ImageV2`,
-//! version 3 through `ImageV3`, version 4 through `ImageV4`; the next snapshot writes the
-//! current version.
+//! (`Image::aftersales`); 5 added deleted SKUs (`Image::deleted_skus`); 6 split the body into
+//! parts. Version 1 files (no limits) are read through `engine::image::ImageV1`, version 2
+//! files through `ImageV2`, version 3 through `ImageV3`, version 4 through `ImageV4`, version 5
+//! as one archive of `Image`; the next snapshot writes the current version.
 
 use std::io;
+
+pub mod part;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use tracing::warn;
 
+use crate::aftersales::AftersalesImage;
 use crate::engine::image::{
     ArchivedImage, ArchivedImageV1, ArchivedImageV2, ArchivedImageV3, ArchivedImageV4, ImageV1,
     ImageV2, ImageV3, ImageV4,
@@ -56,7 +63,7 @@ use crate::engine::{Captured, Engine, EngineConfig, Image};
 use crate::wal::storage::Storage;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"STKDSNAP";
-pub const SNAPSHOT_VERSION: u32 = 5;
+pub const SNAPSHOT_VERSION: u32 = 6;
 pub const SNAPSHOT_HEADER_BYTES: usize = 64;
 /// Snapshots kept on disk.
 pub const SNAPSHOTS_KEPT: usize = 2;
@@ -87,28 +94,20 @@ pub fn list(storage: &dyn Storage) -> io::Result<Vec<(u64, String)>> {
 /// never whole in memory: it is about as large as the image itself, and building it in one
 /// buffer meant growing that buffer by copies while the image was still held.
 pub fn write(storage: &dyn Storage, lsn: u64, now_ms: u64, image: &Image) -> io::Result<String> {
-    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| serialize(image, out))
+    write_split(storage, lsn, now_ms, image, &part::Caps::default())
 }
 
-/// Serialises `value` into `out` with scratch memory of its own, freed when it returns.
-///
-/// The serialiser keeps the resolvers of each vector's rows in its scratch allocator until the
-/// rows are written: tens of bytes per SKU or reservation, in blocks of powers of two. rkyv's
-/// default, a per-thread arena kept between calls, would leave the snapshotter thread holding
-/// its largest block (128 MiB for a million reservations) for good.
-fn serialize<T>(value: &T, out: &mut BodyWriter<'_>) -> Result<(), rancor::Error>
-where
-    T: for<'a, 'b> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::ser::writer::IoWriter<&'b mut BodyWriter<'a>>,
-            rkyv::ser::allocator::ArenaHandle<'b>,
-            rancor::Error,
-        >,
-    >,
-{
-    let mut arena = rkyv::ser::allocator::Arena::new();
-    let writer = rkyv::ser::writer::IoWriter::new(out);
-    rkyv::api::high::to_bytes_in_with_alloc(value, writer, arena.acquire()).map(|_| ())
+/// [`write`] with parts of at most `caps` rows (tests split small images).
+fn write_split(
+    storage: &dyn Storage,
+    lsn: u64,
+    now_ms: u64,
+    image: &Image,
+    caps: &part::Caps,
+) -> io::Result<String> {
+    let no_tickets = AftersalesImage::default();
+    let parts = image.parts(caps, &no_tickets);
+    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| write_parts(&parts, out))
 }
 
 /// Writes a captured state (see `engine::captured`) as the snapshot at `lsn`: the same file as
@@ -119,7 +118,50 @@ pub fn write_captured(
     now_ms: u64,
     captured: &Captured,
 ) -> io::Result<String> {
-    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| serialize(captured, out))
+    write_captured_split(storage, lsn, now_ms, captured, &part::Caps::default())
+}
+
+/// [`write_captured`] with parts of at most `caps` rows.
+fn write_captured_split(
+    storage: &dyn Storage,
+    lsn: u64,
+    now_ms: u64,
+    captured: &Captured,
+    caps: &part::Caps,
+) -> io::Result<String> {
+    let no_tickets = AftersalesImage::default();
+    let parts = captured.parts(caps, &no_tickets);
+    write_with(storage, lsn, now_ms, SNAPSHOT_VERSION, |out| write_parts(&parts, out))
+}
+
+/// Serialises each part into `out`, each followed by its padding and trailer (see `part`).
+///
+/// The serialiser keeps the resolvers of a part's rows in its scratch allocator until the rows
+/// are written. Its arena is this call's own, freed when it returns: rkyv's default, a
+/// per-thread arena kept between calls, would leave the snapshotter thread holding its
+/// largest block for good.
+fn write_parts<T>(parts: &[T], out: &mut BodyWriter<'_>) -> io::Result<()>
+where
+    T: for<'a, 'b> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::ser::writer::IoWriter<&'b mut BodyWriter<'a>>,
+            rkyv::ser::allocator::ArenaHandle<'b>,
+            rancor::Error,
+        >,
+    >,
+{
+    use io::Write;
+    let mut arena = rkyv::ser::allocator::Arena::new();
+    for (index, part) in parts.iter().enumerate() {
+        let writer = rkyv::ser::writer::IoWriter::new(&mut *out);
+        let writer = rkyv::api::high::to_bytes_in_with_alloc(part, writer, arena.acquire())
+            .map_err(io::Error::other)?;
+        let len = rkyv::ser::Positional::pos(&writer);
+        let index = u32::try_from(index).map_err(io::Error::other)?;
+        out.write_all(&[0u8; 16][..part::padding(len)])?;
+        out.write_all(&part::trailer(len as u64, index))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -285,14 +327,26 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         rkyv::deserialize::<ImageV4, rancor::Error>(archived)
             .map_err(|e| format!("cannot deserialise: {e}"))?
             .upgrade()
+    } else if version == 5 {
+        load_archive(body)?
     } else {
-        let archived = rkyv::access::<ArchivedImage, rancor::Error>(body)
-            .map_err(|e| format!("invalid archive: {e}"))?;
-        rkyv::deserialize::<Image, rancor::Error>(archived)
-            .map_err(|e| format!("cannot deserialise: {e}"))?
+        let mut image = Image::default();
+        for (k, archive) in part::archives(body)?.into_iter().enumerate() {
+            let loaded = load_archive(&body[archive]).map_err(|e| format!("part {k}: {e}"))?;
+            image.append(loaded);
+        }
+        image
     };
     let engine = Engine::from_image(config, &image).map_err(|e| e.to_string())?;
     Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) })
+}
+
+/// Validates and deserialises one archive of an [`Image`] (16-byte aligned).
+fn load_archive(archive: &[u8]) -> Result<Image, String> {
+    let archived = rkyv::access::<ArchivedImage, rancor::Error>(archive)
+        .map_err(|e| format!("invalid archive: {e}"))?;
+    rkyv::deserialize::<Image, rancor::Error>(archived)
+        .map_err(|e| format!("cannot deserialise: {e}"))
 }
 
 /// Loads the newest valid snapshot, falling back to older ones (with a warning naming the
@@ -535,7 +589,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_to_4_snapshots_are_still_read() {
+    fn version_1_to_5_snapshots_are_still_read() {
         let engine = engine_with_state();
         let image = engine.image();
         let v1 = crate::engine::image::ImageV1 {
@@ -581,9 +635,136 @@ mod tests {
         let name = write_body(&storage, 11, 1, 4, &body).expect("write");
         let loaded = load(&storage, &name, EngineConfig::default()).expect("a v4 snapshot loads");
         assert_eq!(loaded.engine.image(), image);
-        let future = write_body(&storage, 12, 1, 6, &body).expect("write");
+        // Version 5: the image as one archive, without parts.
+        let body = rkyv::to_bytes::<rancor::Error>(&image).expect("serialise");
+        let name = write_body(&storage, 12, 1, 5, &body).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("a v5 snapshot loads");
+        assert_eq!(loaded.engine.image(), image);
+        let future = write_body(&storage, 13, 1, 7, &body).expect("write");
         let refused = load(&storage, &future, EngineConfig::default()).err().expect("refused");
-        assert!(refused.contains("format version 6"), "{refused}");
+        assert!(refused.contains("format version 7"), "{refused}");
+    }
+
+    /// An engine with every kind of row several times: SKUs with locations, deliveries and
+    /// limits, a deleted SKU, reservations with allocations, and a return ticket.
+    fn engine_with_every_kind_of_row() -> Engine {
+        let engine = Engine::new(EngineConfig::default());
+        let apply = |command: Command| engine.apply(&command, 1, || {});
+        east_and_west(&engine, 10, 20);
+        let (sku, location, reference) = ("a".into(), "west".into(), "po-7".into());
+        apply(Command::SetIncoming { sku, location, reference, qty: 5, eta_ms: 99 });
+        for n in 0..9 {
+            let sku = Bytes::from(format!("s{n}"));
+            apply(Command::SetStock { sku: sku.clone(), on_hand: 100, expected: None });
+            apply(Command::SetPreorder { sku, preorder_max: n });
+        }
+        // A deleted SKU still named by a reservation that is over.
+        let reserve = |id: &str, sku: &str| {
+            Command::Reserve(stockd_protocol::Reserve {
+                id: Bytes::copy_from_slice(id.as_bytes()),
+                ttl_ms: 0,
+                channel: "".into(),
+                customer: "".into(),
+                lines: vec![stockd_protocol::Line {
+                    sku: Bytes::copy_from_slice(sku.as_bytes()),
+                    qty: 1,
+                }],
+            })
+        };
+        apply(reserve("gone", "s8"));
+        apply(Command::Release { id: "gone".into() });
+        apply(Command::DeleteSku { sku: "s8".into() });
+        for n in 0..7 {
+            let reserve = Command::ReserveAt(stockd_protocol::ReserveAt {
+                reserve: stockd_protocol::Reserve {
+                    id: Bytes::from(format!("r{n}")),
+                    ttl_ms: 0,
+                    channel: "web".into(),
+                    customer: "".into(),
+                    lines: vec![
+                        stockd_protocol::Line::new("a", 2),
+                        stockd_protocol::Line::new("s1", 1),
+                    ],
+                },
+                location: "".into(),
+                split: true,
+            });
+            apply(reserve);
+        }
+        engine
+    }
+
+    #[test]
+    fn a_state_split_into_many_parts_loads_whole_and_in_order() {
+        let engine = engine_with_every_kind_of_row();
+        let image = engine.snapshot_image();
+        let counts = (image.skus.len(), image.reservations.len(), image.supplies.len());
+        assert_eq!(counts, (9, 8, 8), "{image:?}");
+        assert_eq!((image.locations.len(), image.deleted_skus.len()), (2, 1));
+        assert!(image.allocations.len() >= 7, "{:?}", image.allocations);
+        // Two rows of each kind per part: several parts, each kind running out at a
+        // different one.
+        let caps = part::Caps {
+            skus: 2,
+            reservations: 2,
+            locations: 2,
+            supplies: 2,
+            allocations: 2,
+            deleted_skus: 2,
+        };
+        let parts = image.parts(&caps, &AftersalesImage::default()).len();
+        assert!(parts >= 5, "{parts} parts");
+        let storage = MemStorage::new();
+        let name = write_split(&storage, 3, 1, &image, &caps).expect("write");
+        let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
+        assert_eq!(loaded.engine.image(), engine.image());
+        // The capture of the same state writes the same parts, byte for byte.
+        let (capture, ()) = engine.capture(|| ());
+        let captured = capture.finish();
+        let from_capture = write_captured_split(&storage, 4, 1, &captured, &caps).expect("write");
+        let (a, b) = (storage.read(&name).expect("read"), storage.read(&from_capture).unwrap());
+        assert_eq!(a[64..], b[64..]);
+        // One part when everything fits.
+        let one = image.parts(&part::Caps::default(), &AftersalesImage::default()).len();
+        assert_eq!(one, 1);
+    }
+
+    #[test]
+    fn damaged_part_framing_is_refused_with_a_reason() {
+        let image = engine_with_every_kind_of_row().snapshot_image();
+        let caps = part::Caps {
+            skus: 3,
+            reservations: 3,
+            locations: 3,
+            supplies: 3,
+            allocations: 3,
+            deleted_skus: 3,
+        };
+        let storage = MemStorage::new();
+        let name = write_split(&storage, 3, 1, &image, &caps).expect("write");
+        let file = storage.read(&name).expect("read");
+        let body = &file[SNAPSHOT_HEADER_BYTES..];
+        let archives = part::archives(body).expect("framing");
+        assert!(archives.len() >= 3 && archives[0].start == 0);
+        assert!(archives.iter().all(|a| a.start % 16 == 0));
+        // A trailer claiming more than is there, parts out of order, a torn last part, and
+        // no parts at all: each refused, none panics.
+        let mut long = body.to_vec();
+        let end = long.len();
+        long[end - 16..end - 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(part::archives(&long).unwrap_err().contains("does not fit"));
+        let mut renumbered = body.to_vec();
+        renumbered[end - 8..end - 4].copy_from_slice(&9u32.to_le_bytes());
+        assert!(part::archives(&renumbered).unwrap_err().contains("numbered 9"));
+        assert!(part::archives(&body[..end - 5]).is_err());
+        assert_eq!(part::archives(&[]).unwrap_err(), "no parts");
+        // Through `load` (checksums made to match), a bad part is named.
+        let mut torn = body.to_vec();
+        let root = archives[1].end;
+        torn[root - 8..root].fill(0xff);
+        let name = write_body(&storage, 9, 1, SNAPSHOT_VERSION, &torn).expect("write");
+        let refused = load(&storage, &name, EngineConfig::default()).err().expect("refused");
+        assert!(refused.starts_with("part 1: invalid archive"), "{refused}");
     }
 
     #[test]
