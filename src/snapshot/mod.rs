@@ -330,12 +330,7 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
     } else if version == 5 {
         load_archive(body)?
     } else {
-        let mut image = Image::default();
-        for (k, archive) in part::archives(body)?.into_iter().enumerate() {
-            let loaded = load_archive(&body[archive]).map_err(|e| format!("part {k}: {e}"))?;
-            image.append(loaded);
-        }
-        image
+        load_parts(body)?
     };
     let engine = Engine::from_image(config, &image).map_err(|e| e.to_string())?;
     Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) })
@@ -343,10 +338,43 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
 
 /// Validates and deserialises one archive of an [`Image`] (16-byte aligned).
 fn load_archive(archive: &[u8]) -> Result<Image, String> {
-    let archived = rkyv::access::<ArchivedImage, rancor::Error>(archive)
-        .map_err(|e| format!("invalid archive: {e}"))?;
+    deserialize(access(archive)?)
+}
+
+fn access(archive: &[u8]) -> Result<&ArchivedImage, String> {
+    rkyv::access::<ArchivedImage, rancor::Error>(archive)
+        .map_err(|e| format!("invalid archive: {e}"))
+}
+
+fn deserialize(archived: &ArchivedImage) -> Result<Image, String> {
     rkyv::deserialize::<Image, rancor::Error>(archived)
         .map_err(|e| format!("cannot deserialise: {e}"))
+}
+
+/// The image a body of parts holds (see `part`). Every part is validated first, and the
+/// image's vectors sized for all their rows: appended part by part, they would grow by
+/// copies, each holding twice the rows for a moment.
+fn load_parts(body: &[u8]) -> Result<Image, String> {
+    let named = |k: usize| move |e: String| format!("part {k}: {e}");
+    let parts = part::archives(body)?
+        .into_iter()
+        .enumerate()
+        .map(|(k, archive)| access(&body[archive]).map_err(named(k)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = |len: fn(&ArchivedImage) -> usize| parts.iter().map(|p| len(p)).sum::<usize>();
+    let mut image = Image {
+        skus: Vec::with_capacity(rows(|p| p.skus.len())),
+        reservations: Vec::with_capacity(rows(|p| p.reservations.len())),
+        locations: Vec::with_capacity(rows(|p| p.locations.len())),
+        supplies: Vec::with_capacity(rows(|p| p.supplies.len())),
+        allocations: Vec::with_capacity(rows(|p| p.allocations.len())),
+        deleted_skus: Vec::with_capacity(rows(|p| p.deleted_skus.len())),
+        ..Image::default()
+    };
+    for (k, archived) in parts.into_iter().enumerate() {
+        image.append(deserialize(archived).map_err(named(k))?);
+    }
+    Ok(image)
 }
 
 /// Loads the newest valid snapshot, falling back to older ones (with a warning naming the
