@@ -191,8 +191,12 @@ pub(super) fn final_snapshot(shared: &Shared, last_lsn: u64) {
 }
 
 /// Closes the log (writing and syncing what is buffered) and, when it is healthy and durable
-/// past `last_snapshot_lsn`, snapshots `engine` (which must have stopped changing) at the
-/// final durable LSN and prunes old snapshots. Returns the new snapshot's LSN.
+/// past `last_snapshot_lsn`, snapshots `engine` (which must have stopped changing, with no
+/// capture running) at the final durable LSN and prunes old snapshots. Returns the new
+/// snapshot's LSN. Written from a capture, as the snapshotter writes: an [`Image`] of millions
+/// of reservations is a second copy of the state, several GiB of it, at shutdown.
+///
+/// [`Image`]: crate::engine::Image
 pub fn close_with_snapshot(
     storage: &dyn Storage,
     wal: &Wal,
@@ -204,7 +208,8 @@ pub fn close_with_snapshot(
     if progress.health == Health::Failed || progress.durable_lsn <= last_snapshot_lsn {
         return Ok(None);
     }
-    snapshot::write(storage, progress.durable_lsn, now_ms, &engine.snapshot_image())?;
+    let (capture, ()) = engine.capture(|| ());
+    snapshot::write_captured(storage, progress.durable_lsn, now_ms, &capture.finish())?;
     snapshot::prune(storage)?;
     Ok(Some(progress.durable_lsn))
 }

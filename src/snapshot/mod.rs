@@ -356,7 +356,8 @@ fn deserialize(archived: &ArchivedImage) -> Result<Image, String> {
 /// copies, each holding twice the rows for a moment.
 fn load_parts(body: &[u8]) -> Result<Image, String> {
     let named = |k: usize| move |e: String| format!("part {k}: {e}");
-    let parts = part::archives(body)?
+    let parts = part::archives(body)
+        .map_err(|e| format!("invalid archive: {e}"))?
         .into_iter()
         .enumerate()
         .map(|(k, archive)| access(&body[archive]).map_err(named(k)))
@@ -526,9 +527,9 @@ mod tests {
 
     #[test]
     fn writing_a_snapshot_keeps_no_scratch_memory_afterwards() {
-        // 20 000 reservations: their rows' resolvers take more than a MiB of scratch memory
-        // while they are written. rkyv's per-thread arena would keep that block on this
-        // thread (each test has a thread of its own) for good.
+        // Writing 20 000 reservations takes scratch memory for their rows' resolvers. rkyv's
+        // per-thread arena would keep its largest block on this thread (each test has a
+        // thread of its own) for good.
         let engine = Engine::new(EngineConfig::default());
         let set = Command::SetStock { sku: "a".into(), on_hand: 1 << 30, expected: None };
         engine.apply(&set, 1, || {});
@@ -793,6 +794,9 @@ mod tests {
         let name = write_body(&storage, 9, 1, SNAPSHOT_VERSION, &torn).expect("write");
         let refused = load(&storage, &name, EngineConfig::default()).err().expect("refused");
         assert!(refused.starts_with("part 1: invalid archive"), "{refused}");
+        let name = write_body(&storage, 10, 1, SNAPSHOT_VERSION, &renumbered).expect("write");
+        let refused = load(&storage, &name, EngineConfig::default()).err().expect("refused");
+        assert_eq!(refused, "invalid archive: part 2 is numbered 9");
     }
 
     #[test]
