@@ -43,13 +43,18 @@ pub struct Captured {
 #[derive(Default)]
 pub struct ReservationRows {
     rows: Vec<(Key, Arc<Reservation>)>,
+    /// The rows with allocations, each with the end of its allocations in `allocations`.
+    allocated: Vec<(usize, usize)>,
 }
 
 impl Captured {
     pub(super) fn with_capacity(skus: usize, reservations: usize) -> Captured {
         Captured {
             skus: Vec::with_capacity(skus),
-            reservations: ReservationRows { rows: Vec::with_capacity(reservations) },
+            reservations: ReservationRows {
+                rows: Vec::with_capacity(reservations),
+                allocated: Vec::new(),
+            },
             ..Captured::default()
         }
     }
@@ -77,8 +82,13 @@ impl Captured {
     /// Adds a reservation as it is now (it is shared: it stays so, as later changes copy it),
     /// and its allocations after those of the reservations added before it.
     pub(super) fn push_reservation(&mut self, id: Key, reservation: Arc<Reservation>) {
+        let before = self.allocations.len();
         super::image::push_allocations(&mut self.allocations, &id, &reservation);
-        self.reservations.rows.push((id, reservation));
+        let rows = &mut self.reservations;
+        if self.allocations.len() > before {
+            rows.allocated.push((rows.rows.len(), self.allocations.len()));
+        }
+        rows.rows.push((id, reservation));
     }
 
     /// The parts to write: the same as those of the [`Image`] of this state.
@@ -95,7 +105,7 @@ impl Captured {
             allocations: self.allocations.len(),
             deleted_skus: self.deleted_skus.len(),
         };
-        caps.split(&lens)
+        caps.split(&lens, &self.reservations.allocated)
             .into_iter()
             .enumerate()
             .map(|(k, rows)| ImagePart {

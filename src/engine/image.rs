@@ -246,6 +246,57 @@ pub struct LineImage {
     pub confirmed: u32,
 }
 
+/// Threads to load `reservations` reservations on: one for a small state, every core for a
+/// large one.
+pub fn load_threads(reservations: usize) -> usize {
+    if reservations < PARALLEL_LOAD_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Rebuilds an engine from an image given a part at a time (a snapshot's parts, see
+/// `snapshot::part`), so that only one part's reservations are in memory as rows at a time:
+/// first everything but the reservations ([`ImageLoader::new`]), then the reservations in
+/// runs, each with its allocations ([`ImageLoader::add`]), then the return tickets
+/// ([`ImageLoader::finish`]). The engine is the one [`Engine::from_image`] builds from the
+/// whole image, and the same checks refuse an inconsistent one.
+pub struct ImageLoader {
+    engine: Engine,
+    threads: usize,
+}
+
+impl ImageLoader {
+    /// An engine with the SKUs, deleted SKUs, locations and supplies of `image` (its
+    /// reservations, allocations and tickets are not read), and tables sized for the
+    /// reservations with `ids` (all that will be added). Reservations are loaded on `threads`
+    /// threads.
+    pub fn new<'a>(
+        config: EngineConfig,
+        image: &Image,
+        ids: impl Iterator<Item = &'a [u8]>,
+        threads: usize,
+    ) -> Result<ImageLoader, ImageError> {
+        let engine = Engine::new(config);
+        engine.reserve_for(image, ids);
+        engine.load_skus(image)?;
+        Ok(ImageLoader { engine, threads })
+    }
+
+    /// Loads the reservations of `rows` and their allocations (which follow them, in their
+    /// order); the SKUs, locations and supplies of `rows` are not read.
+    pub fn add(&mut self, rows: &Image) -> Result<(), ImageError> {
+        self.engine.load_reservations(rows, self.threads)
+    }
+
+    /// Loads the return tickets: the engine is complete.
+    pub fn finish(self, aftersales: &AftersalesImage) -> Result<Engine, ImageError> {
+        self.engine.load_aftersales(aftersales).map_err(bad)?;
+        Ok(self.engine)
+    }
+}
+
 /// Why an image cannot be loaded: it is not a state the engine could have produced.
 #[derive(Debug, Error)]
 #[error("inconsistent state image: {0}")]
@@ -407,12 +458,7 @@ impl Engine {
     /// Rebuilds an engine from an image, checking that it is internally consistent. A large
     /// image's reservations are loaded on as many threads as the machine has cores.
     pub fn from_image(config: EngineConfig, image: &Image) -> Result<Engine, ImageError> {
-        let threads = if image.reservations.len() < PARALLEL_LOAD_MIN {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
-        Engine::from_image_threads(config, image, threads)
+        Engine::from_image_threads(config, image, load_threads(image.reservations.len()))
     }
 
     /// [`Engine::from_image`] with the reservations loaded on `threads` threads (at least one,
@@ -423,13 +469,41 @@ impl Engine {
         image: &Image,
         threads: usize,
     ) -> Result<Engine, ImageError> {
-        let engine = Engine::new(config);
-        let reservation_shards = engine.reserve_for(image);
+        let ids = image.reservations.iter().map(|r| &r.id[..]);
+        let mut loader = ImageLoader::new(config, image, ids, threads)?;
+        loader.add(image)?;
+        loader.finish(&image.aftersales)
+    }
+
+    /// Sizes each shard's tables for the SKUs of `image` and the reservations with `ids` that
+    /// fall in it, so that loading a large state never grows (rehashes and copies) them on the
+    /// way.
+    fn reserve_for<'a>(&self, image: &Image, ids: impl Iterator<Item = &'a [u8]>) {
+        let mut skus = vec![0usize; self.shards.len()];
+        let mut reservations = vec![0usize; self.shards.len()];
+        for id in image.skus.iter().map(|s| &s.sku).chain(&image.deleted_skus) {
+            skus[self.shard_of(id)] += 1;
+        }
+        for id in ids {
+            reservations[self.shard_of(id)] += 1;
+        }
+        for (shard, (skus, reservations)) in
+            self.shards.iter().zip(skus.into_iter().zip(reservations))
+        {
+            let mut shard = shard.lock();
+            shard.skus.reserve(skus);
+            shard.reservations.reserve(reservations);
+        }
+    }
+
+    /// Loads everything of `image` but its reservations (and their allocations) and return
+    /// tickets: SKUs, deleted SKUs, locations, supplies.
+    fn load_skus(&self, image: &Image) -> Result<(), ImageError> {
         for s in &image.skus {
             if s.sku.is_empty() {
                 return Err(bad("empty SKU id"));
             }
-            let mut shard = engine.shards[engine.shard_of(&s.sku)].lock();
+            let mut shard = self.shards[self.shard_of(&s.sku)].lock();
             let limits = match &s.limits {
                 Some(image) => {
                     let config = image.limits()?;
@@ -450,46 +524,16 @@ impl Engine {
             if id.is_empty() {
                 return Err(bad("empty SKU id"));
             }
-            let mut shard = engine.shards[engine.shard_of(id)].lock();
+            let mut shard = self.shards[self.shard_of(id)].lock();
             if !shard.skus.insert_new(Key::from(&id[..]), Sku { deleted: true, ..Sku::default() }) {
                 return Err(bad(format!("SKU {:?} twice", String::from_utf8_lossy(id))));
             }
         }
-        engine.load_locations(&image.locations)?;
+        self.load_locations(&image.locations)?;
         for supply in &image.supplies {
-            engine.load_supply(supply)?;
+            self.load_supply(supply)?;
         }
-        engine.load_reservations(image, &reservation_shards, threads)?;
-        engine.load_aftersales(&image.aftersales).map_err(bad)?;
-        Ok(engine)
-    }
-
-    /// Sizes each shard's tables for the SKUs and reservations of `image` that fall in it, so
-    /// that loading a large state never grows (rehashes and copies) them on the way. Returns
-    /// each reservation's shard.
-    fn reserve_for(&self, image: &Image) -> Vec<u16> {
-        let mut skus = vec![0usize; self.shards.len()];
-        let mut reservations = vec![0usize; self.shards.len()];
-        for id in image.skus.iter().map(|s| &s.sku).chain(&image.deleted_skus) {
-            skus[self.shard_of(id)] += 1;
-        }
-        let shard_of_reservation: Vec<u16> = image
-            .reservations
-            .iter()
-            .map(|r| {
-                let shard = self.shard_of(&r.id);
-                reservations[shard] += 1;
-                u16::try_from(shard).expect("at most SHARDS_MAX shards, which fit 16 bits")
-            })
-            .collect();
-        for (shard, (skus, reservations)) in
-            self.shards.iter().zip(skus.into_iter().zip(reservations))
-        {
-            let mut shard = shard.lock();
-            shard.skus.reserve(skus);
-            shard.reservations.reserve(reservations);
-        }
-        shard_of_reservation
+        Ok(())
     }
 
     /// Loads the reservations (the SKUs they name are loaded), on several threads for a large
@@ -497,12 +541,15 @@ impl Engine {
     /// tables and deadline and retention indexes (with their tickets) come out exactly as one
     /// thread would build them, and what a reservation adds to its SKUs (counters, limits'
     /// counts) are sums, the same in any order. A thread holds one shard's lock at a time.
-    fn load_reservations(
-        &self,
-        image: &Image,
-        shard_of: &[u16],
-        threads: usize,
-    ) -> Result<(), ImageError> {
+    fn load_reservations(&self, image: &Image, threads: usize) -> Result<(), ImageError> {
+        let shard_of: Vec<u16> = image
+            .reservations
+            .iter()
+            .map(|r| {
+                let shard = self.shard_of(&r.id);
+                u16::try_from(shard).expect("at most SHARDS_MAX shards, which fit 16 bits")
+            })
+            .collect();
         // The allocations follow their reservations in the image's order: the ranges of those
         // that have any (few do), by reservation.
         let mut owned: Vec<(usize, std::ops::Range<usize>)> = Vec::new();

@@ -55,6 +55,7 @@ use rkyv::util::AlignedVec;
 use tracing::warn;
 
 use crate::aftersales::AftersalesImage;
+use crate::engine::image::{load_threads, ImageLoader};
 use crate::engine::image::{
     ArchivedImage, ArchivedImageV1, ArchivedImageV2, ArchivedImageV3, ArchivedImageV4, ImageV1,
     ImageV2, ImageV3, ImageV4,
@@ -303,6 +304,10 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         aligned = copy;
         &aligned[..]
     };
+    if version == SNAPSHOT_VERSION {
+        let engine = load_parts(body, config, LOAD_BATCH)?;
+        return Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) });
+    }
     let image = if version == 1 {
         let archived = rkyv::access::<ArchivedImageV1, rancor::Error>(body)
             .map_err(|e| format!("invalid archive: {e}"))?;
@@ -327,10 +332,8 @@ pub fn load(storage: &dyn Storage, name: &str, config: EngineConfig) -> Result<L
         rkyv::deserialize::<ImageV4, rancor::Error>(archived)
             .map_err(|e| format!("cannot deserialise: {e}"))?
             .upgrade()
-    } else if version == 5 {
-        load_archive(body)?
     } else {
-        load_parts(body)?
+        load_archive(body)?
     };
     let engine = Engine::from_image(config, &image).map_err(|e| e.to_string())?;
     Ok(Loaded { engine, lsn: u64_at(16), now_ms: u64_at(24) })
@@ -351,10 +354,11 @@ fn deserialize(archived: &ArchivedImage) -> Result<Image, String> {
         .map_err(|e| format!("cannot deserialise: {e}"))
 }
 
-/// The image a body of parts holds (see `part`). Every part is validated first, and the
-/// image's vectors sized for all their rows: appended part by part, they would grow by
-/// copies, each holding twice the rows for a moment.
-fn load_parts(body: &[u8]) -> Result<Image, String> {
+/// The engine a body of parts holds (see `part`). Every part is validated first; then the
+/// SKUs, locations, supplies and return tickets of all parts are loaded, then the parts'
+/// reservations a few parts at a time: only those are ever in memory as rows beside the
+/// engine they go into (the whole image as rows was about as large as the engine again).
+fn load_parts(body: &[u8], config: EngineConfig, load_batch: usize) -> Result<Engine, String> {
     let named = |k: usize| move |e: String| format!("part {k}: {e}");
     let parts = part::archives(body)
         .map_err(|e| format!("invalid archive: {e}"))?
@@ -363,19 +367,59 @@ fn load_parts(body: &[u8]) -> Result<Image, String> {
         .map(|(k, archive)| access(&body[archive]).map_err(named(k)))
         .collect::<Result<Vec<_>, _>>()?;
     let rows = |len: fn(&ArchivedImage) -> usize| parts.iter().map(|p| len(p)).sum::<usize>();
-    let mut image = Image {
+    let mut skus = Image {
         skus: Vec::with_capacity(rows(|p| p.skus.len())),
-        reservations: Vec::with_capacity(rows(|p| p.reservations.len())),
         locations: Vec::with_capacity(rows(|p| p.locations.len())),
         supplies: Vec::with_capacity(rows(|p| p.supplies.len())),
-        allocations: Vec::with_capacity(rows(|p| p.allocations.len())),
         deleted_skus: Vec::with_capacity(rows(|p| p.deleted_skus.len())),
         ..Image::default()
     };
-    for (k, archived) in parts.into_iter().enumerate() {
-        image.append(deserialize(archived).map_err(named(k))?);
+    for (k, archived) in parts.iter().enumerate() {
+        skus.append(deserialize_skus(archived).map_err(named(k))?);
     }
-    Ok(image)
+    let ids = parts.iter().flat_map(|p| p.reservations.iter().map(|r| &r.id[..]));
+    let threads = load_threads(rows(|p| p.reservations.len()));
+    let mut loader = ImageLoader::new(config, &skus, ids, threads).map_err(|e| e.to_string())?;
+    // Parts are loaded a few at a time: each load ends when its slowest thread does.
+    let mut batch = Image::default();
+    let mut first = 0;
+    for (k, archived) in parts.iter().enumerate() {
+        batch.append(deserialize_reservations(archived).map_err(named(k))?);
+        if batch.reservations.len() >= load_batch || k + 1 == parts.len() {
+            let parts = if first == k { format!("part {k}") } else { format!("parts {first}-{k}") };
+            loader.add(&batch).map_err(|e| format!("{parts}: {e}"))?;
+            (batch, first) = (Image::default(), k + 1);
+        }
+    }
+    loader.finish(&skus.aftersales).map_err(|e| e.to_string())
+}
+
+/// Reservations loaded at a time from a snapshot's parts (tens of MiB as rows).
+const LOAD_BATCH: usize = 1 << 18;
+
+/// A part's rows but its reservations and allocations.
+fn deserialize_skus(archived: &ArchivedImage) -> Result<Image, String> {
+    let error = |e: rancor::Error| format!("cannot deserialise: {e}");
+    Ok(Image {
+        skus: rkyv::deserialize::<_, rancor::Error>(&archived.skus).map_err(error)?,
+        locations: rkyv::deserialize::<_, rancor::Error>(&archived.locations).map_err(error)?,
+        supplies: rkyv::deserialize::<_, rancor::Error>(&archived.supplies).map_err(error)?,
+        aftersales: rkyv::deserialize::<_, rancor::Error>(&archived.aftersales).map_err(error)?,
+        deleted_skus: rkyv::deserialize::<_, rancor::Error>(&archived.deleted_skus)
+            .map_err(error)?,
+        ..Image::default()
+    })
+}
+
+/// A part's reservations and their allocations.
+fn deserialize_reservations(archived: &ArchivedImage) -> Result<Image, String> {
+    let error = |e: rancor::Error| format!("cannot deserialise: {e}");
+    Ok(Image {
+        reservations: rkyv::deserialize::<_, rancor::Error>(&archived.reservations)
+            .map_err(error)?,
+        allocations: rkyv::deserialize::<_, rancor::Error>(&archived.allocations).map_err(error)?,
+        ..Image::default()
+    })
 }
 
 /// Loads the newest valid snapshot, falling back to older ones (with a warning naming the
@@ -733,20 +777,19 @@ mod tests {
         assert!(image.allocations.len() >= 7, "{:?}", image.allocations);
         // Two rows of each kind per part: several parts, each kind running out at a
         // different one.
-        let caps = part::Caps {
-            skus: 2,
-            reservations: 2,
-            locations: 2,
-            supplies: 2,
-            allocations: 2,
-            deleted_skus: 2,
-        };
+        let caps =
+            part::Caps { skus: 2, reservations: 2, locations: 2, supplies: 2, deleted_skus: 2 };
         let parts = image.parts(&caps, &AftersalesImage::default()).len();
         assert!(parts >= 5, "{parts} parts");
         let storage = MemStorage::new();
         let name = write_split(&storage, 3, 1, &image, &caps).expect("write");
         let loaded = load(&storage, &name, EngineConfig::default()).expect("load");
         assert_eq!(loaded.engine.image(), engine.image());
+        // Loaded three reservations at a time (two parts, then one), the same engine.
+        let file = storage.read(&name).expect("read");
+        let body = &file[SNAPSHOT_HEADER_BYTES..];
+        let batched = load_parts(body, EngineConfig::default(), 3).expect("load");
+        assert_eq!(batched.image(), engine.image());
         // The capture of the same state writes the same parts, byte for byte.
         let (capture, ()) = engine.capture(|| ());
         let captured = capture.finish();
@@ -761,14 +804,8 @@ mod tests {
     #[test]
     fn damaged_part_framing_is_refused_with_a_reason() {
         let image = engine_with_every_kind_of_row().snapshot_image();
-        let caps = part::Caps {
-            skus: 3,
-            reservations: 3,
-            locations: 3,
-            supplies: 3,
-            allocations: 3,
-            deleted_skus: 3,
-        };
+        let caps =
+            part::Caps { skus: 3, reservations: 3, locations: 3, supplies: 3, deleted_skus: 3 };
         let storage = MemStorage::new();
         let name = write_split(&storage, 3, 1, &image, &caps).expect("write");
         let file = storage.read(&name).expect("read");

@@ -15,14 +15,17 @@
 //!
 //! Each part starts 16-byte aligned in the body. The length follows the archive because the
 //! body is written (and checksummed) as it is serialised; loading walks the trailers from the
-//! end. Part `k` holds the `k`-th run of each kind of row, at most [`Caps`] rows of each: the
-//! caps keep every part under 1 GiB whatever the rows hold ([`RowBytes`] are the most a row
-//! of each kind takes within the protocol's limits). The return tickets are in the first part.
-//! Appending the parts in order gives back every row in the order written, which is all that
-//! loading relies on (allocations in the order of their reservations).
+//! end. Part `k` holds the `k`-th run of each kind of row, at most [`Caps`] rows of each, and
+//! the allocations of its reservations (never those of another part's): the caps keep every
+//! part under 1 GiB whatever the rows hold ([`RowBytes`] are the most a row of each kind takes
+//! within the protocol's limits). The return tickets are in the first part. Appending the
+//! parts in order gives back every row in the order written.
 //!
-//! Parts also keep the serialiser's scratch memory small: the resolvers of a part's rows,
-//! tens of bytes each, wait only while that part is written.
+//! Parts keep memory small on both sides: writing, the resolvers of a part's rows (tens of
+//! bytes each) wait only while that part is written; loading, every part's SKUs, locations
+//! and supplies are loaded first, then one part's reservations at a time (with their
+//! allocations, which is why they travel together), so the rows of the whole image are never
+//! in memory at once beside the engine built from them.
 
 use std::ops::Range;
 
@@ -37,6 +40,7 @@ use crate::engine::image::{
     AllocationImage, ArchivedImage, ArchivedReservationImage, Image, LocationImage, SkuImage,
     SupplyImage,
 };
+use stockd_protocol::limits::{LINES_PER_RESERVATION_MAX, SPLIT_LOCATIONS_MAX};
 
 /// The most bytes one row of each kind takes in an archive (its fixed part, its variable
 /// parts, and their alignment), given the protocol's limits on ids, lines, quotas, locations
@@ -48,22 +52,25 @@ impl RowBytes {
     pub const RESERVATION: usize = 8192;
     pub const LOCATION: usize = 256;
     pub const SUPPLY: usize = 8192;
-    pub const ALLOCATION: usize = 256;
+    pub const ALLOCATION: usize = 128;
     pub const DELETED_SKU: usize = 128;
+    /// A reservation with the most allocations it can have: one per location a line is split
+    /// over, on each of its lines.
+    pub const RESERVATION_ALLOCATED: usize = RowBytes::RESERVATION
+        + RowBytes::ALLOCATION * SPLIT_LOCATIONS_MAX * LINES_PER_RESERVATION_MAX as usize;
 }
 
-/// Bytes each kind of row may fill in one part: six kinds and the return tickets stay well
-/// under 1 GiB.
+/// Bytes each kind of row may fill in one part, and reservations with their allocations four
+/// times as much: the parts' rows and the return tickets stay well under 1 GiB.
 const KIND_BYTES: usize = 128 << 20;
 
-/// Rows of each kind in one part.
+/// Rows of each kind in one part (a part's allocations are those of its reservations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
     pub skus: usize,
     pub reservations: usize,
     pub locations: usize,
     pub supplies: usize,
-    pub allocations: usize,
     pub deleted_skus: usize,
 }
 
@@ -71,10 +78,9 @@ impl Default for Caps {
     fn default() -> Caps {
         Caps {
             skus: KIND_BYTES / RowBytes::SKU,
-            reservations: KIND_BYTES / RowBytes::RESERVATION,
+            reservations: 4 * KIND_BYTES / RowBytes::RESERVATION_ALLOCATED,
             locations: KIND_BYTES / RowBytes::LOCATION,
             supplies: KIND_BYTES / RowBytes::SUPPLY,
-            allocations: KIND_BYTES / RowBytes::ALLOCATION,
             deleted_skus: KIND_BYTES / RowBytes::DELETED_SKU,
         }
     }
@@ -93,32 +99,80 @@ pub struct Rows<T> {
 
 impl Caps {
     /// The rows of each part, given how many rows of each kind there are: the `k`-th run of
-    /// each kind in part `k`. At least one part (an empty state has one, empty).
-    pub fn split(&self, lens: &Rows<usize>) -> Vec<Rows<Range<usize>>> {
+    /// each kind in part `k`, and the allocations of its reservations. `allocated` lists, for
+    /// each reservation with allocations in order, its position and the end of its allocations
+    /// (they come in the order of their reservations, see [`allocation_ends`]). At least one
+    /// part (an empty state has one, empty).
+    pub fn split(
+        &self,
+        lens: &Rows<usize>,
+        allocated: &[(usize, usize)],
+    ) -> Vec<Rows<Range<usize>>> {
         let kinds = [
             (lens.skus, self.skus),
             (lens.reservations, self.reservations),
             (lens.locations, self.locations),
             (lens.supplies, self.supplies),
-            (lens.allocations, self.allocations),
             (lens.deleted_skus, self.deleted_skus),
         ];
         let parts = kinds.iter().map(|(len, cap)| len.div_ceil((*cap).max(1))).max();
+        let parts = parts.unwrap_or(0).max(1);
         let run = |k: usize, len: usize, cap: usize| {
             let cap = cap.max(1);
             len.min(k * cap)..len.min((k + 1) * cap)
         };
-        (0..parts.unwrap_or(0).max(1))
-            .map(|k| Rows {
-                skus: run(k, lens.skus, self.skus),
-                reservations: run(k, lens.reservations, self.reservations),
-                locations: run(k, lens.locations, self.locations),
-                supplies: run(k, lens.supplies, self.supplies),
-                allocations: run(k, lens.allocations, self.allocations),
-                deleted_skus: run(k, lens.deleted_skus, self.deleted_skus),
+        // Allocation rows up to the end of those of the reservations before `end`.
+        let allocated_before = |end: usize| match allocated.partition_point(|(at, _)| *at < end) {
+            0 => 0,
+            n => allocated[n - 1].1,
+        };
+        let mut allocations_from = 0;
+        (0..parts)
+            .map(|k| {
+                let reservations = run(k, lens.reservations, self.reservations);
+                // The last part takes whatever is left (nothing in a consistent state).
+                let allocations_to = match k + 1 == parts {
+                    true => lens.allocations,
+                    false => allocated_before(reservations.end).max(allocations_from),
+                };
+                let allocations = allocations_from..allocations_to;
+                allocations_from = allocations_to;
+                Rows {
+                    skus: run(k, lens.skus, self.skus),
+                    reservations,
+                    locations: run(k, lens.locations, self.locations),
+                    supplies: run(k, lens.supplies, self.supplies),
+                    allocations,
+                    deleted_skus: run(k, lens.deleted_skus, self.deleted_skus),
+                }
             })
             .collect()
     }
+}
+
+/// For [`Caps::split`]: the reservations (of `reservations`, whose ids `id` gives) that have
+/// some of `allocations` (which come grouped by reservation, in the reservations' order), each
+/// with the end of its allocations. Reads no id when there are no allocations, as when no
+/// SKU has locations. Allocations of no reservation are left out (loading refuses them).
+pub fn allocation_ends<'a>(
+    allocations: &[AllocationImage],
+    reservations: usize,
+    id: impl Fn(usize) -> &'a [u8],
+) -> Vec<(usize, usize)> {
+    let mut ends = Vec::new();
+    let (mut next, mut reservation) = (0, 0);
+    while next < allocations.len() && reservation < reservations {
+        let owner = id(reservation);
+        let start = next;
+        while allocations.get(next).is_some_and(|a| a.id[..] == *owner) {
+            next += 1;
+        }
+        if next > start {
+            ends.push((reservation, next));
+        }
+        reservation += 1;
+    }
+    ends
 }
 
 /// One part: some rows of each kind, archived as an [`Image`] of them. `R` are the
@@ -148,7 +202,10 @@ impl Image {
             allocations: self.allocations.len(),
             deleted_skus: self.deleted_skus.len(),
         };
-        caps.split(&lens)
+        let reservations = &self.reservations;
+        let id = |i: usize| &reservations[i].id[..];
+        let allocated = allocation_ends(&self.allocations, reservations.len(), id);
+        caps.split(&lens, &allocated)
             .into_iter()
             .enumerate()
             .map(|(k, rows)| ImagePart {
@@ -393,43 +450,56 @@ mod tests {
     fn every_part_fits_well_inside_an_archive() {
         let caps = Caps::default();
         let worst = caps.skus * RowBytes::SKU
-            + caps.reservations * RowBytes::RESERVATION
+            + caps.reservations * RowBytes::RESERVATION_ALLOCATED
             + caps.locations * RowBytes::LOCATION
             + caps.supplies * RowBytes::SUPPLY
-            + caps.allocations * RowBytes::ALLOCATION
             + caps.deleted_skus * RowBytes::DELETED_SKU;
         assert!(worst <= 1 << 30, "{worst}");
+        assert!(caps.reservations >= 10_000, "{caps:?}");
     }
 
     #[test]
-    fn rows_are_split_into_runs_one_per_part() {
-        let caps = Caps {
-            skus: 2,
-            reservations: 3,
-            locations: 1,
-            supplies: 5,
-            allocations: 4,
-            deleted_skus: 1,
-        };
+    fn rows_are_split_into_runs_one_per_part_with_their_allocations() {
+        let caps = Caps { skus: 2, reservations: 3, locations: 1, supplies: 5, deleted_skus: 1 };
         let lens = Rows {
             skus: 5,
-            reservations: 3,
+            reservations: 7,
             locations: 0,
             supplies: 1,
             allocations: 9,
             deleted_skus: 0,
         };
-        let parts = caps.split(&lens);
+        // Reservations 1, 4 and 5 have allocations: 2, 4 and 3 of them.
+        let allocated = [(1, 2), (4, 6), (5, 9)];
+        let parts = caps.split(&lens, &allocated);
         assert_eq!(parts.len(), 3);
         let skus: Vec<_> = parts.iter().map(|p| p.skus.clone()).collect();
         assert_eq!(skus, [0..2, 2..4, 4..5]);
         let reservations: Vec<_> = parts.iter().map(|p| p.reservations.clone()).collect();
-        assert_eq!(reservations, [0..3, 3..3, 3..3]);
+        assert_eq!(reservations, [0..3, 3..6, 6..7]);
         let allocations: Vec<_> = parts.iter().map(|p| p.allocations.clone()).collect();
-        assert_eq!(allocations, [0..4, 4..8, 8..9]);
+        assert_eq!(allocations, [0..2, 2..9, 9..9]);
         assert!(parts.iter().all(|p| p.locations.is_empty() && p.deleted_skus.is_empty()));
         // An empty state is one empty part.
-        let empty = caps.split(&Rows::default());
+        let empty = caps.split(&Rows::default(), &[]);
         assert_eq!(empty, [Rows::<Range<usize>>::default()]);
+    }
+
+    #[test]
+    fn allocation_ends_follow_the_reservations_that_have_allocations() {
+        let allocation = |id: &str| AllocationImage {
+            id: id.as_bytes().to_vec(),
+            line: 0,
+            location: b"east".to_vec(),
+            qty: 1,
+        };
+        let ids = ["a", "b", "c", "d"];
+        let allocations = [allocation("b"), allocation("b"), allocation("d")];
+        let ends = allocation_ends(&allocations, ids.len(), |i| ids[i].as_bytes());
+        assert_eq!(ends, [(1, 2), (3, 3)]);
+        assert!(allocation_ends(&[], ids.len(), |_| unreachable!("no id read")).is_empty());
+        // An allocation of no reservation ends the walk; loading refuses it.
+        let stray = [allocation("a"), allocation("zz")];
+        assert_eq!(allocation_ends(&stray, ids.len(), |i| ids[i].as_bytes()), [(0, 1)]);
     }
 }

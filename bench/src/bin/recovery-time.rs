@@ -137,15 +137,20 @@ fn main() -> anyhow::Result<()> {
     );
     drop(recovered);
 
+    let at_start = heap();
+    let peak = PeakSampler::start(heap);
     let started = Instant::now();
     let recovered = recover(&*storage, &config, RecoverOptions::default())?;
     let from_snapshot = started.elapsed();
+    let peak = peak.stop();
     let (skus, reservations) = recovered.engine.counts();
     println!(
         "recovery from the snapshot: {skus} SKUs, {reservations} reservations, {} records \
-         replayed, in {:.2} s",
+         replayed, in {:.2} s; {:.0} MiB allocated after it, {:.0} MiB at most on the way",
         recovered.records_replayed,
-        from_snapshot.as_secs_f64()
+        from_snapshot.as_secs_f64(),
+        mib(heap().saturating_sub(at_start)),
+        mib(peak.saturating_sub(at_start))
     );
     Ok(())
 }
