@@ -24,7 +24,7 @@ use super::image::{
 };
 use super::shard::{HeldLine, Key, Reservation};
 use crate::aftersales::AftersalesImage;
-use crate::snapshot::part::{Caps, ImagePart, Rows};
+use crate::snapshot::part::{Caps, ImagePart};
 
 /// The state at a capture's cut, written as the parts of the [`Image`] of that state (see
 /// `snapshot::part`).
@@ -97,27 +97,18 @@ impl Captured {
         caps: &Caps,
         no_tickets: &'a AftersalesImage,
     ) -> Vec<ImagePart<'a, CapturedRows<'a>>> {
-        let lens = Rows {
-            skus: self.skus.len(),
-            reservations: self.reservations.rows.len(),
-            locations: self.locations.len(),
-            supplies: self.supplies.len(),
-            allocations: self.allocations.len(),
-            deleted_skus: self.deleted_skus.len(),
+        let rows = &self.reservations.rows;
+        let whole = ImagePart {
+            skus: &self.skus,
+            reservations: rows.len(),
+            locations: &self.locations,
+            supplies: &self.supplies,
+            allocations: &self.allocations,
+            aftersales: &self.aftersales,
+            deleted_skus: &self.deleted_skus,
         };
-        caps.split(&lens, &self.reservations.allocated)
-            .into_iter()
-            .enumerate()
-            .map(|(k, rows)| ImagePart {
-                skus: &self.skus[rows.skus],
-                reservations: CapturedRows(&self.reservations.rows[rows.reservations]),
-                locations: &self.locations[rows.locations],
-                supplies: &self.supplies[rows.supplies],
-                allocations: &self.allocations[rows.allocations],
-                aftersales: if k == 0 { &self.aftersales } else { no_tickets },
-                deleted_skus: &self.deleted_skus[rows.deleted_skus],
-            })
-            .collect()
+        let allocated = &self.reservations.allocated;
+        whole.cut(caps, allocated, no_tickets, |range| CapturedRows(&rows[range]))
     }
 
     /// The same state as an [`Image`] (tests compare captures with the engine's image).

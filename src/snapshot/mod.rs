@@ -33,8 +33,9 @@
 //!
 //! Writing: a `.tmp` file is written (the body streamed from offset 64 as it is serialised,
 //! then the header with its length and checksum) and synced, renamed to its final name, and
-//! the directory is synced. Loading: the file is memory-mapped, both checksums and the
-//! archive are validated, and the state is checked for consistency as it is rebuilt. The two
+//! the directory is synced. Loading: the file is memory-mapped, both checksums and every
+//! part's archive are validated, and the state is checked for consistency as it is rebuilt
+//! (SKUs first, then reservations a few parts at a time, see `part`). The two
 //! newest snapshots are kept; if the newest is damaged, recovery falls back to the older one
 //! and the longer log.
 //!

@@ -187,6 +187,42 @@ pub struct ImagePart<'a, R> {
     pub deleted_skus: &'a [Vec<u8>],
 }
 
+impl<'a> ImagePart<'a, usize> {
+    /// Cuts these rows (all of a state's, with the number of its reservations) into parts of
+    /// at most `caps` rows; `allocated` as [`Caps::split`] takes it, and `reservations` the
+    /// reservation rows of a range. The first part has the return tickets, the others
+    /// `no_tickets`.
+    pub fn cut<R>(
+        &self,
+        caps: &Caps,
+        allocated: &[(usize, usize)],
+        no_tickets: &'a AftersalesImage,
+        reservations: impl Fn(Range<usize>) -> R,
+    ) -> Vec<ImagePart<'a, R>> {
+        let lens = Rows {
+            skus: self.skus.len(),
+            reservations: self.reservations,
+            locations: self.locations.len(),
+            supplies: self.supplies.len(),
+            allocations: self.allocations.len(),
+            deleted_skus: self.deleted_skus.len(),
+        };
+        caps.split(&lens, allocated)
+            .into_iter()
+            .enumerate()
+            .map(|(k, rows)| ImagePart {
+                skus: &self.skus[rows.skus],
+                reservations: reservations(rows.reservations),
+                locations: &self.locations[rows.locations],
+                supplies: &self.supplies[rows.supplies],
+                allocations: &self.allocations[rows.allocations],
+                aftersales: if k == 0 { self.aftersales } else { no_tickets },
+                deleted_skus: &self.deleted_skus[rows.deleted_skus],
+            })
+            .collect()
+    }
+}
+
 impl Image {
     /// The parts of this image (its reservations as a slice of rows).
     pub fn parts<'a>(
@@ -194,30 +230,19 @@ impl Image {
         caps: &Caps,
         no_tickets: &'a AftersalesImage,
     ) -> Vec<ImagePart<'a, ReservationSlice<'a>>> {
-        let lens = Rows {
-            skus: self.skus.len(),
-            reservations: self.reservations.len(),
-            locations: self.locations.len(),
-            supplies: self.supplies.len(),
-            allocations: self.allocations.len(),
-            deleted_skus: self.deleted_skus.len(),
-        };
         let reservations = &self.reservations;
         let id = |i: usize| &reservations[i].id[..];
         let allocated = allocation_ends(&self.allocations, reservations.len(), id);
-        caps.split(&lens, &allocated)
-            .into_iter()
-            .enumerate()
-            .map(|(k, rows)| ImagePart {
-                skus: &self.skus[rows.skus],
-                reservations: ReservationSlice(&self.reservations[rows.reservations]),
-                locations: &self.locations[rows.locations],
-                supplies: &self.supplies[rows.supplies],
-                allocations: &self.allocations[rows.allocations],
-                aftersales: if k == 0 { &self.aftersales } else { no_tickets },
-                deleted_skus: &self.deleted_skus[rows.deleted_skus],
-            })
-            .collect()
+        let whole = ImagePart {
+            skus: &self.skus,
+            reservations: reservations.len(),
+            locations: &self.locations,
+            supplies: &self.supplies,
+            allocations: &self.allocations,
+            aftersales: &self.aftersales,
+            deleted_skus: &self.deleted_skus,
+        };
+        whole.cut(caps, &allocated, no_tickets, |rows| ReservationSlice(&reservations[rows]))
     }
 }
 
