@@ -23,9 +23,9 @@
 //!
 //! Parts keep memory small on both sides: writing, the resolvers of a part's rows (tens of
 //! bytes each) wait only while that part is written; loading, every part's SKUs, locations
-//! and supplies are loaded first, then one part's reservations at a time (with their
-//! allocations, which is why they travel together), so the rows of the whole image are never
-//! in memory at once beside the engine built from them.
+//! and supplies are loaded first, then the reservations a few parts at a time (each part's
+//! with their allocations, which is why they travel together), so the rows of the whole image
+//! are never in memory at once beside the engine built from them.
 
 use std::ops::Range;
 
