@@ -637,7 +637,9 @@ impl Engine {
             let shard = self.shards[self.shard_of(&l.sku)].lock();
             let sku = shard.skus.get(&l.sku[..]).expect("loaded above");
             let list = &sku.locations.as_deref().expect("loaded above").list;
-            if list.iter().map(|x| x.stock.on_hand).sum::<u64>() != sku.on_hand {
+            // Checked: counts that overflow could otherwise wrap around to the SKU's.
+            let sum = list.iter().try_fold(0u64, |sum, x| sum.checked_add(x.stock.on_hand));
+            if sum != Some(sku.on_hand) {
                 let name = String::from_utf8_lossy(&l.sku);
                 return Err(bad(format!("SKU {name:?} on hand is not the sum of its locations")));
             }

@@ -527,8 +527,15 @@ mod tests {
         bad.allocations[0].qty += 1;
         let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
         assert!(refused.to_string().contains("allocations"), "{refused}");
-        let mut bad = image;
+        let mut bad = image.clone();
         bad.locations[0].on_hand += 1;
+        let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
+        assert!(refused.to_string().contains("sum of its locations"), "{refused}");
+        // Nor do counts whose sum wraps around to the SKU's (found by fuzzing: it overflowed).
+        let mut bad = image;
+        let on_hand = bad.skus.iter().find(|s| s.sku == b"a").expect("SKU a").on_hand;
+        bad.locations[0].on_hand = u64::MAX;
+        bad.locations[1].on_hand = on_hand + 1;
         let refused = Engine::from_image(EngineConfig::default(), &bad).err().expect("refused");
         assert!(refused.to_string().contains("sum of its locations"), "{refused}");
     }
