@@ -73,8 +73,9 @@ pub(super) struct Supply {
 }
 
 impl Supply {
+    /// Units on their way (at most `u64::MAX`: quantities are a client's to set).
     pub fn incoming_total(&self) -> u64 {
-        self.incoming.iter().map(|i| i.qty).sum()
+        self.incoming.iter().fold(0, |sum, i| sum.saturating_add(i.qty))
     }
 
     /// Units that may be sold beyond `on_hand`.
@@ -89,8 +90,7 @@ impl Supply {
         self.incoming
             .iter()
             .filter(|i| i.location.as_deref() == Some(location))
-            .map(|i| i.qty)
-            .sum()
+            .fold(0, |sum, i| sum.saturating_add(i.qty))
     }
 
     fn find(&self, location: Option<&[u8]>, reference: &[u8]) -> Result<usize, usize> {
@@ -177,6 +177,14 @@ impl Sku {
             }
         }
         Err(ResultCode::InsufficientStock)
+    }
+
+    /// The SKU's `on_hand` were `location`'s count `on_hand` (added if it is new): none when
+    /// that sum does not fit.
+    pub fn on_hand_with(&self, location: &[u8], on_hand: u64) -> Option<u64> {
+        let list = self.locations.as_deref().map_or(&[][..], |l| &l.list[..]);
+        let mut others = list.iter().filter(|l| &l.id[..] != location);
+        others.try_fold(on_hand, |sum, l| sum.checked_add(l.stock.on_hand))
     }
 
     /// Recomputes the SKU's `on_hand` from its locations.
@@ -292,6 +300,10 @@ impl Engine {
             _ if expected.is_some_and(|e| e != existing.map_or(0, |l| l.stock.on_hand)) => {
                 Some(ResultCode::ExpectedMismatch)
             }
+            // The SKU's count is the sum of its locations': it must fit.
+            (Some(state), _) if state.on_hand_with(location, on_hand).is_none() => {
+                Some(ResultCode::InvalidArgument)
+            }
             _ => None,
         };
         if let Some(code) = refusal {
@@ -337,8 +349,11 @@ impl Engine {
             if expected.is_some_and(|expected| expected != entry.stock.on_hand) {
                 return Err(ResultCode::ExpectedMismatch);
             }
-            entry.stock.on_hand =
+            let on_hand =
                 entry.stock.on_hand.checked_add_signed(delta).ok_or(ResultCode::InvalidArgument)?;
+            // The SKU's count is the sum of its locations': it must fit.
+            state.on_hand_with(location, on_hand).ok_or(ResultCode::InvalidArgument)?;
+            state.location_mut(location).stock.on_hand = on_hand;
             state.sum_locations();
             Ok(delta != 0)
         })
@@ -398,12 +413,14 @@ impl Engine {
     ) -> Changed {
         self.change_sku(sku, now_ms, on_change, |state| {
             let location = state.delivery_location(location)?;
+            let on_hand = state.on_hand;
             let supply = state.supply.as_deref_mut().ok_or(ResultCode::NotFound)?;
             let index =
                 supply.find(location.as_deref(), reference).map_err(|_| ResultCode::NotFound)?;
             let entry = &mut supply.incoming[index];
             let qty = if qty == 0 { entry.qty } else { qty };
-            if qty > entry.qty {
+            // The SKU's count (a location's is part of it) must fit what is received.
+            if qty > entry.qty || on_hand.checked_add(qty).is_none() {
                 return Err(ResultCode::InvalidArgument);
             }
             entry.qty -= qty;

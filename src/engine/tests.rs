@@ -769,3 +769,48 @@ fn reservations_share_their_channel_name_and_keep_it_across_a_snapshot() {
     let loaded = Engine::from_image(e.config.clone(), &e.image()).expect("load");
     shared(&loaded);
 }
+
+#[test]
+fn counts_whose_sum_would_not_fit_are_refused_and_change_nothing() {
+    let e = engine();
+    let set = |location: &str, on_hand| Command::SetLocation {
+        sku: id("big"),
+        location: id(location),
+        on_hand,
+        priority: 0,
+        expected: None,
+    };
+    assert_eq!(apply(&e, set("east", u64::MAX - 5), T0).0.code(), ResultCode::Ok);
+    let before = e.image();
+    // A second location whose count takes the SKU's past u64::MAX.
+    let (reply, changed) = apply(&e, set("west", 6), T0);
+    assert_eq!((reply.code(), changed), (ResultCode::InvalidArgument, false));
+    assert_eq!(apply(&e, set("west", 5), T0).0.code(), ResultCode::Ok);
+    let before_adjust = e.image();
+    // An adjustment of one location past what the sum can hold.
+    let adjust =
+        Command::AdjustLocation { sku: id("big"), location: id("west"), delta: 1, expected: None };
+    let (reply, changed) = apply(&e, adjust, T0);
+    assert_eq!((reply.code(), changed), (ResultCode::InvalidArgument, false));
+    assert_eq!(e.image(), before_adjust);
+    // Receiving a delivery the count cannot hold: the delivery stays where it was.
+    let incoming = Command::SetIncoming {
+        sku: id("big"),
+        location: id("east"),
+        reference: id("po-1"),
+        qty: 10,
+        eta_ms: T0,
+    };
+    assert_eq!(apply(&e, incoming, T0).0.code(), ResultCode::Ok);
+    let before_receive = e.image();
+    let receive = Command::ReceiveIncoming {
+        sku: id("big"),
+        location: id("east"),
+        reference: id("po-1"),
+        qty: 0,
+    };
+    let (reply, changed) = apply(&e, receive, T0);
+    assert_eq!((reply.code(), changed), (ResultCode::InvalidArgument, false));
+    assert_eq!(e.image(), before_receive);
+    assert_ne!(before, before_receive);
+}
