@@ -256,8 +256,8 @@ pub fn load_threads(reservations: usize) -> usize {
     }
 }
 
-/// Rebuilds an engine from an image given a part at a time (a snapshot's parts, see
-/// `snapshot::part`), so that only one part's reservations are in memory as rows at a time:
+/// Rebuilds an engine from an image given in runs of reservations (a snapshot's parts, see
+/// `snapshot::part`), so that only some of its reservations are in memory as rows at a time:
 /// first everything but the reservations ([`ImageLoader::new`]), then the reservations in
 /// runs, each with its allocations ([`ImageLoader::add`]), then the return tickets
 /// ([`ImageLoader::finish`]). The engine is the one [`Engine::from_image`] builds from the
