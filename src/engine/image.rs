@@ -265,6 +265,10 @@ pub fn load_threads(reservations: usize) -> usize {
 pub struct ImageLoader {
     engine: Engine,
     threads: usize,
+    /// The shard of every reservation to be added, in order (worked out once, to size the
+    /// tables), and how many were added.
+    shards: Vec<u16>,
+    added: usize,
 }
 
 impl ImageLoader {
@@ -279,15 +283,23 @@ impl ImageLoader {
         threads: usize,
     ) -> Result<ImageLoader, ImageError> {
         let engine = Engine::new(config);
-        engine.reserve_for(image, ids);
+        let shards = engine.reserve_for(image, ids);
         engine.load_skus(image)?;
-        Ok(ImageLoader { engine, threads })
+        Ok(ImageLoader { engine, threads, shards, added: 0 })
     }
 
-    /// Loads the reservations of `rows` and their allocations (which follow them, in their
-    /// order); the SKUs, locations and supplies of `rows` are not read.
+    /// Loads the reservations of `rows` (the next of those whose ids [`ImageLoader::new`] was
+    /// given) and their allocations (which follow them, in their order); the SKUs, locations
+    /// and supplies of `rows` are not read.
     pub fn add(&mut self, rows: &Image) -> Result<(), ImageError> {
-        self.engine.load_reservations(rows, self.threads)
+        let end = self.added + rows.reservations.len();
+        let shards = self
+            .shards
+            .get(self.added..end)
+            .ok_or_else(|| bad("more reservations than counted"))?;
+        self.engine.load_reservations(rows, shards, self.threads)?;
+        self.added = end;
+        Ok(())
     }
 
     /// Loads the return tickets: the engine is complete.
@@ -477,16 +489,20 @@ impl Engine {
 
     /// Sizes each shard's tables for the SKUs of `image` and the reservations with `ids` that
     /// fall in it, so that loading a large state never grows (rehashes and copies) them on the
-    /// way.
-    fn reserve_for<'a>(&self, image: &Image, ids: impl Iterator<Item = &'a [u8]>) {
+    /// way. Returns each reservation's shard.
+    fn reserve_for<'a>(&self, image: &Image, ids: impl Iterator<Item = &'a [u8]>) -> Vec<u16> {
         let mut skus = vec![0usize; self.shards.len()];
         let mut reservations = vec![0usize; self.shards.len()];
         for id in image.skus.iter().map(|s| &s.sku).chain(&image.deleted_skus) {
             skus[self.shard_of(id)] += 1;
         }
-        for id in ids {
-            reservations[self.shard_of(id)] += 1;
-        }
+        let shard_of_reservation: Vec<u16> = ids
+            .map(|id| {
+                let shard = self.shard_of(id);
+                reservations[shard] += 1;
+                u16::try_from(shard).expect("at most SHARDS_MAX shards, which fit 16 bits")
+            })
+            .collect();
         for (shard, (skus, reservations)) in
             self.shards.iter().zip(skus.into_iter().zip(reservations))
         {
@@ -494,6 +510,7 @@ impl Engine {
             shard.skus.reserve(skus);
             shard.reservations.reserve(reservations);
         }
+        shard_of_reservation
     }
 
     /// Loads everything of `image` but its reservations (and their allocations) and return
@@ -541,15 +558,12 @@ impl Engine {
     /// tables and deadline and retention indexes (with their tickets) come out exactly as one
     /// thread would build them, and what a reservation adds to its SKUs (counters, limits'
     /// counts) are sums, the same in any order. A thread holds one shard's lock at a time.
-    fn load_reservations(&self, image: &Image, threads: usize) -> Result<(), ImageError> {
-        let shard_of: Vec<u16> = image
-            .reservations
-            .iter()
-            .map(|r| {
-                let shard = self.shard_of(&r.id);
-                u16::try_from(shard).expect("at most SHARDS_MAX shards, which fit 16 bits")
-            })
-            .collect();
+    fn load_reservations(
+        &self,
+        image: &Image,
+        shard_of: &[u16],
+        threads: usize,
+    ) -> Result<(), ImageError> {
         // The allocations follow their reservations in the image's order: the ranges of those
         // that have any (few do), by reservation.
         let mut owned: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
