@@ -75,10 +75,10 @@ impl RunResult {
         let mut codes: Vec<CodeCount> = ledger
             .codes
             .iter()
-            .map(|((op, code), count)| CodeCount {
+            .map(|(op, code, count)| CodeCount {
                 op: op.to_string(),
                 code: code.to_string(),
-                count: *count,
+                count,
             })
             .collect();
         codes.sort_by(|a, b| (&a.op, &a.code).cmp(&(&b.op, &b.code)));

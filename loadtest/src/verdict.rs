@@ -82,8 +82,8 @@ pub async fn check(
         "no error or unexplained result code".into(),
     )];
 
-    let mut skus: Vec<u64> = ledger.touched.iter().copied().collect();
-    skus.sort_unstable();
+    // In order: the bit set lists them so.
+    let skus: Vec<u64> = ledger.touched.iter().collect();
     let before_ms = server_time_ms(config).await?;
     let ops = skus.iter().map(|s| Op::QuerySku { sku: workload.sku_name(*s) }).collect();
     let replies = query_all(client, ops).await?;
