@@ -818,6 +818,22 @@ fn put_str8(buf: &mut BytesMut, value: &[u8]) {
     buf.put_slice(value);
 }
 
+impl Reserve {
+    /// Writes the body of a RESERVE operation, as `Op::Reserve(..).encode_body` does, without
+    /// building the operation (the server's log encodes every reserve it applies).
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        put_reserve(buf, self);
+    }
+}
+
+impl Confirm {
+    /// Writes the body of a CONFIRM operation (as [`Reserve::encode_body`]).
+    pub fn encode_body(&self, buf: &mut BytesMut) {
+        put_str8(buf, &self.id);
+        put_lines(buf, &self.lines);
+    }
+}
+
 fn put_reserve(buf: &mut BytesMut, r: &Reserve) {
     put_str8(buf, &r.id);
     buf.put_u32_le(r.ttl_ms);
@@ -913,10 +929,7 @@ impl Op {
                 put_str8(buf, &r.location);
                 buf.put_u8(r.split as u8);
             }
-            Op::Confirm(c) => {
-                put_str8(buf, &c.id);
-                put_lines(buf, &c.lines);
-            }
+            Op::Confirm(c) => c.encode_body(buf),
             Op::Release { id } | Op::Ship { id } | Op::QueryReservation { id } => put_str8(buf, id),
             Op::Extend { id, ttl_ms } => {
                 put_str8(buf, id);

@@ -290,7 +290,7 @@ impl Connection {
     }
 
     fn refused(&self, opcode: Opcode, code: ResultCode) -> OpReply {
-        self.shared.metrics.operation(opcode.name(), code.name());
+        self.shared.metrics.operation(opcode, code);
         OpReply::refused(opcode, code)
     }
 
@@ -353,7 +353,7 @@ impl Connection {
             }
         }
         let Logged { reply: applied, views, lsn } = apply_logged(&shared, &command, now_ms);
-        shared.metrics.operation(opcode.name(), applied.code.name());
+        shared.metrics.operation(opcode, applied.code);
         // A failed append shows when the round waits for durability: the reply becomes
         // `read_only` and the round's audit entries are dropped.
         if let (Some((before, after)), Some(Ok(lsn))) = (views, lsn) {

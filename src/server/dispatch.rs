@@ -15,7 +15,7 @@ use crate::wal::Health;
 pub fn execute(shared: &Shared, op: Op, now_ms: u64) -> OpReply {
     let opcode = op.opcode();
     let reply = apply(shared, op, now_ms);
-    shared.metrics.operation(opcode.name(), reply.code().name());
+    shared.metrics.operation(opcode, reply.code());
     reply
 }
 

@@ -32,7 +32,7 @@
 //! `engine.apply(command, now_ms)`.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use stockd_protocol::Op;
+use stockd_protocol::{Op, Opcode};
 use thiserror::Error;
 
 use crate::engine::Command;
@@ -104,6 +104,21 @@ fn encode_payload(command: &Command, buf: &mut BytesMut) {
             buf.put_u8(AFTERSALES_VERSION);
             let json = serde_json::to_vec(command).expect("a command serialises");
             return buf.put_slice(&json);
+        }
+        // The commands of the request path, written from the command itself: building an
+        // operation to encode would clone its ids and lines (an allocation and reference
+        // counts per reserve).
+        Command::Reserve(reserve) => {
+            buf.put_u8(Opcode::Reserve as u8);
+            return reserve.encode_body(buf);
+        }
+        Command::Confirm(confirm) => {
+            buf.put_u8(Opcode::Confirm as u8);
+            return confirm.encode_body(buf);
+        }
+        Command::Release { id } => {
+            buf.put_u8(Opcode::Release as u8);
+            return put_id(buf, id);
         }
         command => command.to_op().expect("every other command is a wire operation"),
     };
@@ -288,6 +303,22 @@ mod tests {
             Command::Expire { id: "r".into() },
             Command::Forget { id: "r".into() },
         ]
+    }
+
+    /// The commands written without building an operation are written as the operation would
+    /// be: the log's format (the wire body after the opcode) does not depend on the path.
+    #[test]
+    fn commands_encode_as_their_operations() {
+        for command in commands() {
+            let mut direct = BytesMut::new();
+            encode_payload(&command, &mut direct);
+            if let Some(op) = command.to_op() {
+                let mut via_op = BytesMut::new();
+                via_op.put_u8(op.opcode() as u8);
+                op.encode_body(&mut via_op);
+                assert_eq!(direct, via_op, "{command:?}");
+            }
+        }
     }
 
     #[test]
