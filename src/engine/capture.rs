@@ -38,11 +38,10 @@
 //! One capture runs at a time (the snapshotter's); dropping a [`Capture`] before it finishes
 //! ends the saving in every shard it had not finished.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::shard::{Key, SavedReservations};
+use super::shard::SavedReservations;
 use super::{Captured, Engine};
 
 /// Entries per step (per lock hold).
@@ -57,21 +56,28 @@ pub(super) struct Copying<T> {
     next: usize,
     /// Entries at or past this position were added after the cut.
     end: usize,
-    /// Entries changed ahead of the capture: they are in `saved` as they were at the cut.
-    saved_keys: HashSet<Key, ahash::RandomState>,
+    /// Entries changed ahead of the capture, a bit per position below `end` (empty until the
+    /// first): they are in `saved` as they were at the cut. By position, not by key: positions
+    /// stay put while the shard is copied, and the capture then tells a saved entry from an
+    /// unsaved one without hashing its key (reading the key, rarely in cache, and hashing it
+    /// for every entry was an eighth of the snapshotter's time over a million SKUs).
+    saved_at: Vec<u64>,
     saved: T,
 }
 
 impl<T: Default> Copying<T> {
     fn new(end: usize) -> Box<Copying<T>> {
-        Box::new(Copying { next: 0, end, saved_keys: HashSet::default(), saved: T::default() })
+        Box::new(Copying { next: 0, end, saved_at: Vec::new(), saved: T::default() })
     }
 
-    /// The entry at `index` (with `key`) is about to change or go: saves it as it is (`save`
-    /// adds it to the saved entries) if the capture still needs it as it is.
-    pub fn before_change(&mut self, index: usize, key: &Key, save: impl FnOnce(&mut T)) {
-        if (self.next..self.end).contains(&index) && !self.saved_keys.contains(key) {
-            self.saved_keys.insert(key.clone());
+    /// The entry at `index` is about to change or go: saves it as it is (`save` adds it to
+    /// the saved entries) if the capture still needs it as it is.
+    pub fn before_change(&mut self, index: usize, save: impl FnOnce(&mut T)) {
+        if (self.next..self.end).contains(&index) && !self.saved(index) {
+            if self.saved_at.is_empty() {
+                self.saved_at = vec![0; self.end.div_ceil(64)];
+            }
+            self.saved_at[index / 64] |= 1 << (index % 64);
             save(&mut self.saved);
         }
     }
@@ -87,9 +93,9 @@ impl<T: Default> Copying<T> {
         self.next == self.end
     }
 
-    /// Whether the entry with `key` is to be read where it is (not saved).
-    fn unsaved(&self, key: &Key) -> bool {
-        self.saved_keys.is_empty() || !self.saved_keys.contains(key)
+    /// Whether the entry at `index` (below `end`) was saved.
+    fn saved(&self, index: usize) -> bool {
+        self.saved_at.get(index / 64).is_some_and(|word| word & (1 << (index % 64)) != 0)
     }
 }
 
@@ -146,8 +152,8 @@ impl Capture<'_> {
         let shard = &mut *guard;
         let (from, to) = copying(&mut shard.skus.copying).advance(entries);
         let skus = shard.skus.copying.as_deref().expect("copying this shard");
-        for (key, sku) in shard.skus.slots()[from..to].iter() {
-            if skus.unsaved(key) {
+        for (index, (key, sku)) in (from..to).zip(shard.skus.slots()[from..to].iter()) {
+            if !skus.saved(index) {
                 self.captured.push_sku(key, sku);
             }
         }
@@ -158,12 +164,12 @@ impl Capture<'_> {
         // Each reservation is behind a pointer into memory rarely in cache: reading them all
         // first (its count, which the reference taken below changes) lets those loads overlap
         // instead of waiting for each in turn.
-        for (key, reservation) in slots.clone() {
+        for (_, key, reservation) in slots.clone() {
             std::hint::black_box((key.first(), Arc::strong_count(reservation)));
         }
         let mut held: SavedReservations = slots
-            .filter(|(key, _)| reservations.unsaved(key))
-            .map(|(key, reservation)| (key.clone(), reservation.clone()))
+            .filter(|(index, ..)| !reservations.saved(*index))
+            .map(|(_, key, reservation)| (key.clone(), reservation.clone()))
             .collect();
         let finished = skus.done() && reservations.done();
         if finished {

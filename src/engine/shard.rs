@@ -626,7 +626,7 @@ impl Skus {
     fn change(&mut self, index: usize) -> &mut Sku {
         let (key, state) = self.map.get_index_mut(index).expect("a position in range");
         if let Some(copying) = &mut self.copying {
-            copying.before_change(index, key, |rows| rows.push_sku(key, state));
+            copying.before_change(index, |rows| rows.push_sku(key, state));
         }
         self.changed.list(index, state, LISTED_BY_ALL);
         state
@@ -766,8 +766,7 @@ impl Reservations {
         let (index, key, slot) = self.map.get_full_mut(id)?;
         let reservation = slot.as_mut()?;
         if let Some(copying) = &mut self.copying {
-            copying
-                .before_change(index, key, |saved| saved.push((key.clone(), reservation.clone())));
+            copying.before_change(index, |saved| saved.push((key.clone(), reservation.clone())));
         }
         Some(Arc::make_mut(reservation))
     }
@@ -798,7 +797,7 @@ impl Reservations {
         };
         let (index, key, slot) = self.map.get_full_mut(id)?;
         let reservation = slot.take()?;
-        copying.before_change(index, key, |saved| saved.push((key.clone(), reservation.clone())));
+        copying.before_change(index, |saved| saved.push((key.clone(), reservation.clone())));
         self.empty += 1;
         Some(reservation)
     }
@@ -821,13 +820,14 @@ impl Reservations {
         self.map.len()
     }
 
-    /// The reservations at positions `range` (empty slots skipped), shared.
+    /// The reservations at positions `range` (empty slots skipped), shared, with their
+    /// positions.
     pub(super) fn slots_in(
         &self,
         range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = (&Key, &Arc<Reservation>)> + Clone {
-        let slots = &self.map.as_slice()[range];
-        slots.iter().filter_map(|(id, slot)| Some((id, slot.as_ref()?)))
+    ) -> impl Iterator<Item = (usize, &Key, &Arc<Reservation>)> + Clone {
+        let slots = &self.map.as_slice()[range.clone()];
+        range.zip(slots.iter()).filter_map(|(index, (id, slot))| Some((index, id, slot.as_ref()?)))
     }
 
     /// Drops the empty slots (no capture may be running on this shard).
