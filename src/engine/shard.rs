@@ -914,8 +914,8 @@ impl Shard {
 /// TTL than the one before it, or a deadline moved back) goes into the tree `rest`, and reads
 /// merge the two. (Every hold went into a tree before: a descent through it per reserve, about
 /// a tenth of the reserve path on a hot SKU.) An entry removed from inside the run leaves a
-/// hole, dropped once it reaches either end, or when holes outnumber the live entries, by
-/// compacting the run, so holes never take more room than the entries do.
+/// hole, dropped once it reaches either end, or by compacting the run once holes outnumber
+/// its live entries by more than 64, so that holes never take much more room than entries.
 #[derive(Debug, Default)]
 pub(super) struct TimeIndex {
     run: VecDeque<Timed>,
