@@ -979,7 +979,12 @@ impl TimeIndex {
         }
         if self.run.len() > 2 * self.run_live + 64 {
             self.run.retain(|entry| entry.id.is_some());
-            self.run.shrink_to(2 * self.run.len());
+        }
+        // Gives back room once the run fills a quarter of it (a sale's holds ended, say): a
+        // tree gave back its nodes as entries went.
+        let room = self.run.len().max(256);
+        if self.run.capacity() > 4 * room {
+            self.run.shrink_to(2 * room);
         }
     }
 
@@ -1198,7 +1203,7 @@ mod tests {
     fn holds_of_one_ttl_are_appended_and_their_holes_dropped() {
         let mut index = TimeIndex::default();
         let tickets: Vec<u64> =
-            (0..1000u64).map(|n| index.insert(1000 + n / 10, Key::from(&b"r"[..]))).collect();
+            (0..10_000u64).map(|n| index.insert(1000 + n / 10, Key::from(&b"r"[..]))).collect();
         assert!(index.rest.is_empty(), "in deadline order: all appended");
         // Removing all but the first leaves holes behind it, compacted as they pile up.
         for (n, ticket) in tickets.iter().enumerate().skip(1) {
@@ -1208,6 +1213,7 @@ mod tests {
         assert_eq!((index.len(), index.run.len()), (1, 1), "the last removals dropped the tail");
         index.remove(1000, tickets[0]);
         assert!(index.run.is_empty() && index.len() == 0);
+        assert!(index.run.capacity() <= 4 * 256, "room given back: {}", index.run.capacity());
         // A shorter deadline than the last goes into the tree, and reads merge both in order.
         index.insert(50, Key::from(&b"a"[..]));
         index.insert(40, Key::from(&b"b"[..]));
