@@ -106,7 +106,16 @@ pub struct Codes {
     counts: Box<[[u64; 256]; OPS.len()]>,
 }
 
-/// The operations the scenarios send, as named in the result.
+/// The operations the scenarios send.
+#[derive(Clone, Copy, Debug)]
+enum Sends {
+    Reserve,
+    Confirm,
+    Release,
+    Query,
+}
+
+/// Their names in the result, in the order of [`Sends`].
 const OPS: [&str; 4] = ["reserve", "confirm", "release", "query"];
 
 impl Default for Codes {
@@ -116,9 +125,9 @@ impl Default for Codes {
 }
 
 impl Codes {
-    /// Counts a reply to `op` (an index into [`OPS`]).
-    fn add(&mut self, op: usize, code: ResultCode) {
-        self.counts[op][usize::from(code.as_u8())] += 1;
+    /// Counts a reply to `op`.
+    fn add(&mut self, op: Sends, code: ResultCode) {
+        self.counts[op as usize][usize::from(code.as_u8())] += 1;
     }
 
     pub fn merge(&mut self, other: &Codes) {
@@ -430,10 +439,9 @@ impl Worker {
             let buyer = self.rng.below(w.buyers);
             self.names.make(&self.buyer_prefix, buyer)
         };
-        let ttl_ms = w.ttl_ms;
         let op = Op::Reserve(Reserve {
             id: id.clone(),
-            ttl_ms,
+            ttl_ms: w.ttl_ms,
             channel: channel.clone(),
             customer: customer.clone(),
             lines: lines.iter().map(|(s, q)| Line::new(self.sku_name(*s), *q)).collect(),
@@ -479,16 +487,12 @@ impl Worker {
         (Op::QuerySku { sku: self.sku_name(sku) }, Sent::Query)
     }
 
-    fn count(&mut self, op: usize, code: ResultCode) {
-        self.ledger.codes.add(op, code);
-    }
-
     /// Records the server's answer to a request.
     pub fn on_reply(&mut self, sent: Sent, reply: &OpReply) {
         let code = reply.code();
         match sent {
             Sent::Reserve { id, n, lines, channel, customer } => {
-                self.count(0, code);
+                self.ledger.codes.add(Sends::Reserve, code);
                 for (sku, _) in &lines {
                     self.ledger.touched.insert(*sku);
                 }
@@ -524,7 +528,7 @@ impl Worker {
                 }
             }
             Sent::Confirm { id, n } => {
-                self.count(1, code);
+                self.ledger.codes.add(Sends::Confirm, code);
                 match code {
                     ResultCode::Ok => {
                         if let Some(hold) = self.ledger.held.remove(n) {
@@ -550,7 +554,7 @@ impl Worker {
                 }
             }
             Sent::Release { id, n } => {
-                self.count(2, code);
+                self.ledger.codes.add(Sends::Release, code);
                 match code {
                     ResultCode::Ok => {
                         if self.ledger.held.remove(n).is_some() {
@@ -561,7 +565,7 @@ impl Worker {
                     other => self.ledger.unexpected.push(format!("release {id:?}: {other}")),
                 }
             }
-            Sent::Query => self.count(3, code),
+            Sent::Query => self.ledger.codes.add(Sends::Query, code),
         }
     }
 }
@@ -666,10 +670,10 @@ mod tests {
     #[test]
     fn codes_and_touched_skus_count_and_merge() {
         let (mut a, mut b) = (Codes::default(), Codes::default());
-        a.add(0, ResultCode::Ok);
-        a.add(0, ResultCode::Ok);
-        b.add(0, ResultCode::InsufficientStock);
-        b.add(3, ResultCode::Ok);
+        a.add(Sends::Reserve, ResultCode::Ok);
+        a.add(Sends::Reserve, ResultCode::Ok);
+        b.add(Sends::Reserve, ResultCode::InsufficientStock);
+        b.add(Sends::Query, ResultCode::Ok);
         a.merge(&b);
         let seen: Vec<_> = a.iter().collect();
         assert_eq!(

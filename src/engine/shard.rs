@@ -995,8 +995,7 @@ impl TimeIndex {
 
     /// The ids whose time is after `after_ms` and at or before `now_ms`.
     pub fn between(&self, after_ms: u64, now_ms: u64) -> impl Iterator<Item = &Key> + '_ {
-        let empty = after_ms >= now_ms;
-        self.range(after_ms.saturating_add(1), now_ms).filter(move |_| !empty)
+        (after_ms < now_ms).then(|| self.range(after_ms + 1, now_ms)).into_iter().flatten()
     }
 
     /// The ids whose time is in `from_ms..=to_ms`, earliest first (the run and the tree
